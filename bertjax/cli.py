@@ -1,0 +1,54 @@
+"""The one place command-line flags and configs are parsed. Every entrypoint uses `run(main)`.
+
+`--config=configs/x.py[:arg]` loads a recipe; `--config.a.b=v` overrides any leaf. An unknown key,
+a wrong type or a bad flag ends in one line and exit code 2 (absl would print a usage block).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from bertjax.errors import UserError, fail, user_errors_exit
+
+FLAGS = flags.FLAGS
+
+
+def define_config(default: str | None = None, name: str = "config") -> None:
+    config_flags.DEFINE_config_file(
+        name, default, "Recipe file (configs/*.py[:arg]); override leaves with --config.a.b=v",
+        lock_config=True,
+    )
+
+
+def _parse(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(f"bad command line: {e}")
+    except (KeyError, AttributeError, TypeError, ValueError, OSError, ImportError) as e:
+        # Config files are loaded while flags are parsed; their errors are user errors too.
+        fail(f"bad --config: {type(e).__name__}: {e}")
+    return []  # unreachable: fail() exits
+
+
+def get_config(name: str = "config"):
+    """The parsed config, validated; raises UserError for values no recipe could mean."""
+    try:
+        cfg = getattr(FLAGS, name)
+    except (KeyError, AttributeError, TypeError, ValueError, OSError, ImportError) as e:
+        raise UserError(f"bad --{name}: {type(e).__name__}: {e}") from None
+    if cfg is None:
+        raise UserError(f"--{name} is required, e.g. --{name}=configs/bert_tiny.py")
+    return cfg
+
+
+def config_to_dict(cfg) -> dict:
+    return json.loads(cfg.to_json_best_effort())
+
+
+def run(main) -> None:
+    """absl app.run with one-line errors for flags and UserError."""
+    app.run(user_errors_exit(main), argv=sys.argv, flags_parser=_parse)

@@ -1,0 +1,103 @@
+"""The one config schema. Every leaf has a typed default so any of them can be overridden from the
+command line (a None default cannot be, see ml_collections #33); recipes in configs/ start here."""
+from __future__ import annotations
+
+import ml_collections as mlc
+
+from bertjax.model.presets import PRESETS
+
+
+def model_config(preset: str = "base") -> mlc.ConfigDict:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
+    p = PRESETS[preset]
+    return mlc.ConfigDict(
+        dict(
+            vocab_size=30522,
+            hidden_size=p["hidden_size"],
+            num_layers=p["num_layers"],
+            num_heads=p["num_heads"],
+            intermediate_size=p["intermediate_size"],
+            max_position_embeddings=512,
+            type_vocab_size=2,
+            hidden_dropout=0.1,
+            attention_dropout=0.1,
+            layer_norm_eps=1e-12,
+            initializer_range=0.02,
+            # "gelu" is the exact erf form of the original; "gelu_tanh" the approximation.
+            hidden_act="gelu",
+            # "auto" picks cudnn on GPU, splash on TPU, xla elsewhere.
+            attention_backend="auto",
+            # Compute dtype; params stay float32. LayerNorm, softmax and losses run in float32.
+            dtype="float32",
+            param_dtype="float32",
+            # "none" | "full" | "dots" (save matmul outputs) rematerialisation per layer.
+            remat="none",
+            scan_layers=False,
+            num_labels=2,
+        )
+    )
+
+
+def base_config(preset: str = "base") -> mlc.ConfigDict:
+    c = mlc.ConfigDict()
+    c.model = model_config(preset)
+    c.data = mlc.ConfigDict(
+        dict(
+            train_dir="",
+            eval_dir="",
+            max_seq_length=128,
+            max_predictions_per_seq=20,
+            # "" = as prepared (metadata.json); "static" | "dynamic" to override.
+            masking="",
+            shuffle_buffer=10000,
+            prefetch=2,
+        )
+    )
+    c.optim = mlc.ConfigDict(
+        dict(
+            name="adamw",
+            learning_rate=1e-4,
+            schedule="linear",  # linear | cosine | constant | rsqrt
+            warmup_steps=10000,
+            end_lr_fraction=0.0,
+            weight_decay=0.01,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-6,
+            clip_norm=1.0,
+            # The original BERT optimizer skips Adam bias correction.
+            bias_correction=False,
+        )
+    )
+    c.train = mlc.ConfigDict(
+        dict(
+            batch_size=256,
+            num_steps=1000000,
+            grad_accum_steps=1,
+            seed=0,
+            log_every=100,
+            eval_every=10000,
+            eval_steps=100,
+            checkpoint_every=10000,
+            keep_checkpoints=3,
+            async_checkpointing=True,
+            profile_start_step=-1,
+            profile_num_steps=5,
+            debug_nans=False,
+            plot=True,
+        )
+    )
+    c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.distributed = mlc.ConfigDict(
+        dict(
+            coordinator_address="",
+            num_processes=1,
+            process_id=0,
+            initialization_timeout=300,
+        )
+    )
+    # A checkpoint (bertjax or converted HF) whose params initialise the model; "" = from scratch.
+    c.init_from = ""
+    c.lock()
+    return c

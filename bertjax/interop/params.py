@@ -1,0 +1,59 @@
+"""Moving weights between a bertjax NNX model and the Hugging Face layout."""
+from __future__ import annotations
+
+import numpy as np
+from flax import nnx
+from flax.nnx import traversals
+
+from bertjax.errors import UserError
+from bertjax.interop import hf_dir, hf_layout
+from bertjax.model.bert import build_model
+from bertjax.model.encoder import BertConfig
+
+
+def flat_params(model: nnx.Module) -> dict[tuple, np.ndarray]:
+    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return {k: np.asarray(v) for k, v in traversals.flatten_mapping(pure).items()}
+
+
+def set_flat_params(model: nnx.Module, flat: dict[tuple, np.ndarray]) -> None:
+    state = nnx.state(model, nnx.Param)
+    current = traversals.flatten_mapping(nnx.to_pure_dict(state))
+    merged = {k: flat.get(k, v) for k, v in current.items()}
+    nnx.replace_by_pure_dict(state, traversals.unflatten_mapping(merged))
+    nnx.update(model, state)
+
+
+def task_from_hf_config(hf_cfg: dict) -> str:
+    archs = hf_cfg.get("architectures") or ["BertModel"]
+    for a in archs:
+        if a in hf_layout.ARCHITECTURES:
+            return hf_layout.ARCHITECTURES[a][0]
+    raise UserError(f"architecture {archs} is not supported; supported: "
+                    f"{sorted(hf_layout.ARCHITECTURES)}")
+
+
+def load_hf(path: str, task: str | None = None, allow_missing: bool = False, **overrides):
+    """Reads an HF BERT directory into a bertjax model. Returns (model, cfg, task, report).
+
+    Any bertjax parameter without an HF source is an error unless `allow_missing` (then it keeps its
+    fresh initialisation and is listed in the report), so a partial load never passes silently."""
+    hf_cfg = hf_dir.read_config(path)
+    task = task or task_from_hf_config(hf_cfg)
+    cfg = BertConfig.from_dict({**hf_layout.config_from_hf(hf_cfg), **overrides})
+    model = build_model(task, cfg)
+    shapes = {k: v.shape for k, v in flat_params(model).items()}
+    params, report = hf_layout.hf_to_ours(hf_dir.read_tensors(path), cfg, task, shapes)
+    if report["missing"] and not allow_missing:
+        raise UserError(f"{path} lacks weights for: {'; '.join(report['missing'])}")
+    set_flat_params(model, params)
+    return model, cfg, task, report
+
+
+def to_hf_tensors(model: nnx.Module, cfg: BertConfig, task: str) -> dict[str, np.ndarray]:
+    return hf_layout.ours_to_hf(flat_params(model), cfg, task)
+
+
+def save_hf(model, cfg: BertConfig, task: str, out_dir: str, extra_files=(), id2label=None) -> None:
+    tensors = hf_layout.ours_to_hf(flat_params(model), cfg, task)
+    hf_dir.write_dir(out_dir, hf_layout.config_to_hf(cfg, task, id2label), tensors, extra_files)

@@ -1,0 +1,85 @@
+"""Task models: the encoder plus the heads each task needs, and a registry to build them by name."""
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from bertjax.model.encoder import BertConfig, BertModel, DropoutKeys
+from bertjax.model.heads import Classifier, MaskedLM
+
+
+class BertForPretraining(nnx.Module):
+    """MLM on gathered positions + next-sentence prediction on the pooled [CLS] vector."""
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.bert = BertModel(cfg, rngs=rngs)
+        self.mlm = MaskedLM(cfg, rngs=rngs)
+        # The original NSP head applies no dropout of its own (the pooled vector has none either).
+        self.nsp = Classifier(cfg, 2, rngs=rngs, drop=False)
+
+    def __call__(self, input_ids, segment_ids, input_mask, masked_lm_positions, *, dropout_key=None):
+        seq, pooled = self.bert(input_ids, segment_ids, input_mask, dropout_key=dropout_key)
+        mlm_logits = self.mlm(seq, masked_lm_positions, self.bert.embeddings.word_embeddings)
+        nsp_logits = self.nsp(pooled, DropoutKeys(None))
+        return {"mlm_logits": mlm_logits, "nsp_logits": nsp_logits, "pooled_output": pooled}
+
+
+class BertForSequenceClassification(nnx.Module):
+    """Single sentence or pair classification; num_labels == 1 is regression (STS-B)."""
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.bert = BertModel(cfg, rngs=rngs)
+        self.classifier = Classifier(cfg, cfg.num_labels, rngs=rngs)
+
+    def __call__(self, input_ids, segment_ids, input_mask, *, dropout_key=None):
+        _, pooled = self.bert(input_ids, segment_ids, input_mask, dropout_key=dropout_key)
+        head_key = None if dropout_key is None else jax.random.fold_in(dropout_key, -1)
+        return {"logits": self.classifier(pooled, DropoutKeys(head_key))}
+
+
+class BertForTokenClassification(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.bert = BertModel(cfg, rngs=rngs, add_pooler=False)
+        self.classifier = Classifier(cfg, cfg.num_labels, rngs=rngs)
+
+    def __call__(self, input_ids, segment_ids, input_mask, *, dropout_key=None):
+        seq, _ = self.bert(input_ids, segment_ids, input_mask, dropout_key=dropout_key)
+        head_key = None if dropout_key is None else jax.random.fold_in(dropout_key, -1)
+        return {"logits": self.classifier(seq, DropoutKeys(head_key))}
+
+
+class BertForQuestionAnswering(nnx.Module):
+    """Extractive QA: start and end logits over the sequence (no dropout before the span head, as
+    in the original run_squad)."""
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.bert = BertModel(cfg, rngs=rngs, add_pooler=False)
+        self.qa = Classifier(cfg, 2, rngs=rngs, drop=False)
+
+    def __call__(self, input_ids, segment_ids, input_mask, *, dropout_key=None):
+        seq, _ = self.bert(input_ids, segment_ids, input_mask, dropout_key=dropout_key)
+        logits = self.qa(seq, DropoutKeys(None))
+        return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+
+
+TASK_MODELS = {
+    "pretraining": BertForPretraining,
+    "base": None,  # filled below: BertModel takes the same constructor
+    "sequence_classification": BertForSequenceClassification,
+    "token_classification": BertForTokenClassification,
+    "question_answering": BertForQuestionAnswering,
+}
+TASK_MODELS["base"] = BertModel
+
+
+def build_model(task: str, cfg: BertConfig, seed: int = 0) -> nnx.Module:
+    if task not in TASK_MODELS:
+        raise ValueError(f"unknown task model {task!r}; choose one of {sorted(TASK_MODELS)}")
+    # Sharding is applied by the trainer (jit out_shardings from the logical names), not eagerly at
+    # creation, so the same model builds with or without a mesh.
+    with nnx.use_eager_sharding(False):
+        return TASK_MODELS[task](cfg, rngs=nnx.Rngs(params=seed))
+
+
+def count_params(model: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
