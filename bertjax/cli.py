@@ -38,6 +38,8 @@ def get_config(name: str = "config"):
     """The parsed config, validated; raises UserError for values no recipe could mean."""
     try:
         cfg = getattr(FLAGS, name)
+        if cfg is not None:
+            cfg.to_dict()  # a file that failed to load only raises when first touched
     except (KeyError, AttributeError, TypeError, ValueError, OSError, ImportError) as e:
         raise UserError(f"bad --{name}: {type(e).__name__}: {e}") from None
     if cfg is None:

@@ -1,0 +1,125 @@
+"""Pretraining entrypoint.
+
+python -m bertjax.pretrain --config=configs/bert_tiny.py --workdir=DIR \
+    --config.data.train_dir=PREPARED [--config.data.eval_dir=PREPARED_HELDOUT] [--config.a.b=v ...]
+
+Starting in a workdir that holds a committed checkpoint resumes from it; --config.init_from loads
+params only. SIGTERM saves and exits 0.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import flags
+
+from bertjax import cli
+from bertjax.errors import UserError
+
+cli.define_config()
+flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the plot go (local path or URL).")
+
+
+def identity_path(workdir: str) -> str:
+    return os.path.join(workdir, "tokenizer_identity.json")
+
+
+def check_workdir_identity(workdir: str, identity: dict) -> None:
+    """A workdir (and so its checkpoints) belongs to one tokenizer; refuse data of another."""
+    from etils import epath
+
+    from bertjax.text import check_identity
+
+    path = epath.Path(identity_path(workdir))
+    if path.exists():
+        check_identity(json.loads(path.read_text()), identity, f"data vs checkpoints in {workdir}")
+
+
+def main(argv):
+    del argv
+    cfg = cli.get_config()
+    workdir = flags.FLAGS.workdir
+    if not workdir:
+        raise UserError("--workdir is required (a local path or a gs:// URL)")
+
+    from bertjax.train import distributed
+
+    distributed.initialize(cfg.distributed)
+
+    import jax
+
+    from bertjax.data import pipeline
+    from bertjax.model import BertConfig, build_model
+    from bertjax.train import loop, objectives
+
+    if not cfg.data.train_dir:
+        raise UserError("set --config.data.train_dir to a directory made by bertjax.data.prepare")
+    meta = pipeline.read_metadata(cfg.data.train_dir)
+    ident = meta["tokenizer"]
+    if ident["vocab_size"] != cfg.model.vocab_size:
+        raise UserError(
+            f"the data was tokenized with a vocabulary of {ident['vocab_size']} entries but "
+            f"model.vocab_size is {cfg.model.vocab_size}; pass "
+            f"--config.model.vocab_size={ident['vocab_size']}")
+    check_workdir_identity(workdir, ident)
+    if cfg.init_from:
+        init_ident = os.path.join(cfg.init_from, "tokenizer_identity.json")
+        if os.path.exists(init_ident):
+            from bertjax.text import check_identity
+
+            with open(init_ident) as f:
+                check_identity(json.load(f), ident, f"data vs --config.init_from={cfg.init_from}")
+    if cfg.data.eval_dir:
+        pipeline.check_tokenizer(pipeline.read_metadata(cfg.data.eval_dir), ident)
+    seq_len = int(meta["max_seq_length"])
+    preds = int(meta["max_predictions_per_seq"])
+    if cfg.data.max_seq_length != seq_len or cfg.data.max_predictions_per_seq != preds:
+        raise UserError(
+            f"the data has max_seq_length={seq_len}, max_predictions_per_seq={preds} but the config "
+            f"says {cfg.data.max_seq_length}, {cfg.data.max_predictions_per_seq}; pass "
+            f"--config.data.max_seq_length={seq_len} --config.data.max_predictions_per_seq={preds}")
+    if jax.process_index() == 0:
+        from etils import epath
+
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        epath.Path(identity_path(workdir)).write_text(json.dumps(ident, indent=2))
+
+    model_cfg = BertConfig.from_dict(cfg.model.to_dict())
+    objective = objectives.Pretraining(use_nsp=bool(meta.get("nsp", True)))
+    masking = cfg.data.masking or None
+
+    def make_train(shard, num_shards, local_batch, state):
+        return pipeline.make_pretrain_input(
+            cfg.data.train_dir, batch_size=local_batch, process_index=shard,
+            process_count=num_shards, seed=int(cfg.train.seed), shuffle=True,
+            shuffle_buffer=int(cfg.data.shuffle_buffer), repeat=True, masking=masking,
+            state=state)
+
+    evaluate = None
+    if cfg.data.eval_dir:
+        def evaluate(steps, params, mesh):
+            from bertjax.train import mesh as mesh_lib
+
+            shard, num_shards, local_batch = mesh_lib.host_batch_slice(mesh, cfg.train.batch_size)
+
+            def make_iter():
+                return pipeline.make_pretrain_input(
+                    cfg.data.eval_dir, batch_size=local_batch, process_index=shard,
+                    process_count=num_shards, seed=int(cfg.train.seed), shuffle=False,
+                    repeat=False, eval_mode=True, max_batches=int(cfg.train.eval_steps),
+                    masking=masking)
+
+            return loop.iterate_eval(make_iter, steps, params, mesh)
+
+    inputs = loop.Inputs(make_train=make_train, evaluate=evaluate, seq_len=seq_len,
+                         predictions_per_seq=preds)
+    result = loop.train(cfg, objective, lambda: build_model("pretraining", model_cfg, seed=cfg.train.seed),
+                        inputs, workdir)
+    if jax.process_index() == 0:
+        summary = {"step": result.step, "train": result.train_metrics, "eval": result.eval_metrics,
+                   "stopped_by_signal": result.stopped_by_signal}
+        print(json.dumps(summary, sort_keys=True))
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,18 @@
+"""Prints the resolved config as JSON: `python -m bertjax.print_config --config=configs/x.py --config.a=b`.
+
+Shows what a run would use after every override, without starting it.
+"""
+import json
+
+from bertjax import cli
+
+cli.define_config()
+
+
+def main(argv):
+    del argv
+    print(json.dumps(cli.config_to_dict(cli.get_config()), indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    cli.run(main)

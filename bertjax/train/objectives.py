@@ -1,0 +1,145 @@
+"""What each task feeds the model and how it scores it: pure jnp, used inside the jitted steps.
+
+An objective returns (loss, sums) where `sums` maps a metric name to (numerator, denominator), so
+metrics add up exactly over micro-batches, devices, hosts and eval steps before dividing.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def _weighted_ce(logits, labels, weights):
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return jnp.sum(ce * weights), jnp.sum(weights)
+
+
+def _accuracy(logits, labels, weights):
+    hit = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return jnp.sum(hit * weights), jnp.sum(weights)
+
+
+def _row_weights(batch, n):
+    # Eval batches padded to a static shape carry example_weights = 0 on the filler rows.
+    return batch.get("example_weights", jnp.ones((n,), jnp.float32)).astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretraining:
+    """MLM on the gathered positions plus NSP; loss = sum(w*CE)/(sum(w)+1e-5) + mean NSP CE."""
+
+    model_task: str = "pretraining"
+    use_nsp: bool = True
+
+    def forward(self, model, batch, dropout_key):
+        return model(batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+                     batch["masked_lm_positions"], dropout_key=dropout_key)
+
+    def loss(self, out, batch):
+        w = batch["masked_lm_weights"].astype(jnp.float32)
+        rows = _row_weights(batch, w.shape[0])
+        w = w * rows[:, None]
+        mlm_sum, mlm_count = _weighted_ce(out["mlm_logits"], batch["masked_lm_ids"], w)
+        mlm_loss = mlm_sum / (mlm_count + 1e-5)
+        sums = {"mlm_loss": (mlm_sum, mlm_count),
+                "mlm_accuracy": _accuracy(out["mlm_logits"], batch["masked_lm_ids"], w)}
+        loss = mlm_loss
+        if self.use_nsp:
+            nsp_sum, nsp_count = _weighted_ce(out["nsp_logits"], batch["next_sentence_labels"], rows)
+            loss = loss + nsp_sum / jnp.maximum(nsp_count, 1.0)
+            sums["nsp_loss"] = (nsp_sum, nsp_count)
+            sums["nsp_accuracy"] = _accuracy(out["nsp_logits"], batch["next_sentence_labels"], rows)
+        sums["loss"] = (loss * jnp.sum(rows), jnp.sum(rows))
+        return loss, sums
+
+
+def _encoder_inputs(model, batch, dropout_key):
+    return model(batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+                 dropout_key=dropout_key)
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    model_task: str = "sequence_classification"
+    forward = staticmethod(_encoder_inputs)
+
+    def loss(self, out, batch):
+        rows = _row_weights(batch, batch["labels"].shape[0])
+        ce_sum, n = _weighted_ce(out["logits"], batch["labels"], rows)
+        loss = ce_sum / jnp.maximum(n, 1.0)
+        return loss, {"loss": (ce_sum, n), "accuracy": _accuracy(out["logits"], batch["labels"], rows)}
+
+    @staticmethod
+    def predict(out):
+        return {"predictions": jnp.argmax(out["logits"], -1), "logits": out["logits"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Regression:
+    """STS-B: one output, mean squared error (as HF's num_labels == 1)."""
+
+    model_task: str = "sequence_classification"
+    forward = staticmethod(_encoder_inputs)
+
+    def loss(self, out, batch):
+        rows = _row_weights(batch, batch["labels"].shape[0])
+        err = (out["logits"][:, 0] - batch["labels"].astype(jnp.float32)) ** 2
+        se, n = jnp.sum(err * rows), jnp.sum(rows)
+        return se / jnp.maximum(n, 1.0), {"loss": (se, n)}
+
+    @staticmethod
+    def predict(out):
+        return {"predictions": out["logits"][:, 0]}
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenClassification:
+    """Labels live on the first sub-token of each word (label_weights = 1 there, 0 elsewhere)."""
+
+    model_task: str = "token_classification"
+    forward = staticmethod(_encoder_inputs)
+
+    def loss(self, out, batch):
+        w = batch["label_weights"].astype(jnp.float32)
+        w = w * _row_weights(batch, w.shape[0])[:, None]
+        ce_sum, n = _weighted_ce(out["logits"], batch["labels"], w)
+        return ce_sum / jnp.maximum(n, 1.0), {
+            "loss": (ce_sum, n), "token_accuracy": _accuracy(out["logits"], batch["labels"], w)}
+
+    @staticmethod
+    def predict(out):
+        return {"predictions": jnp.argmax(out["logits"], -1), "logits": out["logits"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanQA:
+    """Mean of the start and end cross-entropies over the sequence, as the original run_squad."""
+
+    model_task: str = "question_answering"
+    forward = staticmethod(_encoder_inputs)
+
+    def loss(self, out, batch):
+        rows = _row_weights(batch, batch["start_positions"].shape[0])
+        s_sum, n = _weighted_ce(out["start_logits"], batch["start_positions"], rows)
+        e_sum, _ = _weighted_ce(out["end_logits"], batch["end_positions"], rows)
+        loss = 0.5 * (s_sum + e_sum) / jnp.maximum(n, 1.0)
+        return loss, {"loss": (0.5 * (s_sum + e_sum), n)}
+
+    @staticmethod
+    def predict(out):
+        return {"start_logits": out["start_logits"], "end_logits": out["end_logits"]}
+
+
+def finalize(sums: dict) -> dict:
+    """(numerator, denominator) pairs -> floats on the host."""
+    sums = jax.device_get(sums)
+    return {k: float(num) / max(float(den), 1e-9) for k, (num, den) in sums.items()}
+
+
+def add_sums(a: dict | None, b: dict) -> dict:
+    if a is None:
+        return b
+    return jax.tree.map(lambda x, y: x + y, a, b)

@@ -1,0 +1,118 @@
+"""Train and eval step factories: pure functions of (state, batch), jitted with explicit shardings.
+
+The state is a plain pytree {"step", "params", "opt_state"}; the model is rebuilt inside the step
+with nnx.merge, so nothing but arrays crosses the jit boundary and the state can be donated.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from bertjax.train import mesh as mesh_lib
+
+
+@dataclasses.dataclass
+class StepFns:
+    init: Callable  # () -> state, sharded per `state_shardings`
+    train: Callable  # (state, batch, key) -> (state, metrics)
+    eval: Callable  # (params, batch) -> sums
+    predict: Callable | None  # (params, batch) -> outputs
+    graphdef: Any
+    abstract_state: Any
+    state_shardings: Any
+
+
+def _split_micro(batch, n):
+    return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+
+
+def make_steps(model_fn: Callable[[], nnx.Module], objective, tx: optax.GradientTransformation,
+               mesh, *, grad_accum_steps: int = 1, rules=mesh_lib.DEFAULT_RULES) -> StepFns:
+    """Builds the jitted functions for one (model, objective, optimizer, mesh)."""
+
+    def init_state():
+        model = model_fn()
+        params = nnx.state(model, nnx.Param)
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+    graphdef = nnx.graphdef(nnx.eval_shape(model_fn))
+    abstract = jax.eval_shape(init_state)
+    shardings = mesh_lib.state_shardings(abstract, mesh, rules)
+    batch_sh = mesh_lib.batch_sharding(mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def loss_fn(params, batch, key):
+        model = nnx.merge(graphdef, params)
+        out = objective.forward(model, batch, key)
+        return objective.loss(out, batch)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state, batch, key):
+        params = state["params"]
+        key = jax.random.fold_in(key, state["step"])
+        if grad_accum_steps == 1:
+            (loss, sums), grads = grad_fn(params, batch, key)
+        else:
+            # Micro-batches run in sequence; gradients are averaged so the update matches one
+            # large batch of the same per-example weighting.
+            micro = _split_micro(batch, grad_accum_steps)
+
+            def body(carry, xs):
+                i, mb = xs
+                (loss_i, sums_i), g = grad_fn(params, mb, jax.random.fold_in(key, i))
+                acc_g, acc_loss, acc_sums = carry
+                return (jax.tree.map(jnp.add, acc_g, g), acc_loss + loss_i,
+                        jax.tree.map(jnp.add, acc_sums, sums_i)), None
+
+            zeros_g = jax.tree.map(jnp.zeros_like, params)
+            _, sums0 = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], micro), key)
+            zeros_s = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums0)
+            (grads, loss, sums), _ = jax.lax.scan(
+                body, (zeros_g, jnp.zeros((), jnp.float32), zeros_s),
+                (jnp.arange(grad_accum_steps), micro))
+            grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
+            loss = loss / grad_accum_steps
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # A non-finite step is not applied: the state stays the last good one, and the host stops
+        # the run when it reads the flag (at the next log or checkpoint), so no bad state is saved.
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        new_state = {"step": state["step"] + 1,
+                     "params": keep(new_params, params),
+                     "opt_state": keep(opt_state, state["opt_state"])}
+        metrics = {"sums": sums, "loss": loss, "grad_norm": grad_norm,
+                   "nonfinite": (~finite).astype(jnp.int32)}
+        return new_state, metrics
+
+    def eval_step(params, batch):
+        model = nnx.merge(graphdef, params)
+        _, sums = objective.loss(objective.forward(model, batch, None), batch)
+        return sums
+
+    predict_jit = None
+    if hasattr(objective, "predict"):
+        def predict_step(params, batch):
+            model = nnx.merge(graphdef, params)
+            return objective.predict(objective.forward(model, batch, None))
+
+        predict_jit = jax.jit(predict_step, in_shardings=(shardings["params"], batch_sh))
+
+    return StepFns(
+        init=jax.jit(init_state, out_shardings=shardings),
+        train=jax.jit(train_step, in_shardings=(shardings, batch_sh, replicated),
+                      out_shardings=(shardings, replicated), donate_argnums=0),
+        eval=jax.jit(eval_step, in_shardings=(shardings["params"], batch_sh),
+                     out_shardings=replicated),
+        predict=predict_jit,
+        graphdef=graphdef,
+        abstract_state=abstract,
+        state_shardings=shardings,
+    )

@@ -1,0 +1,83 @@
+"""Every config leaf can be overridden from the command line; bad overrides fail in one line."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bertjax.config import base_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_print_config(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "bertjax.print_config", *args], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def leaves(cfg, prefix=""):
+    for k, v in cfg.items():
+        if hasattr(v, "items"):
+            yield from leaves(v, f"{prefix}{k}.")
+        else:
+            yield prefix + k, v
+
+
+def other_value(key, v):
+    if isinstance(v, bool):
+        return (not v), str(not v).lower()
+    if isinstance(v, int):
+        return v + 3, str(v + 3)
+    if isinstance(v, float):
+        return v * 0.5 + 0.25, repr(v * 0.5 + 0.25)
+    if isinstance(v, str):
+        # Values with meaning must stay valid; free-form strings get a new one.
+        choices = {"model.hidden_act": "gelu_tanh", "model.attention_backend": "xla",
+                   "model.dtype": "bfloat16", "model.param_dtype": "float32", "model.remat": "dots",
+                   "optim.name": "adamw", "optim.schedule": "cosine", "data.masking": "dynamic"}
+        new = choices.get(key, "/tmp/elsewhere")
+        return new, new
+    raise AssertionError(f"untyped leaf {key}={v!r}")
+
+
+def test_every_leaf_overrides():
+    cfg = base_config("tiny")
+    expected, args = {}, ["--config=configs/bert_tiny.py"]
+    for key, v in leaves(cfg):
+        new, text = other_value(key, v)
+        expected[key] = new
+        args.append(f"--config.{key}={text}")
+    proc = run_print_config(*args)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    for key, want in expected.items():
+        node = got
+        for part in key.split("."):
+            node = node[part]
+        assert node == pytest.approx(want), key
+
+
+@pytest.mark.parametrize("arg,needle", [
+    ("--config.model.no_such_key=3", "no_such_key"),
+    ("--config.train.batch_size=lots", "batch_size"),
+    ("--config.model.num_layers=2.5", "num_layers"),
+    ("--config=configs/does_not_exist.py", "does_not_exist"),
+    ("--no_such_flag=1", "no_such_flag"),
+])
+def test_bad_overrides_fail_in_one_line(arg, needle):
+    args = [arg] if arg.startswith("--config=") else ["--config=configs/bert_tiny.py", arg]
+    proc = run_print_config(*args)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_model_import_does_not_import_tensorflow():
+    code = ("import sys, bertjax.model, bertjax.interop.params, bertjax.cli; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'tensorflow_text', 'tensorflow_datasets')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
