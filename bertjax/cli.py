@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bertjax.errors import UserError, fail, user_errors_exit
@@ -53,4 +53,11 @@ def config_to_dict(cfg) -> dict:
 
 def run(main) -> None:
     """absl app.run with one-line errors for flags and UserError."""
-    app.run(user_errors_exit(main), argv=sys.argv, flags_parser=_parse)
+
+    def quiet_main(argv):
+        # Orbax logs every save step at INFO through absl; our progress line says what matters.
+        if not FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)
+        return main(argv)
+
+    app.run(user_errors_exit(quiet_main), argv=sys.argv, flags_parser=_parse)

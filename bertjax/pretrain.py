@@ -8,6 +8,7 @@ params only. SIGTERM saves and exits 0.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -93,7 +94,7 @@ def main(argv):
             cfg.data.train_dir, batch_size=local_batch, process_index=shard,
             process_count=num_shards, seed=int(cfg.train.seed), shuffle=True,
             shuffle_buffer=int(cfg.data.shuffle_buffer), repeat=True, masking=masking,
-            state=state)
+            prefetch=int(cfg.data.prefetch), start_batch=int(state["batches"]) if state else 0)
 
     evaluate = None
     if cfg.data.eval_dir:
@@ -103,11 +104,12 @@ def main(argv):
             shard, num_shards, local_batch = mesh_lib.host_batch_slice(mesh, cfg.train.batch_size)
 
             def make_iter():
-                return pipeline.make_pretrain_input(
+                # One pass, fixed masks, at most train.eval_steps batches (every host the same count).
+                it = pipeline.make_pretrain_input(
                     cfg.data.eval_dir, batch_size=local_batch, process_index=shard,
                     process_count=num_shards, seed=int(cfg.train.seed), shuffle=False,
-                    repeat=False, eval_mode=True, max_batches=int(cfg.train.eval_steps),
-                    masking=masking)
+                    repeat=False, masking=masking)
+                return itertools.islice(it, int(cfg.train.eval_steps))
 
             return loop.iterate_eval(make_iter, steps, params, mesh)
 

@@ -138,13 +138,11 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
     it = inputs.make_train(shard, num_shards, local_batch, data_state)
 
     # --- metrics, flops
-    writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
-    mc = cfg.model
-    flops_per_token = flops_lib.flops_per_token(
-        num_layers=mc.num_layers, hidden=mc.hidden_size, ffn=mc.intermediate_size,
-        vocab=mc.vocab_size, seq_len=inputs.seq_len,
-        mlm_fraction=inputs.predictions_per_seq / max(inputs.seq_len, 1))
-    peak = flops_lib.peak_flops(jax.devices()[0].device_kind)
+    # Process 0 alone writes metrics.jsonl and TensorBoard events; the progress line is ours.
+    writer = metrics_lib.make_writers(workdir, num_steps, stdout=False)
+    flops_per_token = flops_lib.model_flops_per_token(cfg.model.to_dict(), inputs.seq_len,
+                                                      inputs.predictions_per_seq or None)
+    device_kind = jax.devices()[0].device_kind
 
     base_key = jax.random.key(int(t_cfg.seed))
     pending: list[dict] = []
@@ -208,10 +206,11 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
                     tokens_per_second=seqs * inputs.seq_len,
                     data_wait_fraction=data_wait / elapsed,
                     step_time=elapsed / n)
-                if peak:
-                    train_metrics["mfu"] = (seqs * inputs.seq_len * flops_per_token
-                                            / (peak * jax.device_count()))
-                writer.write(step, train_metrics, prefix="train")
+                mfu = flops_lib.mfu(seqs * inputs.seq_len, flops_per_token, jax.device_count(),
+                                    device_kind)
+                if mfu is not None:
+                    train_metrics["mfu"] = mfu
+                writer.write_scalars(step, {f"train/{k}": v for k, v in train_metrics.items()})
                 eta = _fmt_eta((num_steps - step) * elapsed / n)
                 log(_progress(step, num_steps, train_metrics, eta))
                 last_log_time, last_log_step, data_wait = time.time(), step, 0.0
@@ -220,7 +219,7 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
                 if pending:
                     train_metrics = {**train_metrics, **flush()}
                 eval_metrics = inputs.evaluate(steps, state["params"], mesh)
-                writer.write(step, eval_metrics, prefix="eval")
+                writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
                 log(f"eval @ {step}: " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
                 if best_metric:
                     best = _track_best(best, eval_metrics, best_metric, best_mode, step, state,
@@ -257,10 +256,11 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
         checkpointer.wait()
         if is_main:
             ckpt_lib.write_completed_marker(workdir, step)
-            if t_cfg.plot:
-                path = metrics_lib.plot_curves(workdir)
+            if t_cfg.plot and (workdir_path / "metrics.jsonl").exists():
+                path = metrics_lib.plot_curves(workdir_path / "metrics.jsonl",
+                                               workdir_path / "curves.png")
                 if path:
-                    log(f"plot: {path}")
+                    log(f"plot: {path}; TensorBoard: tensorboard --logdir {workdir_path / 'tensorboard'}")
     writer.close()
     checkpointer.close()
     return Result(step=step, train_metrics=train_metrics, eval_metrics=eval_metrics, best=best,

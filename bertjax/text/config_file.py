@@ -1,0 +1,38 @@
+"""tokenizer_config.json: the casing of a tokenizer, in the file and keys Hugging Face uses, so a
+directory written by either side loads the same way."""
+from __future__ import annotations
+
+import json
+import os
+
+from bertjax.errors import UserError
+from bertjax.text.files import write_atomic
+
+CONFIG_NAME = "tokenizer_config.json"
+
+
+def write_tokenizer_config(out_dir: str, lower_case: bool, strip_accents: bool) -> str:
+    body = {"do_lower_case": bool(lower_case), "strip_accents": bool(strip_accents)}
+    return write_atomic(os.path.join(out_dir, CONFIG_NAME), json.dumps(body, indent=2) + "\n")
+
+
+def read_tokenizer_config(directory: str) -> dict:
+    """Returns {"lower_case": bool|None, "strip_accents": bool|None} from DIR/tokenizer_config.json;
+    both None when the file is absent. A missing or null key means "not stated"."""
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(path):
+        return {"lower_case": None, "strip_accents": None}
+    try:
+        with open(path, encoding="utf-8") as f:
+            body = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); fix or delete it") from None
+    if not isinstance(body, dict):
+        raise UserError(f"{path} must hold a JSON object such as {{\"do_lower_case\": true}}")
+    out = {}
+    for ours, theirs in (("lower_case", "do_lower_case"), ("strip_accents", "strip_accents")):
+        value = body.get(theirs)
+        if value is not None and not isinstance(value, bool):
+            raise UserError(f"{path}: {theirs} must be true, false or null, not {value!r}")
+        out[ours] = value
+    return out

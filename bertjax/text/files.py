@@ -1,0 +1,64 @@
+"""Small file helpers shared by the tokenizer and corpus code: hashing and all-or-nothing writes."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_atomic(path: str, data: bytes | str) -> str:
+    """Writes to a hidden temporary file in the same directory, then renames it into place, so a
+    reader never sees a half-written file under the final name."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        # mkstemp creates the file private (0600); give it the usual permissions of a data file.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+class AtomicTextWriter:
+    """A text file written line by line under a temporary name and renamed on a clean close; on an
+    exception the temporary file is removed and nothing appears under the final name."""
+
+    def __init__(self, path: str):
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(
+            prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+        )
+        self._file = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+
+    def write(self, text: str) -> None:
+        self._file.write(text)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self._file.close()
+        if exc_type is None:
+            os.chmod(self._tmp, 0o644)
+            os.replace(self._tmp, self.path)
+        elif os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+        return False

@@ -1,0 +1,367 @@
+"""Checkpoints with Orbax: resume (everything) and init-from (params only) are different things.
+
+Layout of a run's workdir:
+    <workdir>/checkpoints/<step>/state    train state {"step", "params", "opt_state"} (Orbax PyTree)
+    <workdir>/checkpoints/<step>/data     input-pipeline position (JSON)
+    <workdir>/checkpoints/<step>/config   resolved run config (JSON)
+    <workdir>/COMPLETED                   written last, when training finished
+Layout of a params-only checkpoint (written by `save_params`, e.g. by the converters):
+    <dir>/params              Orbax PyTree of the parameters (plain nested dicts)
+    <dir>/model_config.json   the model section of the config
+    <dir>/<extra files>       e.g. vocab.txt
+A step counts only once Orbax has committed it: it writes into "<step>.orbax-checkpoint-tmp" and
+renames when every item is complete (on object stores it writes commit_success.txt instead), so a
+run killed mid-save resumes from the previous step. Paths may be local or any etils.epath URL
+(gs://...).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+
+from bertjax.errors import UserError
+
+ITEMS = ("state", "data", "config")
+CHECKPOINT_SUBDIR = "checkpoints"
+PARAMS_ITEM = "params"
+MODEL_CONFIG_FILE = "model_config.json"
+COMPLETED_FILE = "COMPLETED"
+_ORBAX_TREE_FILE = "_METADATA"
+
+
+def _one_line(e: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def _as_json(obj: Any, what: str) -> dict:
+    if hasattr(obj, "to_json_best_effort"):  # an ml_collections ConfigDict
+        obj = json.loads(obj.to_json_best_effort())
+    try:
+        json.dumps(obj)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{what} must be JSON-serialisable: {e}") from e
+    return dict(obj)
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+class Checkpointer:
+    """Saves and restores the train state, the data position and the resolved config together.
+
+    Every process must call `save`, `restore` and `wait`. Saves are asynchronous by default: `save`
+    returns once the arrays are copied off the devices. A failed background save is reported by
+    the next `save`, `wait` or `close` as a UserError naming the step and the last good step.
+    """
+
+    def __init__(self, workdir: str | epath.PathLike, keep: int = 3, async_: bool = True):
+        self.workdir = epath.Path(workdir)
+        self.directory = self.workdir / CHECKPOINT_SUBDIR
+        self._pending: int | None = None
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep if keep and keep > 0 else None,
+            enable_async_checkpointing=async_,
+            create=True,
+            # Temporary dirs left by a killed run would otherwise sit there forever.
+            cleanup_tmp_directories=True,
+        )
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        except OSError as e:
+            raise UserError(f"cannot use checkpoint directory {self.directory} ({_one_line(e)}); "
+                            "check the path and its write permission") from e
+
+    def _failed(self, steps: str, e: BaseException) -> UserError:
+        last = self.latest_step()
+        return UserError(
+            f"checkpoint save of step {steps} in {self.directory} failed ({_one_line(e)}); the last "
+            f"committed step is {last}. Check free space and write permission there, then rerun: "
+            "training resumes from the last committed step")
+
+    def save(self, step: int, state: Any, data_state: Mapping[str, Any],
+             config_json: Mapping[str, Any], force: bool = False) -> bool:
+        """Starts saving `step`; returns False if Orbax's policy skips it (already saved)."""
+        data = _as_json(data_state, "data_state")
+        config = _as_json(config_json, "config_json")
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data),
+                                  config=ocp.args.JsonSave(config))
+        previous = self._pending
+        try:
+            saved = self._manager.save(int(step), args=args, force=force)
+        except UserError:
+            raise
+        except Exception as e:
+            # Orbax first waits for the previous save, so its failure lands here too.
+            which = f"{previous} or {step}" if previous is not None else str(step)
+            raise self._failed(which, e) from e
+        self._pending = int(step) if saved else previous
+        return saved
+
+    def wait(self) -> None:
+        """Blocks until the pending save is committed; raises if it failed."""
+        try:
+            self._manager.wait_until_finished()
+            self._manager.check_for_errors()
+        except Exception as e:
+            step, self._pending = self._pending, None
+            raise self._failed(str(step), e) from e
+        self._pending = None
+
+    def latest_step(self) -> int | None:
+        """The newest committed step on storage (None if there is none)."""
+        self._manager.reload()
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict, dict]:
+        """Loads (state, data_state, config) of `step` (None: the latest committed one).
+
+        `abstract_state` is a pytree of jax.ShapeDtypeStruct carrying shardings for the current
+        mesh (see mesh.with_shardings); the state comes back on that mesh, whatever mesh saved it.
+        """
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                raise UserError(f"no committed checkpoint in {self.directory}; start without "
+                                "resuming or point --workdir at the run to resume")
+            step = steps[-1]
+        if step not in steps:
+            raise UserError(f"no committed checkpoint for step {step} in {self.directory}; "
+                            f"available: {steps or 'none'}")
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                  data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore())
+        try:
+            out = self._manager.restore(step, args=args)
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(
+                f"checkpoint step {step} in {self.directory} does not fit this model "
+                f"({_one_line(e)}); resume with the model config it was saved with, or start a "
+                "new workdir with init_from to load its params only") from e
+        return out.state, dict(out.data or {}), dict(out.config or {})
+
+    def reached_preemption(self, step: int) -> bool:
+        """True on every process once a preemption notice has been agreed on (multi-host TPU)."""
+        return self._manager.reached_preemption(step)
+
+    def close(self) -> None:
+        """Waits for the pending save (raising if it failed) and releases Orbax's threads."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_completed_marker(workdir: str | epath.PathLike, step: int) -> None:
+    """Writes <workdir>/COMPLETED (process 0 only, via a temporary name) for launchers to poll."""
+    if jax.process_index() != 0:
+        return
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = workdir / f"{COMPLETED_FILE}.tmp"
+    tmp.write_text(json.dumps({"step": int(step), "time": time.time()}) + "\n")
+    tmp.rename(workdir / COMPLETED_FILE)
+
+
+# --------------------------------------------------------------------------- params only
+
+
+def _plain(tree: Any) -> Any:
+    return nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree
+
+
+def save_params(directory: str | epath.PathLike, params: Any, model_config: Mapping[str, Any],
+                extra_files: Mapping[str, bytes | str | epath.PathLike] | None = None,
+                overwrite: bool = False) -> epath.Path:
+    """Writes a params-only checkpoint (layout in the module docstring); all processes call it.
+
+    `extra_files` maps a file name to bytes to write, or to a path to copy. Everything goes into
+    "<dir>.partial" first, which is renamed to <dir> once complete.
+    """
+    directory = epath.Path(directory)
+    if directory.exists():
+        if not overwrite:
+            raise UserError(f"{directory} already exists; choose a new output directory or remove it")
+    config = _as_json(model_config, "model_config")
+    partial = directory.parent / f"{directory.name}.partial"
+    primary = jax.process_index() == 0
+    if primary:
+        if partial.exists():
+            partial.rmtree()
+        partial.mkdir(parents=True)
+    _barrier("bertjax_save_params_start")
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
+        ckptr.save(partial / PARAMS_ITEM, args=ocp.args.StandardSave(_plain(params)))
+    if primary:
+        (partial / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for name, content in (extra_files or {}).items():
+            if isinstance(content, bytes):
+                (partial / name).write_bytes(content)
+            else:
+                epath.Path(content).copy(partial / name)
+        if directory.exists():
+            directory.rmtree()
+        partial.rename(directory)
+    _barrier("bertjax_save_params_done")
+    return directory
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What `load_params` did. Keys are "/"-joined parameter paths."""
+
+    source: str
+    loaded: list[str]
+    missing: list[str]  # in the model, not in the checkpoint: left to the caller's init
+    unexpected: list[str]  # in the checkpoint, not in the model: ignored
+    model_config: dict | None = None
+
+    def summary(self, limit: int = 8) -> str:
+        def few(keys):
+            return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+        lines = [f"loaded {len(self.loaded)} params from {self.source}"]
+        if self.missing:
+            lines.append(f"missing (freshly initialised) {len(self.missing)}: {few(self.missing)}")
+        if self.unexpected:
+            lines.append(f"unexpected (ignored) {len(self.unexpected)}: {few(self.unexpected)}")
+        return "\n".join(lines)
+
+
+def _key_name(k: Any) -> str:
+    return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+
+
+def _norm(names: list[str]) -> str:
+    # A Variable's array sits under a "value" key; plain-dict checkpoints have none.
+    if names and names[-1] == "value":
+        names = names[:-1]
+    return "/".join(names)
+
+
+def _resolve_source(ckpt_dir: epath.Path) -> tuple[epath.Path, tuple[str, ...], dict | None]:
+    """Finds the Orbax tree to read: (tree dir, key prefix of the params in it, model config)."""
+    if (ckpt_dir / PARAMS_ITEM / _ORBAX_TREE_FILE).exists():
+        cfg_file = ckpt_dir / MODEL_CONFIG_FILE
+        cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else None
+        return ckpt_dir / PARAMS_ITEM, (), cfg
+    step_dir = None
+    if (ckpt_dir / "state" / _ORBAX_TREE_FILE).exists():
+        step_dir = ckpt_dir
+    else:
+        root = ckpt_dir / CHECKPOINT_SUBDIR if (ckpt_dir / CHECKPOINT_SUBDIR).exists() else ckpt_dir
+        if root.exists():
+            steps = ocp.path.step.checkpoint_steps(root)
+            if steps:
+                step_dir = root / str(max(steps))
+    if step_dir is None:
+        raise UserError(
+            f"{ckpt_dir} holds no bertjax checkpoint (neither a run workdir with committed steps nor a "
+            f"params-only checkpoint with {PARAMS_ITEM}/ and {MODEL_CONFIG_FILE}); fix init_from")
+    cfg = None
+    cfg_file = step_dir / "config" / "metadata"
+    if cfg_file.exists():
+        cfg = json.loads(cfg_file.read_text()).get("model")
+    return step_dir / "state", ("params",), cfg
+
+
+def load_params(ckpt_dir: str | epath.PathLike, abstract_params: Any,
+                fallback: Any = None) -> tuple[Any, LoadReport]:
+    """Loads only parameters, for init-from (fine-tuning, continued pretraining).
+
+    `ckpt_dir` is a run workdir (latest committed step), one step dir, or a params-only checkpoint.
+    `abstract_params` is the model's param pytree of jax.ShapeDtypeStruct with shardings for the
+    current mesh (arrays are accepted too: their shape, dtype and sharding are used). Matching is by
+    key path; values are cast to the model's dtypes. Returns params shaped like `abstract_params`:
+    missing leaves are taken from `fallback` (e.g. freshly initialised params) when given, else
+    left abstract. A shape mismatch raises a UserError listing the keys and both shapes.
+    """
+    ckpt_dir = epath.Path(ckpt_dir)
+    tree_dir, prefix, model_cfg = _resolve_source(ckpt_dir)
+    reader = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+    meta = reader.metadata(tree_dir)
+    meta = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+
+    saved: dict[str, tuple[tuple[str, ...], Any]] = {}
+
+    def collect(node: Any, keys: tuple[str, ...]) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                collect(v, keys + (str(k),))
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                collect(v, keys + (str(i),))
+        elif node is not None and hasattr(node, "shape"):
+            if keys[: len(prefix)] == prefix:
+                saved[_norm(list(keys[len(prefix):]))] = (keys, node)
+
+    collect(meta, ())
+    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
+    wanted = {_norm([_key_name(k) for k in path]): leaf for path, leaf in flat}
+
+    mismatched = [f"{k}: checkpoint {tuple(saved[k][1].shape)} vs model {tuple(v.shape)}"
+                  for k, v in wanted.items() if k in saved and tuple(saved[k][1].shape) != tuple(v.shape)]
+    if mismatched:
+        shown = "; ".join(mismatched[:6]) + (f"; +{len(mismatched) - 6} more" if len(mismatched) > 6 else "")
+        raise UserError(f"init_from {ckpt_dir}: parameter shapes differ ({shown}); use a checkpoint "
+                        "of the same model size and vocabulary, or change the model config to match")
+
+    target: dict = {}
+    for k, v in wanted.items():
+        if k not in saved:
+            continue
+        node = target
+        keys = saved[k][0]
+        for part in keys[:-1]:
+            node = node.setdefault(part, {})
+        node[keys[-1]] = jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, "sharding", None))
+    restored: dict = {}
+    if target:
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        restored = reader.restore(tree_dir, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True))
+
+    fallback_leaves = None
+    if fallback is not None:
+        fallback_leaves = [leaf for _, leaf in jax.tree_util.tree_flatten_with_path(fallback)[0]]
+        if len(fallback_leaves) != len(flat):
+            raise ValueError("fallback must have the structure of abstract_params")
+    leaves = []
+    for i, (path, leaf) in enumerate(flat):
+        k = _norm([_key_name(p) for p in path])
+        if k in saved:
+            node = restored
+            for part in saved[k][0]:
+                node = node[part]
+            leaves.append(node)
+        else:
+            leaves.append(fallback_leaves[i] if fallback_leaves is not None else leaf)
+    report = LoadReport(
+        source=str(tree_dir),
+        loaded=sorted(k for k in wanted if k in saved),
+        missing=sorted(k for k in wanted if k not in saved),
+        unexpected=sorted(k for k in saved if k not in wanted),
+        model_config=model_cfg,
+    )
+    return jax.tree_util.tree_unflatten(treedef, leaves), report

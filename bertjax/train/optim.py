@@ -1,0 +1,160 @@
+"""The BERT optimizer: global-norm clipping, Adam (optionally without bias correction, as in the
+original), decoupled weight decay that skips LayerNorm parameters and biases, and a learning-rate
+schedule with linear warmup.
+
+Weight-decay rule, applied to each parameter's key path (Variable wrappers ignored, names
+lower-cased): a parameter is NOT decayed when
+- its own name ends in "bias" (every bias, including the MLM output bias), or
+- any component of its path contains "norm" (LayerNorm, layer_norm, attention_norm, ...), or
+- any component has a token "ln" or "ln<digits>" between underscores (ln, ln_1, attn_ln).
+Everything else (kernels, embeddings) is decayed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bertjax.errors import UserError
+
+SCHEDULES = ("linear", "cosine", "constant", "rsqrt")
+_LN_TOKEN = re.compile(r"^ln\d*$")
+
+
+def _get(cfg: Any, name: str) -> Any:
+    return cfg[name] if isinstance(cfg, Mapping) else getattr(cfg, name)
+
+
+def _names(path: tuple) -> list[str]:
+    out = []
+    for k in path:
+        if isinstance(k, jax.tree_util.GetAttrKey) and k.name == "value":
+            continue  # the array inside an nnx.Variable
+        out.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))).lower())
+    return out
+
+
+def is_decayed(path: tuple) -> bool:
+    """The weight-decay rule of the module docstring, for one jax key path."""
+    names = _names(path)
+    if not names or names[-1].endswith("bias"):
+        return False
+    for n in names:
+        if "norm" in n or any(_LN_TOKEN.match(t) for t in n.split("_")):
+            return False
+    return True
+
+
+def decay_mask(params: Any) -> Any:
+    """A pytree of bools shaped like `params`: True where weight decay applies."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: is_decayed(p), params)
+
+
+def scale_by_adam_no_bias_correction(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+    """Adam's update m / (sqrt(v) + eps) with raw moving averages, as in the original BERT
+    AdamWeightDecayOptimizer. The state has the layout of optax.scale_by_adam, so a checkpoint
+    loads whichever way `bias_correction` is set."""
+
+    def init(params):
+        zeros = lambda p: jnp.zeros_like(p)
+        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32),
+                                      mu=jax.tree.map(zeros, params), nu=jax.tree.map(zeros, params))
+
+    def update(updates, state, params=None):
+        del params
+        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
+        out = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
+        count = optax.safe_increment(state.count)
+        return out, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Schedule:
+    name: str
+    peak: float
+    warmup: int
+    num_steps: int
+    end: float
+
+    def __call__(self, step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = self.peak * step / max(self.warmup, 1)
+        span = max(self.num_steps - self.warmup, 1)
+        frac = jnp.clip((step - self.warmup) / span, 0.0, 1.0)
+        if self.name == "linear":
+            after = self.peak + (self.end - self.peak) * frac
+        elif self.name == "cosine":
+            after = self.end + (self.peak - self.end) * 0.5 * (1.0 + jnp.cos(math.pi * frac))
+        elif self.name == "constant":
+            after = jnp.full_like(step, self.peak)
+        else:  # rsqrt, continuous with the warmup at its end
+            after = self.peak * jax.lax.rsqrt(jnp.maximum(step, max(self.warmup, 1)) / max(self.warmup, 1))
+        return jnp.where(step < self.warmup, warm, after)
+
+
+def make_schedule(name: str, learning_rate: float, warmup_steps: int, num_steps: int,
+                  end_lr_fraction: float = 0.0) -> Callable[[Any], jax.Array]:
+    """Learning rate as a function of the update count (0 for the first update).
+
+    Warmup rises linearly from 0 to `learning_rate` over `warmup_steps` (the first update gets 0, as
+    in the original). After it: "linear" and "cosine" fall to `end_lr_fraction * learning_rate` at
+    `num_steps` and stay there; "constant" stays at the peak; "rsqrt" decays as
+    sqrt(warmup / step). The original BERT decayed over all `num_steps` counted from step 0; here the
+    decay starts at the end of warmup, which differs by at most warmup/num_steps of the peak.
+    """
+    if name not in SCHEDULES:
+        raise UserError(f"unknown learning-rate schedule {name!r}; set optim.schedule to one of "
+                        f"{', '.join(SCHEDULES)}")
+    if num_steps < 1:
+        raise UserError(f"train.num_steps={num_steps} must be at least 1")
+    if warmup_steps < 0:
+        raise UserError(f"optim.warmup_steps={warmup_steps} must be >= 0")
+    if name in ("linear", "cosine") and warmup_steps > num_steps:
+        raise UserError(f"optim.warmup_steps={warmup_steps} exceeds train.num_steps={num_steps}; "
+                        "lower the warmup (fine-tuning usually uses 10% of the steps)")
+    if learning_rate < 0:
+        raise UserError(f"optim.learning_rate={learning_rate} must be >= 0")
+    if not 0.0 <= end_lr_fraction <= 1.0:
+        raise UserError(f"optim.end_lr_fraction={end_lr_fraction} must be in [0, 1]")
+    return _Schedule(name, float(learning_rate), int(warmup_steps), int(num_steps),
+                     float(end_lr_fraction) * float(learning_rate))
+
+
+def make_optimizer(optim_cfg: Any, num_steps: int) -> tuple[optax.GradientTransformation, Callable]:
+    """Returns (optimizer, schedule) for the `optim` section of the config.
+
+    Chain: clip by global norm (skipped when clip_norm <= 0) -> Adam (bias correction per
+    `optim.bias_correction`) -> decoupled weight decay on the params `decay_mask` selects ->
+    scale by -schedule(count). With bias correction and no clipping this is exactly optax.adamw.
+    """
+    name = str(_get(optim_cfg, "name"))
+    if name != "adamw":
+        raise UserError(f"unknown optimizer {name!r}; set optim.name to 'adamw'")
+    schedule = make_schedule(str(_get(optim_cfg, "schedule")), float(_get(optim_cfg, "learning_rate")),
+                             int(_get(optim_cfg, "warmup_steps")), int(num_steps),
+                             float(_get(optim_cfg, "end_lr_fraction")))
+    b1, b2, eps = (float(_get(optim_cfg, k)) for k in ("b1", "b2", "eps"))
+    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0) or eps <= 0:
+        raise UserError(f"Adam needs 0 <= b1, b2 < 1 and eps > 0 (got b1={b1}, b2={b2}, eps={eps})")
+    weight_decay = float(_get(optim_cfg, "weight_decay"))
+    clip_norm = float(_get(optim_cfg, "clip_norm"))
+    parts = []
+    if clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(clip_norm))
+    if bool(_get(optim_cfg, "bias_correction")):
+        parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
+    else:
+        parts.append(scale_by_adam_no_bias_correction(b1, b2, eps))
+    # Present even at zero decay so the optimizer state keeps one layout across configs.
+    parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
+    parts.append(optax.scale_by_learning_rate(schedule))
+    return optax.chain(*parts), schedule

@@ -1,0 +1,143 @@
+"""The BERT optimizer: Adam without bias correction checked by hand, the weight-decay mask, the
+schedules, and equality with optax.adamw when bias correction is on."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from bertjax.config import base_config
+from bertjax.errors import UserError
+from bertjax.train import optim
+
+
+def _cfg(**overrides):
+    cfg = base_config("tiny").optim
+    with cfg.unlocked():
+        for k, v in overrides.items():
+            cfg[k] = v
+    return cfg
+
+
+def test_no_bias_correction_matches_hand_computation():
+    lr, b1, b2, eps, wd = 0.1, 0.9, 0.999, 1e-6, 0.01
+    tx, _ = optim.make_optimizer(
+        _cfg(learning_rate=lr, b1=b1, b2=b2, eps=eps, weight_decay=wd, clip_norm=0.0,
+             schedule="constant", warmup_steps=0, bias_correction=False), num_steps=10)
+    params = {"w": jnp.array(2.0)}
+    state = tx.init(params)
+    m = v = 0.0
+    w = 2.0
+    for g in (0.5, -1.0, 3.0):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        w = w - lr * (m / (math.sqrt(v) + eps) + wd * w)
+        updates, state = tx.update({"w": jnp.array(g)}, state, params)
+        params = optax.apply_updates(params, updates)
+        assert float(params["w"]) == pytest.approx(w, rel=1e-6)
+
+
+def test_first_step_without_bias_correction_is_larger_than_adams():
+    # (1-b1)/sqrt(1-b2) = 0.1/sqrt(0.001) ~ 3.16 times Adam's unit first step; the recipe's warmup
+    # keeps that harmless.
+    def first(bias_correction):
+        tx, _ = optim.make_optimizer(_cfg(learning_rate=1.0, weight_decay=0.0, clip_norm=0.0,
+                                          schedule="constant", warmup_steps=0,
+                                          bias_correction=bias_correction), num_steps=1)
+        params = {"w": jnp.array(0.0)}
+        return float(tx.update({"w": jnp.array(0.5)}, tx.init(params), params)[0]["w"])
+
+    assert first(True) == pytest.approx(-1.0, rel=1e-4)
+    assert first(False) == pytest.approx(-0.1 / math.sqrt(0.001), rel=1e-4)
+
+
+def test_bias_correction_equals_optax_adamw():
+    cfg = _cfg(learning_rate=1e-2, weight_decay=0.1, clip_norm=0.0, schedule="linear", warmup_steps=2,
+               bias_correction=True)
+    tx, schedule = optim.make_optimizer(cfg, num_steps=6)
+    ref = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=0.1, mask=optim.decay_mask)
+    params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.full((2,), 0.5)},
+              "layer_norm": {"scale": jnp.ones((2,))}}
+    mine, theirs = params, params
+    s1, s2 = tx.init(mine), ref.init(theirs)
+    for i in range(4):
+        g = jax.tree.map(lambda p, k=i + 1: jnp.sin(p * k), mine)
+        u1, s1 = tx.update(g, s1, mine)
+        u2, s2 = ref.update(g, s2, theirs)
+        mine, theirs = optax.apply_updates(mine, u1), optax.apply_updates(theirs, u2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), mine, theirs)
+    assert jax.tree_util.tree_structure(s1) == jax.tree_util.tree_structure(s2)
+
+
+def test_clipping_scales_gradients_to_the_global_norm():
+    # eps=1 makes Adam's first step depend on the gradient's size, so clipping shows in the update.
+    def first_update(clip_norm):
+        tx, _ = optim.make_optimizer(_cfg(clip_norm=clip_norm, eps=1.0, schedule="constant",
+                                          warmup_steps=0, learning_rate=1.0, weight_decay=0.0), 1)
+        params = {"a": jnp.zeros(4)}
+        updates, _ = tx.update({"a": jnp.full((4,), 10.0)}, tx.init(params), params)
+        return np.asarray(updates["a"])
+
+    clipped_g = 0.5  # 4 entries of 10 scaled to global norm 1
+    np.testing.assert_allclose(first_update(1.0), -0.1 * clipped_g / (math.sqrt(1e-3) * clipped_g + 1),
+                               rtol=1e-5)
+    np.testing.assert_allclose(first_update(0.0), -0.1 * 10 / (math.sqrt(1e-3) * 10 + 1), rtol=1e-5)
+
+
+class _Block(nnx.Module):
+    def __init__(self, rngs):
+        self.attention_output = nnx.Linear(4, 4, rngs=rngs)
+        self.attention_norm = nnx.LayerNorm(4, rngs=rngs)
+        self.LayerNorm = nnx.LayerNorm(4, rngs=rngs)
+        self.ln_1 = nnx.LayerNorm(4, rngs=rngs)
+        self.word_embeddings = nnx.Embed(8, 4, rngs=rngs)
+        self.output_bias = nnx.Param(jnp.zeros(8))
+
+
+def test_decay_mask_excludes_layer_norms_and_biases():
+    params = nnx.state(_Block(nnx.Rngs(0)), nnx.Param)
+    flat = {"/".join(optim._names(p)): m
+            for p, m in jax.tree_util.tree_flatten_with_path(optim.decay_mask(params))[0]}
+    assert flat == {
+        "attention_norm/bias": False, "attention_norm/scale": False,
+        "attention_output/bias": False, "attention_output/kernel": True,
+        "layernorm/bias": False, "layernorm/scale": False,
+        "ln_1/bias": False, "ln_1/scale": False,
+        "output_bias": False, "word_embeddings/embedding": True,
+    }
+    # The mask works on nnx.State params inside the optimizer: LayerNorm scales are not decayed.
+    tx, _ = optim.make_optimizer(_cfg(schedule="constant", warmup_steps=0, learning_rate=1.0,
+                                      weight_decay=0.5, clip_norm=0.0), num_steps=1)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    assert float(jnp.abs(updates["attention_norm"]["scale"].get_value()).max()) == 0.0
+    np.testing.assert_allclose(updates["attention_output"]["kernel"].get_value(),
+                               -0.5 * params["attention_output"]["kernel"].get_value(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("linear", {0: 0.0, 5: 0.5, 10: 1.0, 55: 0.55, 100: 0.1, 150: 0.1}),
+    ("cosine", {0: 0.0, 10: 1.0, 55: 0.55, 100: 0.1, 150: 0.1}),
+    ("constant", {0: 0.0, 5: 0.5, 10: 1.0, 100: 1.0}),
+    ("rsqrt", {5: 0.5, 10: 1.0, 40: 0.5, 160: 0.25}),
+])
+def test_schedule_values_at_key_steps(name, expected):
+    schedule = optim.make_schedule(name, 1.0, warmup_steps=10, num_steps=100, end_lr_fraction=0.1)
+    for step, value in expected.items():
+        assert float(schedule(step)) == pytest.approx(value, abs=1e-6), (name, step)
+    # Cosine is halfway at the middle of the decay, above linear before it and below after.
+    if name == "cosine":
+        linear = optim.make_schedule("linear", 1.0, warmup_steps=10, num_steps=100, end_lr_fraction=0.1)
+        assert float(schedule(32)) > float(linear(32)) and float(schedule(78)) < float(linear(78))
+
+
+def test_bad_optimizer_settings_are_user_errors():
+    with pytest.raises(UserError, match="optim.schedule"):
+        optim.make_optimizer(_cfg(schedule="step"), 100)
+    with pytest.raises(UserError, match="optim.name"):
+        optim.make_optimizer(_cfg(name="sgd"), 100)
+    with pytest.raises(UserError, match="warmup"):
+        optim.make_optimizer(_cfg(warmup_steps=500), 100)
