@@ -23,8 +23,8 @@ def _accuracy(logits, labels, weights):
 
 
 def _row_weights(batch, n):
-    # Eval batches padded to a static shape carry example_weights = 0 on the filler rows.
-    return batch.get("example_weights", jnp.ones((n,), jnp.float32)).astype(jnp.float32)
+    # Eval batches padded to a static shape carry example_weight = 0 on the filler rows.
+    return batch.get("example_weight", jnp.ones((n,), jnp.float32)).astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,98 @@
+"""Shared featurisation for fine-tuning tasks: [CLS]/[SEP] packing, pair truncation, padding to a
+static length, and padding a feature set to whole batches for evaluation."""
+from __future__ import annotations
+
+import numpy as np
+
+from bertjax.text.base import Tokenizer
+
+
+def encode_many(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Ids for many texts; one batched call when the tokenizer offers encode_batch (the Rust
+    WordPiece does, several times faster than a Python loop of encode)."""
+    batch = getattr(tok, "encode_batch", None)
+    if batch is not None and texts:
+        return batch(list(texts))
+    return [tok.encode(t) for t in texts]
+
+
+def truncate_pair(tokens_a: list, tokens_b: list, max_total: int) -> None:
+    """Trims the longer side first, one token at a time from its end (in place). Removing from the
+    longer side keeps as much of a short hypothesis as possible; on a tie the second side loses,
+    as in the original BERT code, so results match models fine-tuned there."""
+    while len(tokens_a) + len(tokens_b) > max_total:
+        if len(tokens_a) > len(tokens_b):
+            tokens_a.pop()
+        else:
+            tokens_b.pop()
+
+
+def pack(tok: Tokenizer, ids_a: list[int], ids_b: list[int] | None, max_seq_length: int):
+    """[CLS] A [SEP] (B [SEP]) padded to max_seq_length -> (input_ids, segment_ids, input_mask).
+
+    Callers truncate first; an over-long input here is a programming error, not a user one."""
+    ids = [tok.cls_id, *ids_a, tok.sep_id]
+    segments = [0] * len(ids)
+    if ids_b is not None:
+        ids += [*ids_b, tok.sep_id]
+        segments += [1] * (len(ids_b) + 1)
+    if len(ids) > max_seq_length:
+        raise ValueError(f"packed length {len(ids)} exceeds max_seq_length {max_seq_length}")
+    return pad_row(ids, max_seq_length, tok.pad_id), pad_row(segments, max_seq_length, 0), \
+        pad_row([1] * len(ids), max_seq_length, 0)
+
+
+def pad_row(values: list, length: int, fill) -> list:
+    return list(values) + [fill] * (length - len(values))
+
+
+def stack(rows: dict[str, list], dtypes: dict[str, type], max_seq_length: int,
+          per_token: tuple[str, ...] = ()) -> dict:
+    """Lists of per-feature rows -> numpy arrays (int32 unless dtypes says otherwise). Empty
+    inputs still get their static width, [0, S] for per-token keys, so shape checks downstream
+    see the same rank as for real data."""
+    out = {}
+    for key, values in rows.items():
+        arr = np.asarray(values, dtype=dtypes.get(key, np.int32))
+        if arr.size == 0 and (key in _PER_TOKEN or key in per_token):
+            arr = arr.reshape(0, max_seq_length)
+        out[key] = arr
+    return out
+
+
+_PER_TOKEN = frozenset({"input_ids", "segment_ids", "input_mask", "label_weights"})
+
+
+def num_rows(features: dict) -> int:
+    return len(next(iter(features.values())))
+
+
+def pad_to_multiple(features: dict, multiple: int) -> dict:
+    """Pads every array along axis 0 with zero rows up to a multiple of `multiple` and adds
+    `example_weight` (1.0 real, 0.0 padding) so evaluation keeps one static batch shape and still
+    scores only real rows."""
+    n = num_rows(features)
+    total = -(-n // multiple) * multiple if n else multiple
+    out = {}
+    for key, arr in features.items():
+        pad = np.zeros((total - n, *arr.shape[1:]), dtype=arr.dtype)
+        out[key] = np.concatenate([arr, pad], axis=0)
+    weight = np.zeros((total,), np.float32)
+    weight[:n] = 1.0
+    out["example_weight"] = weight
+    return out
+
+
+def batches(features: dict, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+            drop_remainder: bool = True, epoch: int = 0):
+    """Yields numpy batch dicts. Training drops the ragged tail (one static shape); evaluation
+    passes drop_remainder=False after pad_to_multiple so nothing is lost. The order depends only
+    on (seed, epoch), so a resumed run sees the same batches."""
+    n = num_rows(features)
+    order = np.arange(n)
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+    stop = n - n % batch_size if drop_remainder else n
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        yield {k: v[idx] for k, v in features.items()}
