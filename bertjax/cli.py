@@ -6,7 +6,11 @@ a wrong type or a bad flag ends in one line and exit code 2 (absl would print a 
 from __future__ import annotations
 
 import json
+import os
 import sys
+
+# TensorFlow (the input pipeline) is noisy at start-up on machines without its accelerators.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging
 from ml_collections import config_flags

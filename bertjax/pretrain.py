@@ -46,7 +46,19 @@ def main(argv):
     from bertjax.train import distributed
 
     distributed.initialize(cfg.distributed)
+    result = pretrain(cfg, workdir)
 
+    import jax
+
+    if jax.process_index() == 0:
+        summary = {"step": result.step, "train": result.train_metrics, "eval": result.eval_metrics,
+                   "stopped_by_signal": result.stopped_by_signal,
+                   "train_step_compilations": result.train_compilations}
+        print(json.dumps(summary, sort_keys=True))
+
+
+def pretrain(cfg, workdir: str):
+    """Runs (or resumes) pretraining for a resolved config; returns the loop's Result."""
     import jax
 
     from bertjax.data import pipeline
@@ -115,12 +127,9 @@ def main(argv):
 
     inputs = loop.Inputs(make_train=make_train, evaluate=evaluate, seq_len=seq_len,
                          predictions_per_seq=preds)
-    result = loop.train(cfg, objective, lambda: build_model("pretraining", model_cfg, seed=cfg.train.seed),
-                        inputs, workdir)
-    if jax.process_index() == 0:
-        summary = {"step": result.step, "train": result.train_metrics, "eval": result.eval_metrics,
-                   "stopped_by_signal": result.stopped_by_signal}
-        print(json.dumps(summary, sort_keys=True))
+    return loop.train(cfg, objective,
+                      lambda: build_model("pretraining", model_cfg, seed=cfg.train.seed),
+                      inputs, workdir)
 
 
 if __name__ == "__main__":

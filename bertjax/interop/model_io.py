@@ -18,7 +18,10 @@ IDENTITY_FILE = "tokenizer_identity.json"
 
 
 def is_hf_dir(path: str) -> bool:
-    return epath.Path(path, "config.json").exists()
+    # A training workdir also holds a config.json (the run's), but never HF weight files.
+    p = epath.Path(path)
+    return (p / "config.json").exists() and any(
+        (p / n).exists() for n in ("model.safetensors", "pytorch_model.bin"))
 
 
 def save_checkpoint(out_dir: str, model: nnx.Module, cfg: BertConfig, task: str,

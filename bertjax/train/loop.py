@@ -51,6 +51,7 @@ class Result:
     eval_metrics: dict
     best: dict | None
     stopped_by_signal: bool = False
+    train_compilations: int = -1  # distinct compiled train steps (1 = never recompiled)
 
 
 class _Preemption:
@@ -164,6 +165,7 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
         pending = []
         bad = [m for m in fetched if m["nonfinite"]]
         if bad:
+            checkpointer.wait()  # the newest good save may still be committing
             last_good = checkpointer.latest_step()
             raise UserError(
                 f"non-finite loss or gradient norm at step {bad[0]['step']} (loss={bad[0]['loss']}, "
@@ -177,76 +179,86 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
         out["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
         return out
 
-    with _Preemption() as preempt:
-        t_compile = time.time()
-        while step < num_steps:
-            t0 = time.time()
-            local = next(it)
-            data_wait += time.time() - t0
-            batch = mesh_lib.make_global_batch(local, mesh)
-            state, m = steps.train(state, batch, base_key)
-            m["step"] = step + 1
-            pending.append(m)
-            step += 1
-            if not compiled:
-                compiled = True
-                jax.block_until_ready(m["loss"])
-                log(f"compiled and ran the first step in {time.time() - t_compile:.1f}s")
-                last_log_time, last_log_step, data_wait = time.time(), step, 0.0
+    try:
+        with _Preemption() as preempt:
+            t_compile = time.time()
+            while step < num_steps:
+                t0 = time.time()
+                local = next(it)
+                data_wait += time.time() - t0
+                batch = mesh_lib.make_global_batch(local, mesh)
+                state, m = steps.train(state, batch, base_key)
+                m["step"] = step + 1
+                pending.append(m)
+                step += 1
+                if not compiled:
+                    compiled = True
+                    jax.block_until_ready(m["loss"])
+                    log(f"compiled and ran the first step in {time.time() - t_compile:.1f}s")
+                    last_log_time, last_log_step, data_wait = time.time(), step, 0.0
 
-            if step % t_cfg.log_every == 0 or step == num_steps:
-                train_metrics = flush()
-                now = time.time()
-                elapsed = max(now - last_log_time, 1e-9)
-                n = max(step - last_log_step, 1)
-                seqs = n * t_cfg.batch_size / elapsed
-                train_metrics.update(
-                    learning_rate=float(schedule(step)),
-                    sequences_per_second=seqs,
-                    tokens_per_second=seqs * inputs.seq_len,
-                    data_wait_fraction=data_wait / elapsed,
-                    step_time=elapsed / n)
-                mfu = flops_lib.mfu(seqs * inputs.seq_len, flops_per_token, jax.device_count(),
-                                    device_kind)
-                if mfu is not None:
-                    train_metrics["mfu"] = mfu
-                writer.write_scalars(step, {f"train/{k}": v for k, v in train_metrics.items()})
-                eta = _fmt_eta((num_steps - step) * elapsed / n)
-                log(_progress(step, num_steps, train_metrics, eta))
-                last_log_time, last_log_step, data_wait = time.time(), step, 0.0
+                if step % t_cfg.log_every == 0 or step == num_steps:
+                    train_metrics = flush()
+                    now = time.time()
+                    elapsed = max(now - last_log_time, 1e-9)
+                    n = max(step - last_log_step, 1)
+                    seqs = n * t_cfg.batch_size / elapsed
+                    train_metrics.update(
+                        learning_rate=float(schedule(step)),
+                        sequences_per_second=seqs,
+                        tokens_per_second=seqs * inputs.seq_len,
+                        data_wait_fraction=data_wait / elapsed,
+                        step_time=elapsed / n)
+                    mfu = flops_lib.mfu(seqs * inputs.seq_len, flops_per_token, jax.device_count(),
+                                        device_kind)
+                    if mfu is not None:
+                        train_metrics["mfu"] = mfu
+                    writer.write_scalars(step, {f"train/{k}": v for k, v in train_metrics.items()})
+                    eta = _fmt_eta((num_steps - step) * elapsed / n)
+                    log(_progress(step, num_steps, train_metrics, eta))
+                    last_log_time, last_log_step, data_wait = time.time(), step, 0.0
 
-            if inputs.evaluate is not None and (step % t_cfg.eval_every == 0 or step == num_steps):
-                if pending:
-                    train_metrics = {**train_metrics, **flush()}
-                eval_metrics = inputs.evaluate(steps, state["params"], mesh)
-                writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-                log(f"eval @ {step}: " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
-                if best_metric:
-                    best = _track_best(best, eval_metrics, best_metric, best_mode, step, state,
-                                       workdir, cfg)
-                last_log_time, last_log_step, data_wait = time.time(), step, 0.0
+                if inputs.evaluate is not None and (step % t_cfg.eval_every == 0 or step == num_steps):
+                    if pending:
+                        train_metrics = {**train_metrics, **flush()}
+                    eval_metrics = inputs.evaluate(steps, state["params"], mesh)
+                    writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+                    log(f"eval @ {step}: " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+                    if best_metric:
+                        best = _track_best(best, eval_metrics, best_metric, best_mode, step, state,
+                                           workdir, cfg)
+                    last_log_time, last_log_step, data_wait = time.time(), step, 0.0
 
-            if step % t_cfg.checkpoint_every == 0 and step < num_steps:
-                if pending:
-                    train_metrics = {**train_metrics, **flush()}  # never save after a bad step
-                save(step)
+                if step % t_cfg.checkpoint_every == 0 and step < num_steps:
+                    if pending:
+                        train_metrics = {**train_metrics, **flush()}  # never save after a bad step
+                    save(step)
 
-            if t_cfg.profile_start_step >= 0:
-                if step == t_cfg.profile_start_step:
-                    jax.profiler.start_trace(str(workdir_path / "profile"))
-                elif step == t_cfg.profile_start_step + t_cfg.profile_num_steps:
-                    jax.block_until_ready(state["step"])
-                    jax.profiler.stop_trace()
-                    log(f"profile written to {workdir_path / 'profile'}")
+                if t_cfg.profile_start_step >= 0:
+                    if step == t_cfg.profile_start_step:
+                        jax.profiler.start_trace(str(workdir_path / "profile"))
+                    elif step == t_cfg.profile_start_step + t_cfg.profile_num_steps:
+                        jax.block_until_ready(state["step"])
+                        jax.profiler.stop_trace()
+                        log(f"profile written to {workdir_path / 'profile'}")
 
-            if preempt.requested():
-                if pending:
-                    train_metrics = {**train_metrics, **flush()}
-                save(step, force=True)
-                checkpointer.wait()
-                log(f"SIGTERM: saved step {step} and stopping; rerun the same command to resume")
-                stopped = True
-                break
+                if preempt.requested():
+                    if pending:
+                        train_metrics = {**train_metrics, **flush()}
+                    save(step, force=True)
+                    checkpointer.wait()
+                    log(f"SIGTERM: saved step {step} and stopping; rerun the same command to resume")
+                    stopped = True
+                    break
+    except BaseException:
+        # Let pending async saves finish (or fail) before the error propagates, so the last good
+        # checkpoint is committed and no background thread dies mid-write at interpreter exit.
+        try:
+            checkpointer.close()
+        except Exception:  # the original error is the one to report
+            pass
+        writer.close()
+        raise
 
     if not stopped:
         if pending:
@@ -263,8 +275,10 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
                     log(f"plot: {path}; TensorBoard: tensorboard --logdir {workdir_path / 'tensorboard'}")
     writer.close()
     checkpointer.close()
+    cache_size = getattr(steps.train, "_cache_size", None)
     return Result(step=step, train_metrics=train_metrics, eval_metrics=eval_metrics, best=best,
-                  stopped_by_signal=stopped)
+                  stopped_by_signal=stopped,
+                  train_compilations=cache_size() if cache_size else -1)
 
 
 def _progress(step: int, num_steps: int, m: dict, eta: str) -> str:
