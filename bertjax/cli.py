@@ -31,11 +31,20 @@ def _parse(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        fail(f"bad command line: {e}")
+        text = str(e)
+        if "Traceback (most recent call last)" in text:  # a config file raised while loading
+            fail(f"bad --config: {_last_line(e)}")
+        fail(f"bad command line: {text}")
     except (KeyError, AttributeError, TypeError, ValueError, OSError, ImportError) as e:
         # Config files are loaded while flags are parsed; their errors are user errors too.
-        fail(f"bad --config: {type(e).__name__}: {e}")
+        fail(f"bad --config: {_last_line(e)}")
     return []  # unreachable: fail() exits
+
+
+def _last_line(e: BaseException) -> str:
+    """ml_collections wraps load errors in multi-line text; the last line names the cause."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
 
 
 def get_config(name: str = "config"):
@@ -44,8 +53,10 @@ def get_config(name: str = "config"):
         cfg = getattr(FLAGS, name)
         if cfg is not None:
             cfg.to_dict()  # a file that failed to load only raises when first touched
+    except UserError as e:
+        raise UserError(f"bad --{name}: {e}") from None
     except (KeyError, AttributeError, TypeError, ValueError, OSError, ImportError) as e:
-        raise UserError(f"bad --{name}: {type(e).__name__}: {e}") from None
+        raise UserError(f"bad --{name}: {_last_line(e)}") from None
     if cfg is None:
         raise UserError(f"--{name} is required, e.g. --{name}=configs/bert_tiny.py")
     return cfg

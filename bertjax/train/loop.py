@@ -155,9 +155,15 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
     compiled = False
     step = start
 
+    saved_steps: set[int] = set()
+
     def save(step_now: int, force: bool = False):
+        # A preemption or the end can land on a step the periodic save already wrote.
+        if step_now in saved_steps:
+            return
         checkpointer.save(step_now, state, it.state(), json.loads(cfg.to_json_best_effort()),
                           force=force)
+        saved_steps.add(step_now)
 
     def flush() -> dict:
         nonlocal pending

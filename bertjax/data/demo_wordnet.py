@@ -1,0 +1,100 @@
+"""A labelled English dataset for the fine-tuning demo, built offline from Debian's wordnet-base:
+each noun synset's definition, labelled with its WordNet lexicographer category (noun.animal,
+noun.artifact, noun.food, ...: 25 classes). Tens of thousands of real sentences, so "does
+pretraining pay" can be measured without the noise of a 200-example set.
+
+    python -m bertjax.data.demo_wordnet --out=DIR [--wordnet_dir=/usr/share/wordnet]
+
+Writes DIR/train.tsv, DIR/dev.tsv (`sentence\\tlabel`, label names) and DIR/labels.txt.
+Nothing of it is committed; `make demo` installs wordnet-base and builds it.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import random
+import re
+
+from absl import app, flags
+
+from bertjax.errors import UserError, user_errors_exit
+from bertjax.text.files import write_atomic
+
+DEFAULT_DIR = "/usr/share/wordnet"
+LEXNAMES_MAN = "/usr/share/man/man5/lexnames.5WN.gz"
+
+
+def lexnames(man_page: str = LEXNAMES_MAN) -> dict[int, str]:
+    """File number -> category name, read from the package's own lexnames(5) table."""
+    names: dict[int, str] = {}
+    if os.path.exists(man_page):
+        with gzip.open(man_page, "rt", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                m = re.match(r"^(\d\d)\t(\w+\.\w+)\s*\t", line)
+                if m:
+                    names[int(m.group(1))] = m.group(2)
+    return names
+
+
+def noun_definitions(wordnet_dir: str) -> list[tuple[str, int]]:
+    """(definition, lexicographer file number) for every noun synset."""
+    path = os.path.join(wordnet_dir, "data.noun")
+    if not os.path.exists(path):
+        raise UserError(f"{path} not found; install Debian's wordnet-base (apt-get install "
+                        "wordnet-base) or pass --wordnet_dir")
+    rows = []
+    with open(path, encoding="utf-8", errors="strict") as f:
+        for line in f:
+            if line.startswith("  ") or "|" not in line:
+                continue  # the licence header lines start with two spaces
+            head, gloss = line.split("|", 1)
+            lex = int(head.split()[1])
+            # The gloss is "definition; "example"; ...": keep the definition only.
+            definition = gloss.split('; "')[0].strip().rstrip(";").strip()
+            if len(definition.split()) >= 3:
+                rows.append((definition, lex))
+    return rows
+
+
+def build(out_dir: str, wordnet_dir: str = DEFAULT_DIR, n_train: int = 8000, n_dev: int = 2000,
+          seed: int = 0) -> dict:
+    names = lexnames()
+    rows = [(d, names.get(lex, f"lex{lex:02d}")) for d, lex in noun_definitions(wordnet_dir)]
+    rows = [r for r in rows if r[1] != "noun.Tops"]  # a handful of root concepts
+    random.Random(seed).shuffle(rows)
+    if len(rows) < n_train + n_dev:
+        raise UserError(f"{wordnet_dir} gives {len(rows)} definitions, fewer than "
+                        f"{n_train + n_dev}; lower --n_train/--n_dev")
+    train, dev = rows[:n_train], rows[n_train:n_train + n_dev]
+    labels = sorted({label for _, label in train})
+    dev = [r for r in dev if r[1] in labels]
+    os.makedirs(out_dir, exist_ok=True)
+
+    def tsv(part):
+        clean = (s.replace("\t", " ") for s, _ in part)
+        return "sentence\tlabel\n" + "".join(f"{s}\t{lab}\n" for s, (_, lab) in zip(clean, part))
+
+    write_atomic(os.path.join(out_dir, "train.tsv"), tsv(train))
+    write_atomic(os.path.join(out_dir, "dev.tsv"), tsv(dev))
+    write_atomic(os.path.join(out_dir, "labels.txt"), "\n".join(labels) + "\n")
+    counts = {lab: sum(1 for _, x in dev if x == lab) for lab in labels}
+    return {"train": len(train), "dev": len(dev), "labels": len(labels),
+            "dev_majority_share": max(counts.values()) / len(dev)}
+
+
+def main(argv):
+    del argv
+    if not flags.FLAGS.out:
+        raise UserError("--out is required")
+    stats = build(flags.FLAGS.out, flags.FLAGS.wordnet_dir, flags.FLAGS.n_train, flags.FLAGS.n_dev)
+    print(f"wordnet topics: {stats['train']} train / {stats['dev']} dev definitions, "
+          f"{stats['labels']} labels, dev majority class {100 * stats['dev_majority_share']:.1f}% "
+          f"({flags.FLAGS.out})")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("out", "", "Output directory.")
+    flags.DEFINE_string("wordnet_dir", DEFAULT_DIR, "Where wordnet-base put data.noun.")
+    flags.DEFINE_integer("n_train", 8000, "Training definitions.")
+    flags.DEFINE_integer("n_dev", 2000, "Dev definitions.")
+    app.run(user_errors_exit(main))

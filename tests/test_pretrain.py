@@ -1,0 +1,188 @@
+"""The pretraining loop: mesh invariance, two processes, exact resume, preemption, one compile,
+and stopping on non-finite values. Real data from `prepare`, the tiny model, 8 CPU devices."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import pretrain_support as ps
+from bertjax.config import base_config
+from bertjax.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return ps.prepare(str(tmp_path_factory.mktemp("pretrain-data")))
+
+
+def test_same_losses_on_every_mesh_and_one_device(data):
+    from bertjax.data import pipeline
+    from bertjax.model import BertConfig, build_model
+    from bertjax.train import mesh as mesh_lib, objectives, optim
+    from bertjax.train.step import make_steps
+
+    data_dir, vocab = data
+    cfg = ps.apply(base_config("tiny"), ps.overrides(data_dir, vocab))
+    model_cfg = BertConfig.from_dict(cfg.model.to_dict())
+    tx, _ = optim.make_optimizer(cfg.optim, 10)
+    it = pipeline.make_pretrain_input(data_dir, batch_size=16, seed=0)
+    batches = [next(it) for _ in range(3)]
+    curves = {}
+    layouts = {"data=8": (dict(data=8, fsdp=1, tensor=1), None),
+               "data=2,fsdp=4": (dict(data=2, fsdp=4, tensor=1), None),
+               "data=4,tensor=2": (dict(data=4, fsdp=1, tensor=2), None),
+               "1 device": (dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])}
+    for name, (shape, devices) in layouts.items():
+        mesh = mesh_lib.make_mesh(shape, devices=devices)
+        fns = make_steps(lambda: build_model("pretraining", model_cfg), objectives.Pretraining(),
+                         tx, mesh)
+        state = fns.init()
+        curve = []
+        for b in batches:  # dropout on: masks must not depend on the layout either
+            state, m = fns.train(state, mesh_lib.make_global_batch(b, mesh), jax.random.key(0))
+            curve.append(float(m["loss"]))
+        curves[name] = curve
+    ref = np.array(curves["data=8"])
+    assert ref[-1] != ref[0]
+    for name, curve in curves.items():
+        np.testing.assert_allclose(curve, ref, rtol=1e-5, err_msg=name)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
+    from bertjax import pretrain
+    from bertjax.train import checkpoint as ckpt_lib
+
+    data_dir, vocab = data
+    cfg = ps.apply(base_config("tiny"), ps.overrides(
+        data_dir, vocab, **{"optim.learning_rate": 1e30, "optim.warmup_steps": 2,
+                            "train.checkpoint_every": 1, "train.log_every": 100,
+                            "train.num_steps": 8, "optim.clip_norm": 0.0}))
+    workdir = str(tmp_path / "run")
+    with pytest.raises(UserError, match="non-finite") as e:
+        pretrain.pretrain(cfg, workdir)
+    assert "\n" not in str(e.value)
+    ckpt = ckpt_lib.Checkpointer(workdir, async_=False)
+    last = ckpt.latest_step()
+    ckpt.close()
+    assert last is not None and f"step {last} in" in str(e.value)
+    from bertjax.interop import model_io
+
+    model, *_ = model_io.load_model(workdir)
+    from bertjax.interop.params import flat_params
+
+    assert all(np.isfinite(v).all() for v in flat_params(model).values())
+    assert not os.path.exists(os.path.join(workdir, "COMPLETED"))
+
+
+def _final_params(workdir):
+    from bertjax.interop import model_io
+    from bertjax.interop.params import flat_params
+
+    return flat_params(model_io.load_model(workdir)[0])
+
+
+def _wait_for_step(workdir, step, proc, timeout=240):
+    path = os.path.join(workdir, "checkpoints", str(step))
+    t0 = time.time()
+    while not os.path.isdir(path):
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before step {step}: {proc.stderr.read()[-2000:]}")
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"no checkpoint {step} after {timeout}s")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_and_sigterm_and_on_other_meshes(data, tmp_path):
+    data_dir, vocab = data
+    args = ps.overrides(data_dir, vocab, **{"train.num_steps": 40})
+
+    # Unbroken reference; it also shows the step compiled exactly once.
+    ref_dir = str(tmp_path / "ref")
+    r = ps.run_pretrain(ref_dir, args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["train_step_compilations"] == 1
+    ref_losses, ref_params = ps.losses(ref_dir), _final_params(ref_dir)
+    assert os.path.exists(os.path.join(ref_dir, "COMPLETED"))
+    assert os.path.isdir(os.path.join(ref_dir, "tensorboard"))
+
+    # SIGKILL after a committed checkpoint, then the same command again.
+    kill_dir = str(tmp_path / "killed")
+    proc = ps.run_pretrain(kill_dir, args, wait=False)
+    _wait_for_step(kill_dir, 8, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = ps.run_pretrain(kill_dir, args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed_at = int(r.stdout.split("resumed from step ")[1].split()[0])
+    assert 8 <= resumed_at < 40
+    got = ps.losses(kill_dir)
+    after = [s for s in ref_losses if s > resumed_at]
+    np.testing.assert_allclose([got[s] for s in after], [ref_losses[s] for s in after], rtol=1e-6)
+    params = _final_params(kill_dir)
+    for k, v in ref_params.items():
+        np.testing.assert_allclose(params[k], v, rtol=1e-6, atol=1e-7, err_msg=str(k))
+
+    # SIGTERM (preemption notice): save and exit 0; then resume on 2 devices, and on 1.
+    term_dir = str(tmp_path / "term")
+    proc = ps.run_pretrain(term_dir, args, wait=False)
+    _wait_for_step(term_dir, 4, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "SIGTERM: saved step" in out
+    stopped = int(out.split("SIGTERM: saved step ")[1].split()[0])
+    assert os.path.isdir(os.path.join(term_dir, "checkpoints", str(stopped)))
+    assert not os.path.exists(os.path.join(term_dir, "COMPLETED"))
+    r = ps.run_pretrain(term_dir, args + ["--config.train.num_steps=44", "--config.mesh.data=2"],
+                        devices=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from step {stopped}" in r.stdout
+    first = stopped + 1
+    np.testing.assert_allclose(ps.losses(term_dir)[first], ref_losses[first], rtol=1e-5)
+    r = ps.run_pretrain(term_dir, args + ["--config.train.num_steps=46", "--config.mesh.data=1"],
+                        devices=1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from step 44" in r.stdout
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_losses_of_one(tmp_path):
+    # One shard and no shuffle buffer: the two hosts split examples h, h+2, ..., so each global
+    # batch holds the same examples as the one-process batch; dropout off so row order is moot.
+    data_dir, vocab = ps.prepare(str(tmp_path / "d"), dupe_factor=1)
+    args = ps.overrides(data_dir, vocab, **{
+        "data.shuffle_buffer": 1, "model.hidden_dropout": 0.0, "model.attention_dropout": 0.0,
+        "train.num_steps": 6, "train.checkpoint_every": 3})
+    one = str(tmp_path / "one")
+    r = ps.run_pretrain(one, args)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    two = str(tmp_path / "two")
+    port = _free_port()
+    procs = [ps.run_pretrain(two, args + [
+        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+        "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
+        devices=4, wait=False) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    a, b = ps.losses(one), ps.losses(two)
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-5)
+    assert os.path.exists(os.path.join(two, "COMPLETED"))
+    del sys, subprocess
