@@ -121,7 +121,8 @@ def pretrain(cfg, workdir: str):
                     cfg.data.eval_dir, batch_size=local_batch, process_index=shard,
                     process_count=num_shards, seed=int(cfg.train.seed), shuffle=False,
                     repeat=False, masking=masking)
-                return itertools.islice(it, int(cfg.train.eval_steps))
+                yield from itertools.islice(it, int(cfg.train.eval_steps))
+                it.close()
 
             return loop.iterate_eval(make_iter, steps, params, mesh)
 

@@ -295,6 +295,14 @@ class PretrainInput:
         epoch, skip = self._locate(batches)
         self._iterator = iter(self._dataset(epoch, skip).as_numpy_iterator())
 
+    def close(self) -> None:
+        """Drops the tf.data iterator now: finalised at interpreter exit instead, its Python
+        generator stage logs a spurious FAILED_PRECONDITION error."""
+        self._iterator = None
+        import gc
+
+        gc.collect()
+
     def __iter__(self):
         return self
 

@@ -181,7 +181,16 @@ def write_completed_marker(workdir: str | epath.PathLike, step: int) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     tmp = workdir / f"{COMPLETED_FILE}.tmp"
     tmp.write_text(json.dumps({"step": int(step), "time": time.time()}) + "\n")
-    tmp.rename(workdir / COMPLETED_FILE)
+    tmp.replace(workdir / COMPLETED_FILE)
+
+
+def clear_completed_marker(workdir: str | epath.PathLike) -> None:
+    """A run continued past its old last step (num_steps raised) is not complete any more."""
+    if jax.process_index() != 0:
+        return
+    marker = epath.Path(workdir) / COMPLETED_FILE
+    if marker.exists():
+        marker.unlink()
 
 
 # --------------------------------------------------------------------------- params only

@@ -133,6 +133,8 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
     start = int(jax.device_get(state["step"]))
     if start >= num_steps:
         log(f"already at step {start} >= train.num_steps {num_steps}; nothing to do")
+    else:
+        ckpt_lib.clear_completed_marker(workdir)
 
     # --- input
     shard, num_shards, local_batch = mesh_lib.host_batch_slice(mesh, int(t_cfg.batch_size))
@@ -281,6 +283,8 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
                     log(f"plot: {path}; TensorBoard: tensorboard --logdir {workdir_path / 'tensorboard'}")
     writer.close()
     checkpointer.close()
+    if hasattr(it, "close"):
+        it.close()
     cache_size = getattr(steps.train, "_cache_size", None)
     return Result(step=step, train_metrics=train_metrics, eval_metrics=eval_metrics, best=best,
                   stopped_by_signal=stopped,

@@ -1,0 +1,272 @@
+"""Sentence embeddings from any BERT checkpoint: one vector per input line, saved as .npy.
+
+python -m bertjax.embed --checkpoint=DIR --input=texts.txt --pooling=cls|mean --output=emb.npy
+
+The checkpoint may be a bertjax checkpoint of any task (its encoder is used), a training workdir or
+a Hugging Face BERT directory. Row i of the output is line i of the input (empty lines included, so
+rows stay aligned with lines). "cls" is the final hidden state at [CLS], not the pooler output
+(which exists only on some task models and is trained for NSP, not similarity); "mean" averages the
+final hidden states of every real token, [CLS] and [SEP] included, as sentence-transformers does.
+
+The loading helpers here are shared with fill_mask.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+from absl import flags
+
+from bertjax import cli
+from bertjax.errors import UserError
+
+POOLINGS = ("cls", "mean")
+# Batches are padded to a power-of-two length no shorter than this, so a file of mixed lengths
+# compiles a handful of shapes instead of one per batch.
+MIN_BUCKET = 8
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_checkpoint(path: str, needs: tuple[str, ...]):
+    """(model, cfg, task) from anything model_io.load_model reads, plus Hugging Face BERT
+    directories whose architecture bertjax has no task model for (BertForMaskedLM, ...): those are
+    read as a pretraining model, and weights they lack are accepted only outside `needs`, a tuple
+    of parameter path prefixes such as ("bert/encoder", "mlm")."""
+    from bertjax.interop import hf_dir, hf_layout, model_io
+
+    if model_io.is_hf_dir(path):
+        archs = hf_dir.read_config(path).get("architectures") or ["BertModel"]
+        if not any(a in hf_layout.ARCHITECTURES for a in archs):
+            model, cfg, task, report, _ = model_io.load_model(path, task="pretraining",
+                                                              allow_missing=True)
+            lacking = [m for m in report["missing"] if m.split(" <- ")[0].startswith(needs)]
+            if lacking:
+                raise UserError(f"{path} ({archs[0]}) lacks weights this command needs: "
+                                f"{'; '.join(lacking[:6])}")
+            return model, cfg, task
+    model, cfg, task, _, _ = model_io.load_model(path)
+    return model, cfg, task
+
+
+def checkpoint_tokenizer(checkpoint: str, vocab_size: int, vocab: str | None = None):
+    """The tokenizer a checkpoint was trained with: --vocab if given, else the vocabulary files
+    stored with it. A tokenizer_identity.json stored with the checkpoint must match, and the
+    vocabulary must fit the model's embedding table."""
+    from bertjax.interop import model_io
+    from bertjax.text import check_identity, load_tokenizer
+
+    src = model_io.vocab_source(checkpoint)
+    if vocab is None and src is None:
+        raise UserError(f"no vocabulary (vocab.txt or a SentencePiece .model) found with "
+                        f"{checkpoint}; pass --vocab=PATH to the vocabulary it was trained with")
+    tok = load_tokenizer(vocab or src)
+    stored = os.path.join(src, model_io.IDENTITY_FILE) if src else None
+    if stored and os.path.isfile(stored):
+        with open(stored, encoding="utf-8") as f:
+            check_identity(json.load(f), tok.identity(), f"checkpoint {checkpoint}")
+    if tok.vocab_size > vocab_size:
+        raise UserError(f"the vocabulary has {tok.vocab_size} tokens but the model at {checkpoint} "
+                        f"only {vocab_size}; pass the vocabulary this model was trained with")
+    return tok
+
+
+def encoder_of(model, task: str):
+    """The BertModel inside a task model (a "base" model is one)."""
+    return model if task == "base" else model.bert
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def encode_texts(tokenizer, texts: list[str], max_len: int) -> tuple[list[list[int]], int]:
+    """[CLS] pieces [SEP] per text, cut to max_len. Returns (id lists, how many were cut)."""
+    body = max_len - 2
+    batch = getattr(tokenizer, "encode_batch", None)
+    pieces = batch(texts) if batch else [tokenizer.encode(t) for t in texts]
+    cut = sum(len(p) > body for p in pieces)
+    return [[tokenizer.cls_id, *p[:body], tokenizer.sep_id] for p in pieces], cut
+
+
+def bucket_length(longest: int, limit: int) -> int:
+    n = MIN_BUCKET
+    while n < longest:
+        n *= 2
+    return min(n, limit)
+
+
+def pack(seqs: list[list[int]], length: int, rows: int, pad_id: int):
+    """Single-segment id lists -> (input_ids, segment_ids, input_mask), [rows, length] int32;
+    rows beyond len(seqs) are padding rows the caller drops."""
+    ids = np.full((rows, length), pad_id, np.int32)
+    mask = np.zeros((rows, length), np.int32)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = s
+        mask[i, :len(s)] = 1
+    return ids, np.zeros_like(ids), mask
+
+
+# --------------------------------------------------------------------------- embedding
+
+
+def _pool(graphdef, pooling: str, state, ids, seg, mask):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    seq, _ = nnx.merge(graphdef, state)(ids, seg, mask)
+    seq = seq.astype(jnp.float32)
+    if pooling == "cls":
+        return seq[:, 0]
+    w = mask[..., None].astype(jnp.float32)
+    return (seq * w).sum(axis=1) / jnp.maximum(w.sum(axis=1), 1.0)
+
+
+_jitted_pool = None
+
+
+def make_pooler(encoder, pooling: str):
+    """(ids, seg, mask) -> [B, H] float32 embeddings of `encoder`. One jitted function serves every
+    call: models of one structure and batches of one shape share a compilation."""
+    global _jitted_pool
+    import jax
+    from flax import nnx
+
+    if pooling not in POOLINGS:
+        raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+    if _jitted_pool is None:
+        _jitted_pool = jax.jit(_pool, static_argnums=(0, 1))
+    graphdef, state = nnx.split(encoder)
+    return lambda ids, seg, mask: np.asarray(_jitted_pool(graphdef, pooling, state, ids, seg, mask))
+
+
+def embed_texts(encoder, tokenizer, texts: list[str], pooling: str = "cls", batch_size: int = 32,
+                max_seq_length: int = 128) -> np.ndarray:
+    """[len(texts), hidden] float32 embeddings; texts longer than max_seq_length are cut (a warning
+    on stderr says how many)."""
+    if batch_size < 1:
+        raise UserError(f"batch_size must be at least 1, not {batch_size}")
+    limit = encoder.config.max_position_embeddings
+    if not 3 <= max_seq_length <= limit:
+        raise UserError(f"max_seq_length must be between 3 and the model's limit {limit}, not "
+                        f"{max_seq_length}")
+    seqs, cut = encode_texts(tokenizer, texts, max_seq_length)
+    if cut:
+        print(f"warning: {cut} of {len(texts)} texts are longer than max_seq_length="
+              f"{max_seq_length} tokens and were cut", file=sys.stderr)
+    run = make_pooler(encoder, pooling)
+    # Longest first: similar lengths share a batch (less padding), and a batch too large for
+    # memory fails at once rather than at the end.
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    rows = min(batch_size, len(seqs))
+    out = np.zeros((len(seqs), encoder.config.hidden_size), np.float32)
+    for start in range(0, len(order), rows):
+        idx = order[start:start + rows]
+        chunk = [seqs[i] for i in idx]
+        length = bucket_length(len(chunk[0]), max_seq_length)
+        out[idx] = run(*pack(chunk, length, rows, tokenizer.pad_id))[:len(idx)]
+    return out
+
+
+# --------------------------------------------------------------------------- files
+
+
+def read_texts(path: str) -> list[str]:
+    """One text per line (UTF-8, a leading BOM and CRLF line ends accepted)."""
+    if not os.path.isfile(path):
+        raise UserError(f"input file {path} does not exist; pass a UTF-8 text file with one text "
+                        "per line")
+    with open(path, "rb") as f:
+        raw = f.read()
+    lines = raw.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    texts = []
+    for i, line in enumerate(lines, 1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path} line {i} is not valid UTF-8 (byte 0x{line[e.start]:02x} at "
+                            f"column {e.start + 1}); re-encode the file as UTF-8") from None
+        texts.append(text.removesuffix("\r"))
+    if texts:
+        texts[0] = texts[0].removeprefix("\ufeff")
+    if not texts:
+        raise UserError(f"input file {path} is empty; write one text per line")
+    return texts
+
+
+def save_npy(path: str, array: np.ndarray) -> None:
+    """np.save under a temporary name in the target directory, renamed once complete."""
+    if os.path.isdir(path):
+        raise UserError(f"--output {path} is a directory; give a file name such as emb.npy")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                   dir=directory)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}); choose a writable location") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def embed_file(checkpoint: str, input_path: str, output_path: str, pooling: str = "cls",
+               batch_size: int = 32, max_seq_length: int = 0, vocab: str | None = None) -> np.ndarray:
+    """Embeds every line of input_path and saves [N, H] float32 to output_path.
+    max_seq_length 0 means the model's limit (max_position_embeddings)."""
+    if pooling not in POOLINGS:
+        raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+    texts = read_texts(input_path)
+    model, cfg, task = load_checkpoint(checkpoint, needs=("bert/embeddings", "bert/encoder"))
+    tokenizer = checkpoint_tokenizer(checkpoint, cfg.vocab_size, vocab)
+    emb = embed_texts(encoder_of(model, task), tokenizer, texts, pooling, batch_size,
+                      max_seq_length or cfg.max_position_embeddings)
+    save_npy(output_path, emb)
+    return emb
+
+
+def define_flags() -> None:
+    # Defined only when run as a command: the functions above are imported by fill_mask and tests,
+    # and absl refuses a flag name defined by two modules in one process.
+    flags.DEFINE_string("checkpoint", None,
+                        "bertjax checkpoint, training workdir or HF BERT directory.")
+    flags.DEFINE_string("input", None, "UTF-8 text file, one text per line.")
+    flags.DEFINE_string("output", None, "Where to write the [N, hidden] float32 .npy file.")
+    flags.DEFINE_enum("pooling", "cls", list(POOLINGS),
+                      "cls: final hidden state at [CLS]; mean: average over real tokens.")
+    flags.DEFINE_integer("batch_size", 32, "Texts per forward pass.")
+    flags.DEFINE_integer("max_seq_length", 0, "Tokens per text incl. [CLS]/[SEP]; longer texts "
+                         "are cut. 0 = the model's max_position_embeddings.")
+    flags.DEFINE_string("vocab", None, "Vocabulary to use when none is stored with the checkpoint.")
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {' '.join(argv[1:])}; texts go in the --input file")
+    for name in ("checkpoint", "input", "output"):
+        if not getattr(FLAGS, name):
+            raise UserError(f"--{name} is required: python -m bertjax.embed --checkpoint=DIR "
+                            "--input=texts.txt --output=emb.npy")
+    emb = embed_file(FLAGS.checkpoint, FLAGS.input, FLAGS.output, FLAGS.pooling, FLAGS.batch_size,
+                     FLAGS.max_seq_length, FLAGS.vocab)
+    print(f"wrote {emb.shape[0]} x {emb.shape[1]} {FLAGS.pooling}-pooled embeddings to "
+          f"{FLAGS.output}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    cli.run(main)

@@ -1,0 +1,295 @@
+"""Exporting a checkpoint, heads and vocabulary included, for use outside bertjax.
+
+python -m bertjax.export --checkpoint=DIR --format=hf|safetensors|msgpack --out=DIR [--overwrite]
+
+The checkpoint may be a params-only bertjax checkpoint, a training workdir (its latest committed
+step) or a Hugging Face BERT directory. Formats:
+  hf           config.json + model.safetensors that transformers loads with no missing or
+               unexpected weights, for every task model, plus vocab.txt, tokenizer_config.json
+               (do_lower_case) and special_tokens_map.json.
+  safetensors  params.safetensors: bertjax's own parameter tree, keys joined with "/"
+               (e.g. "bert/encoder/layers/0/attention/qkv/kernel").
+  msgpack      params.msgpack: the same tree written by flax.serialization.msgpack_serialize.
+Every export also holds model_config.json (the model config plus "task"), the vocabulary files and
+tokenizer_identity.json; `load_export` reads the two own formats back.
+
+A checkpoint that lacks any weight of its task model is refused (never exported with a freshly
+initialised head), and so is one holding weights the model does not use. The export is built in a
+temporary sibling directory and renamed into place only once complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+from absl import flags
+
+from bertjax import cli
+from bertjax.errors import UserError
+
+FORMATS = ("hf", "safetensors", "msgpack")
+# The name bertjax.train.checkpoint uses; repeated so load_export works without importing Orbax.
+MODEL_CONFIG_FILE = "model_config.json"
+PARAMS_FILES = {"safetensors": "params.safetensors", "msgpack": "params.msgpack"}
+SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                  "cls_token": "[CLS]", "mask_token": "[MASK]"}
+_STORED_DTYPES = (np.float16, np.float32, np.float64, np.int32, np.int64)
+
+
+def export(checkpoint: str, fmt: str, out: str, vocab: str | None = None,
+           overwrite: bool = False) -> str:
+    """Writes `checkpoint` to `out` in format `fmt`; returns the task of the exported model."""
+    from bertjax.embed import checkpoint_tokenizer
+    from bertjax.interop import model_io
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    _check_out(checkpoint, out, overwrite)
+    out = os.path.normpath(out)  # "dir/" would give the staging directory an empty name
+    model, cfg, task, report, _ = model_io.load_model(checkpoint)
+    if report["unexpected"]:
+        raise UserError(f"{checkpoint} holds weights a {task} model does not use "
+                        f"({', '.join(report['unexpected'][:6])}); exporting would drop them, "
+                        "check that the checkpoint and its model config belong together")
+    tokenizer = checkpoint_tokenizer(checkpoint, cfg.vocab_size, vocab)
+    labels = _id2label(checkpoint, cfg.num_labels) if "classification" in task else None
+
+    parent = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.export-", dir=parent)
+    except OSError as e:
+        raise UserError(f"cannot write to {parent} ({e.strerror}); choose a writable --out") from None
+    try:
+        tok_files = _write_tokenizer(tokenizer, os.path.join(stage, "tokenizer"), fmt == "hf",
+                                     cfg.max_position_embeddings)
+        built = os.path.join(stage, "export")
+        if fmt == "hf":
+            from bertjax.interop import params as interop
+
+            interop.save_hf(model, cfg, task, built, extra_files=tok_files, id2label=labels)
+        else:
+            os.mkdir(built)
+            for f in tok_files:
+                shutil.copy(f, built)
+            config = {**cfg.to_dict(), "task": task}
+            if labels:
+                config["id2label"] = {str(k): v for k, v in labels.items()}
+            with open(os.path.join(built, MODEL_CONFIG_FILE), "w") as f:
+                json.dump(config, f, indent=2, sort_keys=True)
+            _write_params(fmt, model, task, os.path.join(built, PARAMS_FILES[fmt]))
+        _install(built, out, stage)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return task
+
+
+def _check_out(checkpoint: str, out: str, overwrite: bool) -> None:
+    if not out:
+        raise UserError("--out is required: the directory to write the export to")
+    real_out, real_ckpt = os.path.realpath(out), os.path.realpath(checkpoint)
+    if real_ckpt == real_out or real_ckpt.startswith(real_out + os.sep):
+        raise UserError(f"--out {out} would replace the checkpoint {checkpoint} itself; choose "
+                        "another output directory")
+    if os.path.lexists(out) and not overwrite:
+        raise UserError(f"{out} already exists; choose a new --out or pass --overwrite")
+
+
+def _install(built: str, out: str, stage: str) -> None:
+    """Renames the finished export to `out`; an old `out` is moved aside first and put back if
+    the rename fails, so `out` is always either the old export or the complete new one."""
+    previous = None
+    if os.path.lexists(out):
+        previous = os.path.join(stage, "previous")
+        os.replace(out, previous)
+    try:
+        os.replace(built, out)
+    except BaseException:
+        if previous:
+            os.replace(previous, out)
+        raise
+
+
+def _write_tokenizer(tokenizer, directory: str, hf: bool, max_length: int) -> list[str]:
+    from bertjax.interop import model_io
+
+    os.makedirs(directory)
+    paths = tokenizer.save(directory)
+    identity = tokenizer.identity()
+    paths.append(_write_json(os.path.join(directory, model_io.IDENTITY_FILE), identity))
+    if not hf:
+        return paths
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    config.update(SPECIAL_TOKENS, model_max_length=max_length)
+    if identity["kind"] == "wordpiece":
+        config["tokenizer_class"] = "BertTokenizer"
+    else:
+        print("warning: the vocabulary is a SentencePiece model (spiece.model); transformers' "
+              "BertTokenizer cannot read it, tokenize with sentencepiece instead", file=sys.stderr)
+    _write_json(config_path, config)
+    paths.append(_write_json(os.path.join(directory, "special_tokens_map.json"), SPECIAL_TOKENS))
+    return paths
+
+
+def _write_json(path: str, body: dict) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(body, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return path
+
+
+def _id2label(checkpoint: str, num_labels: int) -> dict[int, str] | None:
+    """Label names stored with the checkpoint (HF config.json or model_config.json "id2label")."""
+    from bertjax.interop import hf_dir, model_io
+
+    if model_io.is_hf_dir(checkpoint):
+        labels = hf_dir.read_config(checkpoint).get("id2label")
+    else:
+        path = os.path.join(checkpoint, MODEL_CONFIG_FILE)
+        labels = None
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                labels = json.load(f).get("id2label")
+    if not labels:
+        return None
+    if isinstance(labels, list):
+        labels = dict(enumerate(labels))
+    try:
+        labels = {int(k): str(v) for k, v in labels.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise UserError(f"id2label in {checkpoint} must map label ids to names, e.g. "
+                        '{"0": "negative", "1": "positive"}') from None
+    if sorted(labels) != list(range(num_labels)):
+        raise UserError(f"id2label in {checkpoint} names ids {sorted(labels)} but the model has "
+                        f"{num_labels} labels; fix id2label to name ids 0..{num_labels - 1}")
+    return labels
+
+
+def _storable(x: np.ndarray) -> np.ndarray:
+    # bfloat16 has no numpy or safetensors.numpy dtype; float32 holds it exactly and load_export
+    # casts back to the model's parameter dtype.
+    x = np.asarray(x)
+    return np.ascontiguousarray(x if x.dtype in _STORED_DTYPES else x.astype(np.float32))
+
+
+def _write_params(fmt: str, model, task: str, path: str) -> None:
+    from bertjax.interop import params as interop
+
+    flat = {k: _storable(v) for k, v in interop.flat_params(model).items()}
+    if fmt == "safetensors":
+        from safetensors.numpy import save_file
+
+        save_file({"/".join(map(str, k)): v for k, v in flat.items()}, path,
+                  metadata={"task": task})
+    else:
+        from flax import serialization
+        from flax.nnx import traversals
+
+        tree = serialization.to_state_dict(traversals.unflatten_mapping(flat))
+        with open(path, "wb") as f:
+            f.write(serialization.msgpack_serialize(tree))
+
+
+def _read_params(path: str) -> dict[tuple[str, ...], np.ndarray]:
+    """{path of string keys: array} from params.safetensors or params.msgpack in `path`."""
+    st, mp = (os.path.join(path, PARAMS_FILES[f]) for f in ("safetensors", "msgpack"))
+    try:
+        if os.path.isfile(st):
+            from safetensors.numpy import load_file
+
+            return {tuple(k.split("/")): v for k, v in load_file(st).items()}
+        if os.path.isfile(mp):
+            from flax import serialization
+            from flax.nnx import traversals
+
+            with open(mp, "rb") as f:
+                tree = serialization.msgpack_restore(f.read())
+            return {tuple(map(str, k)): np.asarray(v)
+                    for k, v in traversals.flatten_mapping(tree).items()}
+    except Exception as e:  # both readers raise assorted types for a damaged file
+        raise UserError(f"cannot read the parameters in {path} ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]}); export the checkpoint again") from None
+    raise UserError(f"{path} holds neither {PARAMS_FILES['safetensors']} nor "
+                    f"{PARAMS_FILES['msgpack']}; pass a directory written by bertjax.export")
+
+
+def load_export(path: str):
+    """(model, cfg, task) from a safetensors or msgpack export. Every parameter of the task model
+    must be present with its shape, and nothing else."""
+    import jax.numpy as jnp
+    from flax import nnx
+    from flax.nnx import traversals
+
+    from bertjax.model.bert import TASK_MODELS, build_model
+    from bertjax.model.encoder import BertConfig
+
+    config_path = os.path.join(path, MODEL_CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise UserError(f"{path} is not a bertjax export: it has no "
+                        f"{MODEL_CONFIG_FILE}")
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    task = config.pop("task", "pretraining")
+    if task not in TASK_MODELS:
+        raise UserError(f"unknown task {task!r} in {config_path}; expected one of "
+                        f"{sorted(TASK_MODELS)}")
+    try:
+        cfg = BertConfig.from_dict(config)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{config_path} is not a valid model config: {e}") from None
+    # Built abstractly: a concrete build would compile and run every random initialiser only for
+    # the loaded values to replace them.
+    model = nnx.eval_shape(lambda: build_model(task, cfg))
+    state = nnx.state(model, nnx.Param)
+    want = traversals.flatten_mapping(nnx.to_pure_dict(state))
+    by_name = {tuple(map(str, k)): k for k in want}
+    saved = _read_params(path)
+    missing = sorted("/".join(k) for k in by_name if k not in saved)
+    unexpected = sorted("/".join(k) for k in saved if k not in by_name)
+    misshaped = sorted(f"{'/'.join(k)} {tuple(v.shape)} vs {tuple(want[by_name[k]].shape)}"
+                       for k, v in saved.items()
+                       if k in by_name and tuple(v.shape) != tuple(want[by_name[k]].shape))
+    if missing or unexpected or misshaped:
+        parts = [f"{what}: {', '.join(keys[:5])}" for what, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped))
+                 if keys]
+        raise UserError(f"{path} does not hold a {task} model matching its model_config.json "
+                        f"({'; '.join(parts)}); export the checkpoint again")
+    values = {by_name[k]: jnp.asarray(v, dtype=want[by_name[k]].dtype) for k, v in saved.items()}
+    nnx.replace_by_pure_dict(state, traversals.unflatten_mapping(values))
+    nnx.update(model, state)
+    return model, cfg, task
+
+
+def define_flags() -> None:
+    # Only when run as a command: tests import this module beside others defining --checkpoint.
+    flags.DEFINE_string("checkpoint", None,
+                        "bertjax checkpoint, training workdir or Hugging Face BERT directory.")
+    flags.DEFINE_enum("format", "hf", list(FORMATS), "hf | safetensors | msgpack (see module doc).")
+    flags.DEFINE_string("out", None, "Directory to write; must not exist unless --overwrite.")
+    flags.DEFINE_string("vocab", None, "Vocabulary to use when none is stored with the checkpoint.")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --out once the new export is complete.")
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.checkpoint:
+        raise UserError("--checkpoint is required: python -m bertjax.export --checkpoint=DIR "
+                        "--format=hf --out=DIR")
+    task = export(FLAGS.checkpoint, FLAGS.format, FLAGS.out, FLAGS.vocab, FLAGS.overwrite)
+    print(f"wrote {task} model as {FLAGS.format} to {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    cli.run(main)
