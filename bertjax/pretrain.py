@@ -36,6 +36,19 @@ def check_workdir_identity(workdir: str, identity: dict) -> None:
         check_identity(json.loads(path.read_text()), identity, f"data vs checkpoints in {workdir}")
 
 
+def _copy_vocab(src: str, dst: str) -> None:
+    """Keeps the vocabulary beside the checkpoints: export, embed and fine-tuning find it there."""
+    from etils import epath
+
+    src_p, dst_p = epath.Path(src), epath.Path(dst)
+    if not src_p.exists():
+        return
+    dst_p.mkdir(parents=True, exist_ok=True)
+    for f in src_p.iterdir():
+        if not (dst_p / f.name).exists():
+            f.copy(dst_p / f.name)
+
+
 def main(argv):
     del argv
     cfg = cli.get_config()
@@ -96,6 +109,7 @@ def pretrain(cfg, workdir: str):
 
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
         epath.Path(identity_path(workdir)).write_text(json.dumps(ident, indent=2))
+        _copy_vocab(os.path.join(cfg.data.train_dir, "vocab"), os.path.join(workdir, "vocab"))
 
     model_cfg = BertConfig.from_dict(cfg.model.to_dict())
     objective = objectives.Pretraining(use_nsp=bool(meta.get("nsp", True)))

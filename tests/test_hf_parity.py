@@ -11,6 +11,7 @@ TOL = 1e-4
 HF_CLASSES = {
     "pretraining": "BertForPreTraining",
     "base": "BertModel",
+    "masked_lm": "BertForMaskedLM",
     "sequence_classification": "BertForSequenceClassification",
     "token_classification": "BertForTokenClassification",
     "question_answering": "BertForQuestionAnswering",
@@ -48,7 +49,7 @@ def hf_forward(model, b):
 
 def ours_forward(model, task, b):
     args = (b["input_ids"], b["segment_ids"], b["input_mask"])
-    if task == "pretraining":
+    if task in ("pretraining", "masked_lm"):
         return model(*args, b["masked_lm_positions"])
     return model(*args)
 
@@ -78,6 +79,9 @@ def compare(task, ours_model, hf_model, b):
         hidden, _ = ours_model.bert(b["input_ids"], b["segment_ids"], b["input_mask"])
         close(hidden, hf.hidden_states[-1], "hidden states", real)
         close(out["pooled_output"], hf_model.bert.pooler(hf.hidden_states[-1]), "pooled")
+    elif task == "masked_lm":
+        pos = torch.tensor(b["masked_lm_positions"], dtype=torch.long)[..., None].expand(-1, -1, 99)
+        close(out["mlm_logits"], torch.gather(hf.logits, 1, pos), "mlm logits")
     elif task == "sequence_classification":
         close(out["logits"], hf.logits, "logits")
     elif task == "token_classification":

@@ -43,6 +43,7 @@ from bertjax.text.files import write_atomic
 
 METADATA = "metadata.json"
 CONTINUATION = "continuation.npy"
+VOCAB_DIR = "vocab"
 _BATCH = 512  # instances per numpy masking/writing batch
 
 
@@ -479,6 +480,8 @@ def prepare(o: Options) -> dict:
     table = io.BytesIO()
     np.save(table, masking.continuation_table(tok))
     write_atomic(os.path.join(o.output_dir, CONTINUATION), table.getvalue())
+    # The vocabulary travels with the data, so runs (and their exports) can name their tokenizer.
+    tok.save(os.path.join(o.output_dir, VOCAB_DIR))
     metadata = {
         "format": records.FORMAT,
         **common,

@@ -64,9 +64,15 @@ def write_dir(out_dir: str, config: dict, tensors: dict[str, np.ndarray], extra_
                   os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         for src in extra_files:
             shutil.copy(src, os.path.join(tmp, os.path.basename(src)))
+        old = None
         if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
+            # Move the old directory aside first: at every moment one complete model exists.
+            old = tempfile.mkdtemp(prefix=".old-hf-", dir=parent)
+            os.rmdir(old)
+            os.replace(out_dir, old)
         os.replace(tmp, out_dir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -17,6 +17,7 @@ from bertjax.model.encoder import BertConfig
 ARCHITECTURES = {
     "BertForPreTraining": ("pretraining", "bert.", True, "pretraining"),
     "BertModel": ("base", "", True, None),
+    "BertForMaskedLM": ("masked_lm", "bert.", False, "mlm"),
     "BertForSequenceClassification": ("sequence_classification", "bert.", True, "classifier"),
     "BertForTokenClassification": ("token_classification", "bert.", False, "classifier"),
     "BertForQuestionAnswering": ("question_answering", "bert.", False, "qa"),
@@ -113,10 +114,11 @@ def entries(cfg: BertConfig, task: str) -> list[Entry]:
     _, pre, pooler, head = ARCHITECTURES[arch]
     root = () if task == "base" else ("bert",)
     out = _encoder_entries(cfg, root, pre, pooler)
-    if head == "pretraining":
+    if head in ("pretraining", "mlm"):
         out += _linear(None, "cls.predictions.transform.dense", ("mlm", "transform"))
         out += _layer_norm(("mlm", "layer_norm"), "cls.predictions.transform.LayerNorm")
         out += [Entry(("mlm", "bias"), ("cls.predictions.bias",), _same, _one(_same))]
+    if head == "pretraining":
         out += _linear(None, "cls.seq_relationship", ("nsp", "dense"))
     elif head == "classifier":
         out += _linear(None, "classifier", ("classifier", "dense"))

@@ -58,13 +58,16 @@ def load_model(path: str, task: str | None = None, allow_missing: bool = False):
     if task not in TASK_MODELS:
         raise UserError(f"unknown task {task!r} in {path}; expected one of {sorted(TASK_MODELS)}")
     cfg = BertConfig.from_dict(model_cfg)
-    model = build_model(task, cfg)
-    fresh = nnx.state(model, nnx.Param)
-    params, report = ckpt_lib.load_params(path, fresh, fallback=fresh)
-    if report.missing and not allow_missing:
-        raise UserError(f"{path} has no weights for {len(report.missing)} parameters of a {task} "
-                        f"model: {', '.join(report.missing[:10])}")
-    nnx.update(model, params)
+    # Restore into an abstract model: no initialiser runs unless a weight is missing.
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(task, cfg)))
+    params, report = ckpt_lib.load_params(path, abstract)
+    if report.missing:
+        if not allow_missing:
+            raise UserError(f"{path} has no weights for {len(report.missing)} parameters of a "
+                            f"{task} model: {', '.join(report.missing[:10])}")
+        fresh = nnx.state(build_model(task, cfg), nnx.Param)
+        params, report = ckpt_lib.load_params(path, fresh, fallback=fresh)
+    model = nnx.merge(graphdef, params)
     return model, cfg, task, {"missing": report.missing, "unexpected": report.unexpected}, path
 
 

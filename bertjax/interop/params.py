@@ -1,6 +1,7 @@
 """Moving weights between a bertjax NNX model and the Hugging Face layout."""
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from flax.nnx import traversals
@@ -24,6 +25,28 @@ def set_flat_params(model: nnx.Module, flat: dict[tuple, np.ndarray]) -> None:
     nnx.update(model, state)
 
 
+def model_from_flat(task: str, cfg: BertConfig, flat: dict[tuple, np.ndarray]) -> nnx.Module:
+    """Builds the model straight from loaded weights: shapes come from nnx.eval_shape, so no
+    initialiser runs (each would compile and run once, seconds on a CPU) unless a weight is
+    missing and must keep a fresh initialisation."""
+    abstract = nnx.eval_shape(lambda: build_model(task, cfg))
+    graphdef, state = nnx.split(abstract)
+    wanted = traversals.flatten_mapping(nnx.to_pure_dict(state))
+    if any(k not in flat for k in wanted):
+        model = build_model(task, cfg)
+        set_flat_params(model, flat)
+        return model
+    values = {k: jnp.asarray(flat[k], dtype=v.dtype) for k, v in wanted.items()}
+    nnx.replace_by_pure_dict(state, traversals.unflatten_mapping(values))
+    return nnx.merge(graphdef, state)
+
+
+def param_shapes(task: str, cfg: BertConfig) -> dict[tuple, tuple]:
+    abstract = nnx.eval_shape(lambda: build_model(task, cfg))
+    flat = traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
+    return {k: tuple(v.shape) for k, v in flat.items()}
+
+
 def task_from_hf_config(hf_cfg: dict) -> str:
     archs = hf_cfg.get("architectures") or ["BertModel"]
     for a in archs:
@@ -41,13 +64,11 @@ def load_hf(path: str, task: str | None = None, allow_missing: bool = False, **o
     hf_cfg = hf_dir.read_config(path)
     task = task or task_from_hf_config(hf_cfg)
     cfg = BertConfig.from_dict({**hf_layout.config_from_hf(hf_cfg), **overrides})
-    model = build_model(task, cfg)
-    shapes = {k: v.shape for k, v in flat_params(model).items()}
-    params, report = hf_layout.hf_to_ours(hf_dir.read_tensors(path), cfg, task, shapes)
+    params, report = hf_layout.hf_to_ours(hf_dir.read_tensors(path), cfg, task,
+                                          param_shapes(task, cfg))
     if report["missing"] and not allow_missing:
         raise UserError(f"{path} lacks weights for: {'; '.join(report['missing'])}")
-    set_flat_params(model, params)
-    return model, cfg, task, report
+    return model_from_flat(task, cfg, params), cfg, task, report
 
 
 def to_hf_tensors(model: nnx.Module, cfg: BertConfig, task: str) -> dict[str, np.ndarray]:

@@ -1,6 +1,7 @@
 """Flax NNX modules only: no I/O, no TensorFlow, no optax."""
 from bertjax.model.bert import (  # noqa: F401
     TASK_MODELS,
+    BertForMaskedLM,
     BertForPretraining,
     BertForQuestionAnswering,
     BertForSequenceClassification,

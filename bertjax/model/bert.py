@@ -24,6 +24,19 @@ class BertForPretraining(nnx.Module):
         return {"mlm_logits": mlm_logits, "nsp_logits": nsp_logits, "pooled_output": pooled}
 
 
+class BertForMaskedLM(nnx.Module):
+    """MLM only, no pooler (Hugging Face's BertForMaskedLM, e.g. bert-base-uncased's head)."""
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.bert = BertModel(cfg, rngs=rngs, add_pooler=False)
+        self.mlm = MaskedLM(cfg, rngs=rngs)
+
+    def __call__(self, input_ids, segment_ids, input_mask, masked_lm_positions, *, dropout_key=None):
+        seq, _ = self.bert(input_ids, segment_ids, input_mask, dropout_key=dropout_key)
+        return {"mlm_logits": self.mlm(seq, masked_lm_positions,
+                                       self.bert.embeddings.word_embeddings)}
+
+
 class BertForSequenceClassification(nnx.Module):
     """Single sentence or pair classification; num_labels == 1 is regression (STS-B)."""
 
@@ -64,6 +77,7 @@ class BertForQuestionAnswering(nnx.Module):
 
 TASK_MODELS = {
     "pretraining": BertForPretraining,
+    "masked_lm": BertForMaskedLM,
     "base": None,  # filled below: BertModel takes the same constructor
     "sequence_classification": BertForSequenceClassification,
     "token_classification": BertForTokenClassification,
