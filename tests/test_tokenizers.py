@@ -315,3 +315,20 @@ def test_train_vocab_cli(tmp_path, corpus_file):
         lines = bad.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], bad.stderr
         assert not out.exists() or not os.listdir(out)
+
+
+def test_sentencepiece_lower_case_keeps_special_tokens_whole(tmp_path):
+    import sentencepiece as spm
+
+    from bertjax.text.sentencepiece_tok import SentencePieceTokenizer
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(["The cat sat on the mat.", "A dog ran in the park."] * 50))
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=40,
+        hard_vocab_limit=False, user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"],
+        pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, pad_piece="[PAD]", unk_piece="[UNK]")
+    tok = SentencePieceTokenizer(str(tmp_path / "sp.model"), lower_case=True)
+    ids = tok.encode("The [MASK] SAT")
+    assert ids.count(tok.mask_id) == 1
+    assert tok.encode("THE CAT") == tok.encode("the cat")

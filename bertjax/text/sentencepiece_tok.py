@@ -9,6 +9,7 @@ as ALBERT does; accents are left to the model's own normalisation.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import sentencepiece as spm
@@ -19,6 +20,7 @@ from bertjax.text.config_file import write_tokenizer_config
 from bertjax.text.files import sha256_file, write_atomic
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
 WORD_START = "\u2581"
 _Piece = sentencepiece_model_pb2.ModelProto.SentencePiece
 
@@ -78,7 +80,11 @@ class SentencePieceTokenizer:
             dtype=bool)
 
     def _prepare(self, text: str) -> str:
-        return text.lower() if self.lower_case else text
+        if not self.lower_case:
+            return text
+        # Lower-case around the special tokens, never inside them: "[MASK]" must stay one piece.
+        parts = _SPECIAL_SPLIT.split(text)
+        return "".join(p if p in SPECIAL_TOKENS else p.lower() for p in parts)
 
     def tokenize(self, text: str) -> list[str]:
         return self._sp.encode(self._prepare(text), out_type=str)
