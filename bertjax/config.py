@@ -101,3 +101,67 @@ def base_config(preset: str = "base") -> mlc.ConfigDict:
     c.init_from = ""
     c.lock()
     return c
+
+
+FINETUNE_FAMILIES = {
+    "glue": "sequence_classification",
+    "squad": "question_answering",
+    "ner": "token_classification",
+}
+
+
+def finetune_config(preset: str = "base", family: str = "glue") -> mlc.ConfigDict:
+    """base_config plus a `task` section and `seeds`, for `python -m bertjax.finetune`.
+
+    The model's shape comes from `init_from` when given (the recipe's preset only matters when
+    training from scratch); data.max_seq_length is the task's sequence length. num_steps,
+    warmup_steps and eval_every are derived from the training-set size (task.epochs,
+    task.warmup_fraction, task.eval_every), and checkpoint_every is capped at eval_every, so the
+    values here are placeholders that the entrypoint overwrites (and records in config.json)."""
+    if family not in FINETUNE_FAMILIES:
+        raise ValueError(f"unknown fine-tuning family {family!r}; choose one of "
+                         f"{sorted(FINETUNE_FAMILIES)}")
+    c = base_config(preset)
+    with c.unlocked():
+        # N > 1 trains N runs (seeds train.seed .. train.seed + N - 1) in <workdir>/seed-K and
+        # reports the mean and spread of their best dev metric.
+        c.seeds = 1
+        c.task = mlc.ConfigDict(
+            dict(
+                family=family,
+                # GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli), "v1"/"v2" for
+                # SQuAD, a free name for NER.
+                name="",
+                model_task=FINETUNE_FAMILIES[family],
+                # GLUE: a GLUE directory (or one task's directory) or a TFDS data_dir holding
+                # glue/<task>; NER: the directory the *_file names are relative to.
+                data_dir="",
+                source="auto",  # GLUE: tsv | tfds | auto (TSV files when present)
+                # "" = the vocabulary stored with init_from.
+                vocab="",
+                epochs=3.0,
+                warmup_fraction=0.1,
+                eval_batch_size=0,  # 0 = train.batch_size
+                eval_every=0,  # steps; 0 = once per epoch
+                best_metric="",  # "" = the task's main dev metric
+                predict_test=False,  # GLUE: write submission TSVs for the test split(s)
+                # Training file (SQuAD JSON or NER columns); relative to data_dir unless absolute.
+                train_file="",
+                predict_file="",  # SQuAD: the JSON to predict and score (the dev set)
+                dev_file="",  # NER: dev and test column files; test "" = none
+                test_file="",
+                doc_stride=128,
+                max_query_length=64,
+                n_best=20,
+                max_answer_length=30,
+                version_2=False,
+                # SQuAD 2.0: the no-answer margin used before one is tuned on dev.
+                null_threshold=0.0,
+            )
+        )
+        c.train.batch_size = 32
+        c.train.log_every = 50
+        c.train.keep_checkpoints = 1
+        c.optim.learning_rate = 2e-5
+        c.optim.warmup_steps = 0
+    return c

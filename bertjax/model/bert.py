@@ -7,6 +7,9 @@ from flax import nnx
 from bertjax.model.encoder import BertConfig, BertModel, DropoutKeys
 from bertjax.model.heads import Classifier, MaskedLM
 
+# The head's dropout key is folded from the step key with a constant no encoder site uses.
+_HEAD_KEY = 0x7FFFFFFF
+
 
 class BertForPretraining(nnx.Module):
     """MLM on gathered positions + next-sentence prediction on the pooled [CLS] vector."""
@@ -46,7 +49,7 @@ class BertForSequenceClassification(nnx.Module):
 
     def __call__(self, input_ids, segment_ids, input_mask, *, dropout_key=None):
         _, pooled = self.bert(input_ids, segment_ids, input_mask, dropout_key=dropout_key)
-        head_key = None if dropout_key is None else jax.random.fold_in(dropout_key, -1)
+        head_key = None if dropout_key is None else jax.random.fold_in(dropout_key, _HEAD_KEY)
         return {"logits": self.classifier(pooled, DropoutKeys(head_key))}
 
 
@@ -57,7 +60,7 @@ class BertForTokenClassification(nnx.Module):
 
     def __call__(self, input_ids, segment_ids, input_mask, *, dropout_key=None):
         seq, _ = self.bert(input_ids, segment_ids, input_mask, dropout_key=dropout_key)
-        head_key = None if dropout_key is None else jax.random.fold_in(dropout_key, -1)
+        head_key = None if dropout_key is None else jax.random.fold_in(dropout_key, _HEAD_KEY)
         return {"logits": self.classifier(seq, DropoutKeys(head_key))}
 
 

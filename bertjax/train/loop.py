@@ -143,8 +143,9 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
     # --- metrics, flops
     # Process 0 alone writes metrics.jsonl and TensorBoard events; the progress line is ours.
     writer = metrics_lib.make_writers(workdir, num_steps, stdout=False)
+    # Fine-tuning passes predictions_per_seq=0: no MLM head, so the vocabulary term is zero.
     flops_per_token = flops_lib.model_flops_per_token(cfg.model.to_dict(), inputs.seq_len,
-                                                      inputs.predictions_per_seq or None)
+                                                      inputs.predictions_per_seq)
     device_kind = jax.devices()[0].device_kind
 
     base_key = jax.random.key(int(t_cfg.seed))

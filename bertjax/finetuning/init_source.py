@@ -1,0 +1,169 @@
+"""Where a fine-tuning run starts from: the init_from checkpoint, its model shape and vocabulary.
+
+init_from may be a params-only bertjax checkpoint (model_config.json, vocab files,
+tokenizer_identity.json), a pretraining workdir (config.json, checkpoints/<step>,
+tokenizer_identity.json) or a Hugging Face directory (config.json + weights + vocab.txt). The
+training loop reads Orbax checkpoints only, so an HF directory is converted once into
+<workdir>/init (its encoder; a task head is always trained afresh).
+
+The text is tokenized here, from raw task files, so the vocabulary must be the one the checkpoint
+was trained with: a stored tokenizer identity that differs from the vocabulary in use is refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable
+
+from etils import epath
+
+from bertjax.errors import UserError
+from bertjax.text.base import Tokenizer
+
+IDENTITY_FILE = "tokenizer_identity.json"
+# The fields that fix the shape and function of the pretrained weights; dropout, dtype, attention
+# backend and remat stay as the recipe says.
+ARCH_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+               "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps")
+
+
+@dataclasses.dataclass
+class Source:
+    init_from: str          # what the loop loads ("" = train from scratch)
+    model: dict             # architecture fields to apply to cfg.model ({} = the recipe's)
+    tokenizer: Tokenizer
+    vocab_path: str
+    identity: dict
+
+
+def _is_hf_dir(path: str) -> bool:
+    from bertjax.interop import model_io
+
+    return model_io.is_hf_dir(path)
+
+
+def convert_hf(src: str, dst: str, model_task: str, log: Callable[[str], None]) -> str:
+    """Writes the encoder of an HF BERT directory as a params-only checkpoint at dst (with its
+    vocabulary files and tokenizer identity); reuses dst when a previous run already wrote it."""
+    from flax import nnx
+
+    from bertjax.interop import model_io
+    from bertjax.train import checkpoint as ckpt_lib
+
+    if epath.Path(dst, ckpt_lib.MODEL_CONFIG_FILE).exists():
+        return dst
+    model, mcfg, _, report, _ = model_io.load_model(src, task=model_task, allow_missing=True)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    if "bert" not in params:
+        raise UserError(f"{src}: no BERT encoder weights found; pass a BERT model directory")
+    ckpt_lib.save_params(dst, {"bert": params["bert"]}, {**mcfg.to_dict(), "task": model_task},
+                         extra_files=model_io.tokenizer_extras(src), overwrite=True)
+    if report.get("unexpected"):
+        log(f"{src}: ignored {len(report['unexpected'])} tensors a {model_task} model does not use "
+            f"({', '.join(report['unexpected'][:5])})")
+    log(f"converted Hugging Face model {src} -> {dst}")
+    return dst
+
+
+def read_model_config(path: str) -> dict:
+    """The model section stored with a params-only checkpoint or a training workdir."""
+    p = epath.Path(path)
+    if (p / "model_config.json").exists():
+        return json.loads((p / "model_config.json").read_text())
+    if (p / "config.json").exists():
+        run = json.loads((p / "config.json").read_text())
+        if isinstance(run.get("model"), dict):
+            return dict(run["model"])
+    raise UserError(f"{path} holds no model_config.json (params-only checkpoint) and no config.json "
+                    "(training workdir); point --config.init_from at a bertjax checkpoint, a "
+                    "pretraining workdir or a Hugging Face model directory")
+
+
+def _vocab_path(cfg, init_dir: str) -> str:
+    if cfg.task.vocab:
+        return cfg.task.vocab
+    if init_dir:
+        from bertjax.interop import model_io
+
+        found = model_io.vocab_source(init_dir)
+        if found:
+            return found
+        raise UserError(f"no vocabulary (vocab.txt or *.model) found with --config.init_from="
+                        f"{cfg.init_from}; pass --config.task.vocab=PATH (the vocabulary the "
+                        "checkpoint was pretrained with)")
+    raise UserError("set --config.init_from=CHECKPOINT (a pretrained model) or, to train from "
+                    "scratch, --config.task.vocab=PATH")
+
+
+def _expected_identity(init_dir: str, vocab_path: str) -> dict | None:
+    """The tokenizer identity a checkpoint was trained with, when it can be known."""
+    if not init_dir:
+        return None
+    stored = epath.Path(init_dir, IDENTITY_FILE)
+    if stored.exists():
+        return json.loads(stored.read_text())
+    from bertjax.interop import model_io
+    from bertjax.text import load_tokenizer
+
+    beside = model_io.vocab_source(init_dir)
+    if beside and os.path.abspath(beside) != os.path.abspath(vocab_path):
+        return load_tokenizer(beside).identity()
+    return None
+
+
+def resolve(cfg, workdir: str, log: Callable[[str], None] = print) -> Source:
+    """Finds the checkpoint, its model shape and the vocabulary, and checks they belong together
+    (and with any earlier run in the same workdir)."""
+    from bertjax.text import check_identity, load_tokenizer
+
+    init = str(cfg.init_from)
+    init_dir = ""
+    if init:
+        if not epath.Path(init).exists():
+            raise UserError(f"--config.init_from={init} does not exist; pass a bertjax checkpoint, "
+                            "a pretraining workdir or a Hugging Face model directory")
+        init_dir = init
+        if _is_hf_dir(init) and not epath.Path(init, "model_config.json").exists():
+            init_dir = convert_hf(init, os.path.join(workdir, "init"), str(cfg.task.model_task), log)
+    vocab = _vocab_path(cfg, init_dir)
+    tokenizer = load_tokenizer(vocab)
+    identity = tokenizer.identity()
+    expected = _expected_identity(init_dir, vocab)
+    if expected is not None:
+        check_identity(expected, identity, f"--config.init_from={init}")
+    elif init_dir:
+        log(f"warning: {init} stores no tokenizer identity; make sure {vocab} is the vocabulary "
+            "it was pretrained with")
+    previous = epath.Path(workdir, IDENTITY_FILE)
+    if previous.exists():
+        check_identity(json.loads(previous.read_text()), identity, f"the earlier run in {workdir}")
+    model = {}
+    if init_dir:
+        stored = read_model_config(init_dir)
+        model = {k: stored[k] for k in ARCH_FIELDS if k in stored}
+    if identity["vocab_size"] > model.get("vocab_size", identity["vocab_size"]):
+        raise UserError(f"the vocabulary {vocab} has {identity['vocab_size']} entries but the "
+                        f"checkpoint's model has only {model['vocab_size']} embedding rows; use the "
+                        "checkpoint's own vocabulary")
+    if not init_dir:
+        # A model trained from scratch needs exactly one embedding row per vocabulary entry.
+        model["vocab_size"] = identity["vocab_size"]
+    return Source(init_from=init_dir, model=model, tokenizer=tokenizer, vocab_path=vocab,
+                  identity=identity)
+
+
+def apply_model(cfg, source: Source, num_labels: int, log: Callable[[str], None] = print) -> None:
+    """Writes the checkpoint's architecture and the task's label count into cfg.model."""
+    changed = []
+    for k, v in source.model.items():
+        if cfg.model[k] != v:
+            changed.append(f"{k}={v}")
+            cfg.model[k] = type(cfg.model[k])(v)
+    if changed and source.init_from:
+        log(f"model shape from {cfg.init_from}: {', '.join(changed)}")
+    cfg.model.num_labels = int(num_labels)
+    seq = int(cfg.data.max_seq_length)
+    if seq > cfg.model.max_position_embeddings:
+        raise UserError(f"data.max_seq_length {seq} exceeds the model's max_position_embeddings "
+                        f"{cfg.model.max_position_embeddings}; lower --config.data.max_seq_length")
