@@ -22,6 +22,7 @@ flags.DEFINE_string("workdir", "demo_out", "Where everything goes.")
 flags.DEFINE_integer("pretrain_steps", 1200, "Pretraining steps (the 10-minute default).")
 flags.DEFINE_integer("finetune_seeds", 3, "Seeds per initialisation in the fine-tuning comparison.")
 flags.DEFINE_bool("skip_finetune", False, "Stop after pretraining and export.")
+flags.DEFINE_float("finetune_epochs", 3.0, "Fine-tuning epochs per run.")
 FLAGS = flags.FLAGS
 VOCAB_SIZE = 8000
 
@@ -71,7 +72,7 @@ def main(argv):
     labelled = os.path.join(w, "wordnet")
     if not os.path.exists(os.path.join(labelled, "labels.txt")):
         if os.path.exists("/usr/share/wordnet/data.noun"):
-            _run("bertjax.data.demo_wordnet", f"--out={labelled}")
+            _run("bertjax.data.demo_wordnet", f"--out={labelled}", "--n_train=4000", "--n_dev=1000")
         else:
             print("wordnet-base is not installed; fine-tuning on the small movie-review set",
                   flush=True)
@@ -111,7 +112,8 @@ def main(argv):
         "export": hf_out,
     }
     if not FLAGS.skip_finetune:
-        report["finetune"] = _finetune_comparison(w, ckpt, vocab, labelled)
+        model_cfg = json.load(open(os.path.join(ckpt, "model_config.json")))
+        report["finetune"] = _finetune_comparison(w, ckpt, vocab, labelled, model_cfg)
     report["wall_seconds"] = time.time() - t_start
     with open(os.path.join(w, "report.json"), "w") as f:
         json.dump(report, f, indent=2, sort_keys=True)
@@ -127,14 +129,16 @@ def _save_pretrained(workdir: str, vocab_dir: str, out_dir: str) -> None:
     model_io.save_checkpoint(out_dir, model, cfg, task, extra_files=extras)
 
 
-def _finetune_comparison(w: str, ckpt: str, vocab: str, labelled: str) -> dict:
+def _finetune_comparison(w: str, ckpt: str, vocab: str, labelled: str, model_cfg: dict) -> dict:
+    """The same architecture fine-tuned from the pretrained checkpoint and from scratch."""
+    shape = [f"--config.model.{k}={model_cfg[k]}" for k in
+             ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size")]
     results = {}
     for name, init in (("pretrained", ckpt), ("random_init", "")):
-        out = _run("bertjax.finetune", "--config=configs/text_classification.py",
-                   f"--workdir={os.path.join(w, 'finetune', name)}",
-                   f"--config.task.data_dir={labelled}", f"--config.task.vocab={vocab}",
+        out = _run("bertjax.finetune", f"--config=configs/text_classification.py:{labelled}",
+                   f"--workdir={os.path.join(w, 'finetune', name)}", f"--config.task.vocab={vocab}",
                    f"--config.init_from={init}", f"--config.seeds={FLAGS.finetune_seeds}",
-                   *([f"--config.model_from={ckpt}"] if not init else []))
+                   f"--config.task.epochs={FLAGS.finetune_epochs}", *shape)
         results[name] = _last_json(out)
     return results
 

@@ -31,7 +31,10 @@ def prepare(cfg, tokenizer, log: Callable[[str], None]) -> Prepared:
     if not cfg.task.name:
         raise UserError("set the GLUE task: --config=configs/glue.py:TASK (cola, sst2, mrpc, stsb, "
                         "qqp, mnli, qnli, rte, wnli)")
-    task = glue.get_task(str(cfg.task.name))
+    if str(cfg.task.name) == "text":
+        task = glue.text_classification_task(str(cfg.task.data_dir))
+    else:
+        task = glue.get_task(str(cfg.task.name))
     if not task.dev_splits:
         raise UserError(f"GLUE {task.name} has no training data; the diagnostic set is predicted "
                         "by an MNLI run with --config.task.predict_test=true")

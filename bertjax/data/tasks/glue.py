@@ -108,6 +108,25 @@ TASKS: dict[str, GlueTask] = {t.name: t for t in [
           submission={"test": "AX.tsv"}, dev_splits=()),
 ]}
 
+def text_classification_task(data_dir: str) -> GlueTask:
+    """Any single-sentence classification in the SST-2 layout (DIR/{train,dev}.tsv with a
+    `sentence<TAB>label` header) whose label names are listed one per line in DIR/labels.txt, or
+    else taken from the training file. The demo's WordNet topics use it."""
+    path = os.path.join(data_dir, "labels.txt")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            labels = tuple(ln.strip() for ln in f if ln.strip())
+    else:
+        rows = _lines(_task_file(data_dir, _task("text", "text", ("0",), (), ("sentence",),
+                                                 "label", (), ()), "train"))
+        labels = tuple(sorted({r.rsplit("\t", 1)[-1].strip() for r in rows[1:] if "\t" in r}))
+    if len(labels) < 2:
+        raise UserError(f"{data_dir}: a classification task needs at least 2 labels, found "
+                        f"{list(labels)}")
+    return _task("text", "text", labels, ("accuracy",), ("sentence",), "label", (), (),
+                 submission={})
+
+
 def get_task(name: str) -> GlueTask:
     """Case-insensitive; "SST-2", "sst_2" and "sst2" all name the same task."""
     key = name.lower().replace("-", "").replace("_", "")
