@@ -197,3 +197,20 @@ def test_task_modules_import_neither_tensorflow_nor_jax():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=str(pathlib.Path(__file__).parents[1]))
     assert out.stdout.strip() == "[]"
+
+
+def test_text_classification_task_reads_any_label_names(tmp_path):
+    from bertjax.data.tasks import glue as glue_mod
+
+    rows = ["sentence\tlabel", "a small dog\tnoun.animal", "a wooden chair\tnoun.artifact",
+            "a red apple\tnoun.food"]
+    (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "dev.tsv").write_text("\n".join(rows[:2]) + "\n")
+    task = glue_mod.text_classification_task(str(tmp_path))
+    assert task.labels == ("noun.animal", "noun.artifact", "noun.food")
+    (tmp_path / "labels.txt").write_text("noun.food\nnoun.animal\nnoun.artifact\n")
+    task = glue_mod.text_classification_task(str(tmp_path))
+    assert task.labels == ("noun.food", "noun.animal", "noun.artifact")
+    examples = glue_mod.read_glue(str(tmp_path), task, "train", "tsv")
+    assert [e.label for e in examples] == ["noun.animal", "noun.artifact", "noun.food"]
+    assert [task.label_id(e.label) for e in examples] == [1, 2, 0]
