@@ -25,9 +25,9 @@ BATCH = 16
 def load_mlm_model(checkpoint: str, vocab: str | None = None):
     """(model, cfg, tokenizer) for a checkpoint that carries a masked-LM head."""
     model, cfg, task = load_checkpoint(checkpoint, needs=("bert/embeddings", "bert/encoder", "mlm"))
-    if task != "pretraining":
+    if task not in ("pretraining", "masked_lm"):
         raise UserError(f"{checkpoint} holds a {task} model, which has no masked-LM head; "
-                        "fill_mask needs a pretraining checkpoint")
+                        "fill_mask needs a pretraining or masked-LM checkpoint")
     return model, cfg, checkpoint_tokenizer(checkpoint, cfg.vocab_size, vocab)
 
 

@@ -107,7 +107,7 @@ def test_embeddings_equal_transformers(pooling, hf, tmp_path):
 
 def test_embed_reads_hf_dirs_of_any_head(hf, tmp_path):
     """The same encoder gives the same embeddings whether read from the converted checkpoint, the
-    HF pretraining directory, a BertForMaskedLM (no bertjax task model) or a token classifier."""
+    HF pretraining directory, a BertForMaskedLM or a token classifier."""
     src = write_texts(tmp_path / "in.txt", TEXTS[:2])
     ref = embed_lib.embed_file(hf["ckpt"], src, str(tmp_path / "ref.npy"), "mean")
     for path in (hf["dir"], *(p for _, p in hf["others"].values())):
