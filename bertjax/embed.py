@@ -12,16 +12,17 @@ The loading helpers here are shared with fill_mask.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 from absl import flags
 
 from bertjax import cli
 from bertjax.errors import UserError
+from bertjax.files import write_atomic
 
 POOLINGS = ("cls", "mean")
 # Batches are padded to a power-of-two length no shorter than this, so a file of mixed lengths
@@ -203,22 +204,9 @@ def save_npy(path: str, array: np.ndarray) -> None:
     """np.save under a temporary name in the target directory, renamed once complete."""
     if os.path.isdir(path):
         raise UserError(f"--output {path} is a directory; give a file name such as emb.npy")
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                                   dir=directory)
-    except OSError as e:
-        raise UserError(f"cannot write {path} ({e.strerror}); choose a writable location") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    np.save(buf, array)
+    write_atomic(path, buf.getvalue())
 
 
 def embed_file(checkpoint: str, input_path: str, output_path: str, pooling: str = "cls",

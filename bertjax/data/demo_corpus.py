@@ -28,7 +28,7 @@ from absl import app, flags
 
 from bertjax.data.corpus import split_sentences
 from bertjax.errors import UserError, user_errors_exit
-from bertjax.text.files import AtomicTextWriter, sha256_file, write_atomic
+from bertjax.files import AtomicTextWriter, sha256_file, write_atomic
 
 # Sections after which an article holds lists of links and citations, not prose.
 _TAIL_SECTIONS = {"see also", "references", "external links", "further reading", "notes",

@@ -18,7 +18,7 @@ import re
 from absl import app, flags
 
 from bertjax.errors import UserError, user_errors_exit
-from bertjax.text.files import write_atomic
+from bertjax.files import write_atomic
 
 DEFAULT_DIR = "/usr/share/wordnet"
 LEXNAMES_MAN = "/usr/share/man/man5/lexnames.5WN.gz"

@@ -39,7 +39,7 @@ import numpy as np
 
 from bertjax.data import corpus, instances, masking, records
 from bertjax.errors import UserError
-from bertjax.text.files import write_atomic
+from bertjax.files import write_atomic
 
 METADATA = "metadata.json"
 CONTINUATION = "continuation.npy"

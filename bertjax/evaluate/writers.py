@@ -6,31 +6,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 
 from bertjax.data.tasks.glue import GlueTask, get_task, resolve_split
 from bertjax.errors import UserError
+from bertjax.files import write_atomic
 
 
 def atomic_write_text(path: str, text: str) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output directory {directory} ({e.strerror}); "
-                        f"choose a writable output path") from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str, obj) -> str:

@@ -1,9 +1,11 @@
-"""Small file helpers shared by the tokenizer and corpus code: hashing and all-or-nothing writes."""
+"""File helpers shared across bertjax: hashing and all-or-nothing writes."""
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
+
+from bertjax.errors import UserError
 
 
 def sha256_file(path: str) -> str:
@@ -20,8 +22,12 @@ def write_atomic(path: str, data: bytes | str) -> str:
     if isinstance(data, str):
         data = data.encode("utf-8")
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                   dir=directory)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}); choose a writable location") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
