@@ -74,7 +74,7 @@ def summarize(task: str, metric: str, runs: list[dict]) -> dict:
 
 def _copy_tokenizer_files(dst: str, vocab_dir: str, identity: dict, extra: dict) -> None:
     """Makes a best checkpoint self-contained: usable by convert/export without the workdir."""
-    from bertjax.text.files import write_atomic
+    from bertjax.files import write_atomic
 
     for p in sorted(epath.Path(vocab_dir).iterdir()):
         write_atomic(os.path.join(dst, p.name), p.read_bytes())
@@ -182,7 +182,7 @@ def finetune(cfg, workdir: str, log: Callable[[str], None] = print) -> dict:
 
     vocab_dir = os.path.join(workdir, "vocab")
     if jax.process_index() == 0:
-        from bertjax.text.files import write_atomic
+        from bertjax.files import write_atomic
 
         os.makedirs(workdir, exist_ok=True)
         source.tokenizer.save(vocab_dir)
