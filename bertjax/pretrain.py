@@ -89,12 +89,14 @@ def pretrain(cfg, workdir: str):
             f"--config.model.vocab_size={ident['vocab_size']}")
     check_workdir_identity(workdir, ident)
     if cfg.init_from:
-        init_ident = os.path.join(cfg.init_from, "tokenizer_identity.json")
-        if os.path.exists(init_ident):
+        from etils import epath
+
+        init_ident = epath.Path(identity_path(cfg.init_from))  # init_from may be a gs:// URL
+        if init_ident.exists():
             from bertjax.text import check_identity
 
-            with open(init_ident) as f:
-                check_identity(json.load(f), ident, f"data vs --config.init_from={cfg.init_from}")
+            check_identity(json.loads(init_ident.read_text()), ident,
+                           f"data vs --config.init_from={cfg.init_from}")
     if cfg.data.eval_dir:
         pipeline.check_tokenizer(pipeline.read_metadata(cfg.data.eval_dir), ident)
     seq_len = int(meta["max_seq_length"])

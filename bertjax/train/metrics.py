@@ -8,6 +8,7 @@ training side must not load TensorFlow.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -103,6 +104,12 @@ class StdoutWriter:
         pass
 
 
+def _open_kept(path: epath.Path, mode: str, stack: contextlib.ExitStack):
+    """Opens a file that stays open across calls. For URLs (gs://, ...) epath's TensorFlow backend
+    returns a context manager, not a file, so it must be entered; the stack closes it."""
+    return stack.enter_context(path.open(mode))
+
+
 class JsonlWriter:
     """Appends {"step", "time", metrics...} lines; after a resume the replayed steps appear again
     and readers keep the last line per step."""
@@ -110,7 +117,8 @@ class JsonlWriter:
     def __init__(self, path: str | epath.PathLike) -> None:
         self.path = epath.Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = self.path.open("a")
+        self._stack = contextlib.ExitStack()
+        self._f = _open_kept(self.path, "a", self._stack)
 
     def write_scalars(self, step: int, scalars: Scalars) -> None:
         row = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in scalars.items()}}
@@ -124,7 +132,7 @@ class JsonlWriter:
         self._f.flush()
 
     def close(self) -> None:
-        self._f.close()
+        self._stack.close()
 
 
 class TensorBoardWriter:
@@ -139,7 +147,8 @@ class TensorBoardWriter:
         self.logdir.mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}.bertjax"
         self.path = self.logdir / name
-        self._records = RecordWriter(self.path.open("wb"))
+        self._stack = contextlib.ExitStack()
+        self._records = RecordWriter(_open_kept(self.path, "wb", self._stack))
         self._add(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def _add(self, event) -> None:
@@ -169,6 +178,7 @@ class TensorBoardWriter:
 
     def close(self) -> None:
         self._records.close()
+        self._stack.close()
 
 
 class MultiWriter:
@@ -269,5 +279,5 @@ def plot_curves(jsonl_path: str | epath.PathLike, png_path: str | epath.PathLike
     with tmp.open("wb") as f:
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    tmp.rename(png_path)
+    tmp.replace(png_path)  # a rerun overwrites; epath's rename refuses to on gs:// and friends
     return png_path
