@@ -28,14 +28,18 @@ VOCAB_SIZE = 8000
 
 
 def _run(*args: str) -> str:
-    """Runs one bertjax command as a user would; its output streams through."""
+    """Runs one bertjax command as a user would; its output streams through as it comes."""
     cmd = [sys.executable, "-m", *args]
     print("\n$ " + " ".join(cmd[2:]), flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    sys.stdout.write(proc.stdout)
+    lines = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line)
     if proc.returncode != 0:
         raise UserError(f"demo stage failed: {' '.join(args[:1])} exited {proc.returncode}")
-    return proc.stdout
+    return "".join(lines)
 
 
 def _last_json(text: str) -> dict:
