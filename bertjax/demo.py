@@ -32,7 +32,8 @@ def _run(*args: str) -> str:
     cmd = [sys.executable, "-m", *args]
     print("\n$ " + " ".join(cmd[2:]), flush=True)
     lines = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # a pipe would otherwise hold lines back
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1, env=env) as proc:
         for line in proc.stdout:
             sys.stdout.write(line)
             sys.stdout.flush()
