@@ -76,10 +76,13 @@ class _Preemption:
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
 
-    def requested(self) -> bool:
+    def requested(self, step: int, every: int) -> bool:
         if jax.process_count() == 1:
             return self.flag
-        # Saving is collective: every process must agree to stop at the same step.
+        # Saving is collective, so every process must agree to stop at the same step; agreeing
+        # costs a host round trip, paid only every `every` steps (the log interval).
+        if step % every:
+            return False
         from jax.experimental import multihost_utils
 
         return bool(np.any(multihost_utils.process_allgather(np.array(self.flag))))
@@ -251,7 +254,7 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
                         jax.profiler.stop_trace()
                         log(f"profile written to {workdir_path / 'profile'}")
 
-                if preempt.requested():
+                if preempt.requested(step, int(t_cfg.log_every)):
                     if pending:
                         train_metrics = {**train_metrics, **flush()}
                     save(step, force=True)
