@@ -201,3 +201,21 @@ def test_completed_marker_is_written_whole(tmp_path):
     ckptlib.write_completed_marker(tmp_path / "run", 123)
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["COMPLETED"]
     assert json.loads((tmp_path / "run" / "COMPLETED").read_text())["step"] == 123
+
+
+def test_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
+    import jax.numpy as jnp
+
+    from bertjax.train.checkpoint import Checkpointer
+
+    monkeypatch.chdir(tmp_path)
+    state = {"step": jnp.array(3, jnp.int32), "w": jnp.arange(6.0).reshape(2, 3)}
+    with Checkpointer("runs/rel", keep=2, async_=True) as ck:
+        ck.save(3, state, {"batches": 3}, {"model": {}})
+        ck.wait()
+        assert ck.latest_step() == 3
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                             sharding=x.sharding), state)
+        restored, data, _ = ck.restore(3, target)
+    assert data == {"batches": 3}
+    np.testing.assert_array_equal(restored["w"], state["w"])

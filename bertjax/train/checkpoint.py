@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -35,6 +36,12 @@ PARAMS_ITEM = "params"
 MODEL_CONFIG_FILE = "model_config.json"
 COMPLETED_FILE = "COMPLETED"
 _ORBAX_TREE_FILE = "_METADATA"
+
+
+def absolute(path: str | epath.PathLike) -> epath.Path:
+    """Orbax refuses relative directories; local paths are made absolute, URLs kept as they are."""
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
 def _one_line(e: BaseException, limit: int = 400) -> str:
@@ -68,7 +75,7 @@ class Checkpointer:
     """
 
     def __init__(self, workdir: str | epath.PathLike, keep: int = 3, async_: bool = True):
-        self.workdir = epath.Path(workdir)
+        self.workdir = absolute(workdir)
         self.directory = self.workdir / CHECKPOINT_SUBDIR
         self._pending: int | None = None
         options = ocp.CheckpointManagerOptions(
@@ -208,7 +215,7 @@ def save_params(directory: str | epath.PathLike, params: Any, model_config: Mapp
     `extra_files` maps a file name to bytes to write, or to a path to copy. Everything goes into
     "<dir>.partial" first, which is renamed to <dir> once complete.
     """
-    directory = epath.Path(directory)
+    directory = absolute(directory)
     if directory.exists():
         if not overwrite:
             raise UserError(f"{directory} already exists; choose a new output directory or remove it")
@@ -306,7 +313,7 @@ def load_params(ckpt_dir: str | epath.PathLike, abstract_params: Any,
     missing leaves are taken from `fallback` (e.g. freshly initialised params) when given, else
     left abstract. A shape mismatch raises a UserError listing the keys and both shapes.
     """
-    ckpt_dir = epath.Path(ckpt_dir)
+    ckpt_dir = absolute(ckpt_dir)
     tree_dir, prefix, model_cfg = _resolve_source(ckpt_dir)
     reader = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
     meta = reader.metadata(tree_dir)
