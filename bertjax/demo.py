@@ -25,6 +25,9 @@ flags.DEFINE_bool("skip_finetune", False, "Stop after pretraining and export.")
 flags.DEFINE_float("finetune_epochs", 3.0, "Fine-tuning epochs per run.")
 FLAGS = flags.FLAGS
 VOCAB_SIZE = 8000
+# Distinct sentence pairs per document pass: with 2 the ~1,200 steps saw each pair 3.5 times and
+# NSP memorised them (train 71%, held-out 50%); 5 passes give each pair about 1.4 views.
+DUPE_FACTOR = 5
 
 
 def _run(*args: str) -> str:
@@ -89,9 +92,10 @@ def main(argv):
     common = [f"--vocab={vocab}", "--max_seq_length=128", "--max_predictions_per_seq=20"]
     train_dir, heldout_dir = os.path.join(data, "train128"), os.path.join(data, "heldout128")
     _run("bertjax.data.prepare", f"--input={corpus}/wiki-*.txt", f"--output_dir={train_dir}",
-         "--masking=dynamic", "--dupe_factor=2", "--num_workers=2", *common)
+         "--masking=dynamic", f"--dupe_factor={DUPE_FACTOR}", "--num_workers=2", *common)
+    # Several pairings of the held-out articles: ~1,000 instances, enough to read NSP accuracy.
     _run("bertjax.data.prepare", f"--input={corpus}/heldout/*.txt", f"--output_dir={heldout_dir}",
-         "--masking=static", "--dupe_factor=1", "--num_workers=1", *common)
+         "--masking=static", f"--dupe_factor={DUPE_FACTOR}", "--num_workers=1", *common)
     vocab_size = json.load(open(os.path.join(train_dir, "metadata.json")))["tokenizer"]["vocab_size"]
 
     pre = os.path.join(w, "pretrain")
@@ -157,7 +161,9 @@ def _print_summary(report: dict, pre: str, w: str) -> None:
               f"NSP accuracy {100 * ev.get('nsp_accuracy', 0):.1f}% (chance 50%)")
     for name, res in report.get("finetune", {}).items():
         if res:
-            print(f"fine-tuned from {name}: {res}")
+            runs = ", ".join(f"{100 * r['best']:.1f}" for r in res.get("runs", []))
+            print(f"fine-tuned from {name}: dev accuracy {100 * res['mean']:.1f} +- "
+                  f"{100 * res['std']:.1f} over {res.get('seeds')} seeds ({runs})")
     print(f"TensorBoard: tensorboard --logdir {os.path.join(pre, 'tensorboard')}")
     print(f"plot: {os.path.join(pre, 'curves.png')}")
     print(f"exported Hugging Face model: {report['export']}")
