@@ -78,7 +78,7 @@ def make_steps(model_fn: Callable[[], nnx.Module], objective, tx: optax.Gradient
                 (jnp.arange(grad_accum_steps), micro))
             grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
             loss = loss / grad_accum_steps
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
