@@ -16,6 +16,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
 from bertjax.errors import UserError
+from bertjax.text.base import VocabTable
 from bertjax.text.config_file import write_tokenizer_config
 from bertjax.files import sha256_file, write_atomic
 
@@ -25,7 +26,7 @@ WORD_START = "\u2581"
 _Piece = sentencepiece_model_pb2.ModelProto.SentencePiece
 
 
-class SentencePieceTokenizer:
+class SentencePieceTokenizer(VocabTable):
     def __init__(self, model_path: str, lower_case: bool = False):
         if not os.path.isfile(model_path):
             raise UserError(f"SentencePiece model {model_path} does not exist; pass the path of a "
@@ -64,8 +65,8 @@ class SentencePieceTokenizer:
                 raise UserError(f"SentencePiece model {model_path}: {t} is an ordinary piece; it "
                                 "must be a control or user-defined symbol so plain text cannot "
                                 "produce it")
-        self._pieces = pieces
-        self._index = index
+        self._tokens = pieces
+        self._vocab = index
         self.vocab_size = len(pieces)
         self.pad_id = index["[PAD]"]
         self.unk_id = index["[UNK]"]
@@ -95,25 +96,6 @@ class SentencePieceTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self._sp.encode([self._prepare(t) for t in texts])
 
-    def convert_tokens_to_ids(self, tokens: list[str]) -> list[int]:
-        return [self._index.get(t, self.unk_id) for t in tokens]
-
-    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
-        out = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"token id {i} is outside the vocabulary (size {self.vocab_size})")
-            out.append(self._pieces[i])
-        return out
-
-    def is_continuation(self, token_id: int) -> bool:
-        return bool(self._continuation[int(token_id)])
-
-    @property
-    def continuation_mask(self) -> np.ndarray:
-        """Boolean [vocab_size] array: is_continuation for every id, for vectorised masking."""
-        return self._continuation
 
     def decode(self, ids: list[int]) -> str:
         return self._sp.decode([int(i) for i in ids])

@@ -17,6 +17,7 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
 
 from bertjax.errors import UserError
+from bertjax.text.base import VocabTable
 from bertjax.text.config_file import write_tokenizer_config
 from bertjax.files import sha256_file, write_atomic
 
@@ -77,7 +78,7 @@ def vocab_looks_cased(tokens: list[str]) -> bool:
     return upper >= max(1, int(0.005 * len(words)))
 
 
-class WordPieceTokenizer:
+class WordPieceTokenizer(VocabTable):
     """The Tokenizer protocol (bertjax.text.base) for a BERT vocab.txt.
 
     lower_case=None decides from the vocabulary itself (see vocab_looks_cased);
@@ -133,25 +134,6 @@ class WordPieceTokenizer:
         """Many texts at once: one call into Rust, several times faster than a loop of encode()."""
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
 
-    def convert_tokens_to_ids(self, tokens: list[str]) -> list[int]:
-        return [self._vocab.get(t, self.unk_id) for t in tokens]
-
-    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
-        out = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"token id {i} is outside the vocabulary (size {self.vocab_size})")
-            out.append(self._tokens[i])
-        return out
-
-    def is_continuation(self, token_id: int) -> bool:
-        return bool(self._continuation[int(token_id)])
-
-    @property
-    def continuation_mask(self) -> np.ndarray:
-        """Boolean [vocab_size] array: is_continuation for every id, for vectorised masking."""
-        return self._continuation
 
     def identity(self) -> dict:
         return {
