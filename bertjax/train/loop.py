@@ -88,13 +88,6 @@ class _Preemption:
         return bool(np.any(multihost_utils.process_allgather(np.array(self.flag))))
 
 
-def _fmt_eta(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
 def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
           best_metric: str = "", best_mode: str = "max", log: Callable[[str], None] = print) -> Result:
     t_cfg, o_cfg = cfg.train, cfg.optim
@@ -226,7 +219,7 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
                     if mfu is not None:
                         train_metrics["mfu"] = mfu
                     writer.write_scalars(step, {f"train/{k}": v for k, v in train_metrics.items()})
-                    eta = _fmt_eta((num_steps - step) * elapsed / n)
+                    eta = metrics_lib.format_duration((num_steps - step) * elapsed / n)
                     log(_progress(step, num_steps, train_metrics, eta))
                     last_log_time, last_log_step, data_wait = time.time(), step, 0.0
 

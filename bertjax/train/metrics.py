@@ -66,7 +66,7 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -91,7 +91,7 @@ class StdoutWriter:
         elif step > self._first[1]:
             rate = (step - self._first[1]) / (now - self._first[0])
             parts.append(f"{rate:.3g} steps/s")
-            parts.append(f"eta {_duration((self.num_steps - step) / rate)}")
+            parts.append(f"eta {format_duration((self.num_steps - step) / rate)}")
         print(" | ".join(parts), file=self._out, flush=True)
 
     def write_text(self, tag: str, text: str) -> None:
