@@ -14,6 +14,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import bertjax  # noqa: E402,F401  (before jax: it tells libtpu that this host has no TPU)
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)

@@ -8,18 +8,29 @@ from flax.nnx import traversals
 
 from bertjax.errors import UserError
 from bertjax.interop import hf_dir, hf_layout
+from bertjax.model import layout
 from bertjax.model.bert import build_model
 from bertjax.model.encoder import BertConfig
 
 
 def flat_params(model: nnx.Module) -> dict[tuple, np.ndarray]:
+    """The model's parameters by key path, always in the per-layer layout (scanned models
+    included), which is what every checkpoint format here maps from."""
     pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return {k: np.asarray(v) for k, v in traversals.flatten_mapping(pure).items()}
+    return layout.per_layer({k: np.asarray(v) for k, v in traversals.flatten_mapping(pure).items()})
+
+
+def _model_layout(flat: dict[tuple, np.ndarray], current: dict) -> dict[tuple, np.ndarray]:
+    if not layout.is_stacked(current):
+        return flat
+    num_layers = next(v.shape[0] for k, v in current.items() if layout.is_stacked({k: v}))
+    return layout.stacked(flat, num_layers)
 
 
 def set_flat_params(model: nnx.Module, flat: dict[tuple, np.ndarray]) -> None:
     state = nnx.state(model, nnx.Param)
     current = traversals.flatten_mapping(nnx.to_pure_dict(state))
+    flat = _model_layout(flat, current)
     merged = {k: flat.get(k, v) for k, v in current.items()}
     nnx.replace_by_pure_dict(state, traversals.unflatten_mapping(merged))
     nnx.update(model, state)
@@ -32,6 +43,7 @@ def model_from_flat(task: str, cfg: BertConfig, flat: dict[tuple, np.ndarray]) -
     abstract = nnx.eval_shape(lambda: build_model(task, cfg))
     graphdef, state = nnx.split(abstract)
     wanted = traversals.flatten_mapping(nnx.to_pure_dict(state))
+    flat = _model_layout(flat, wanted)
     if any(k not in flat for k in wanted):
         model = build_model(task, cfg)
         set_flat_params(model, flat)
@@ -44,7 +56,9 @@ def model_from_flat(task: str, cfg: BertConfig, flat: dict[tuple, np.ndarray]) -
 def param_shapes(task: str, cfg: BertConfig) -> dict[tuple, tuple]:
     abstract = nnx.eval_shape(lambda: build_model(task, cfg))
     flat = traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
-    return {k: tuple(v.shape) for k, v in flat.items()}
+    # Per-layer shapes whatever the model's layout: they are what weight files map to.
+    return {k: tuple(v.shape) for k, v in layout.per_layer(
+        {k: np.empty(v.shape, np.bool_) for k, v in flat.items()}).items()}
 
 
 def task_from_hf_config(hf_cfg: dict) -> str:

@@ -5,11 +5,17 @@ mask, and return [batch, seq, heads, head_dim]. Softmax runs in float32 in every
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import math
 import sys
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 BACKENDS = ("auto", "xla", "cudnn", "splash")
 _warned: set[str] = set()
@@ -21,18 +27,50 @@ def _warn_once(msg: str) -> None:
         print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
-def resolve_backend(name: str, platform: str | None = None) -> str:
-    """Maps "auto" to the fastest backend for the platform; falls back to "xla" where unavailable."""
+FUSED = {"gpu": "cudnn", "tpu": "splash"}
+
+
+def check_backend(name: str, attention_dropout: float) -> None:
+    """Config-time check: the name only (the platform is known when a step is traced), and no
+    explicitly fused backend with attention dropout, which the fused kernels cannot apply."""
     if name not in BACKENDS:
         raise ValueError(f"attention_backend must be one of {BACKENDS}, got {name!r}")
-    platform = platform or jax.default_backend()
+    if name in FUSED.values() and attention_dropout > 0.0:
+        raise ValueError(
+            f"attention_backend={name!r} fuses the softmax and cannot apply attention_dropout="
+            f"{attention_dropout}; set model.attention_dropout=0.0 (a change of BERT's recipe) or "
+            "model.attention_backend=auto (keeps the dropout with xla attention while training)")
+
+
+def resolve_backend(name: str, platform: str | None = None, *, seq_len: int | None = None,
+                    dropout: bool = False) -> str:
+    """The backend a traced attention call uses.
+
+    "auto" picks the platform's fused kernel (cudnn on GPU, splash on TPU) unless attention dropout
+    applies (training with attention_dropout > 0): then xla, so that "auto" never changes BERT's
+    recipe. A fused kernel on the wrong platform, or splash on a length it cannot tile, falls back
+    to xla with a one-time reason.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"attention_backend must be one of {BACKENDS}, got {name!r}")
+    platform = platform or mesh_platform()
     if name == "auto":
-        return {"gpu": "cudnn", "tpu": "splash"}.get(platform, "xla")
-    if name == "cudnn" and platform != "gpu":
-        _warn_once(f"attention_backend='cudnn' needs a GPU (platform is {platform}); using 'xla'")
+        fused = FUSED.get(platform)
+        if fused is None:
+            return "xla"
+        if dropout:
+            _warn_once(f"attention_backend='auto' keeps attention dropout by using 'xla' attention "
+                       f"while training on {platform}; set model.attention_dropout=0.0 for the "
+                       f"fused {fused!r} kernel")
+            return "xla"
+        name = fused
+    if name in FUSED.values() and FUSED.get(platform) != name:
+        _warn_once(f"attention_backend={name!r} needs a {'GPU' if name == 'cudnn' else 'TPU'} "
+                   f"(platform is {platform}); using 'xla'")
         return "xla"
-    if name == "splash" and platform != "tpu":
-        _warn_once(f"attention_backend='splash' needs a TPU (platform is {platform}); using 'xla'")
+    if name == "splash" and seq_len is not None and splash_block(seq_len) is None:
+        _warn_once(f"splash attention tiles sequences in blocks of 128; length {seq_len} is not a "
+                   "multiple, so this model uses 'xla' attention")
         return "xla"
     return name
 
@@ -59,40 +97,114 @@ def cudnn_attention(q, k, v, mask):
     )
 
 
+SPLASH_BLOCKS = (512, 256, 128)
+
+
+def splash_block(seq_len: int) -> int | None:
+    """The splash tile for a sequence length: the largest of 512/256/128 that divides it, or None
+    when none does (the kernel tiles whole 128-lane blocks; such lengths use xla)."""
+    return next((b for b in SPLASH_BLOCKS if seq_len % b == 0), None)
+
+
 @functools.lru_cache(maxsize=None)
-def _splash_kernel(seq_len: int, num_heads: int):
+def _splash_kernel(seq_len: int, num_heads: int, interpret: bool):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
+    b = splash_block(seq_len)
+    blocks = sk.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b,
+                           block_kv_dkv=b, block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
     full = sm.MultiHeadMask([sm.FullMask((seq_len, seq_len)) for _ in range(num_heads)])
-    return sk.make_splash_mha(full, head_shards=1, q_seq_shards=1)
+    return sk.make_splash_mha(full, block_sizes=blocks, head_shards=1, q_seq_shards=1,
+                              interpret=interpret)
 
 
-def splash_attention(q, k, v, mask):
-    """Pallas splash attention on TPU. Padding is expressed as segment ids (real=1, pad=0) so real
-    tokens never attend to padding; padded query rows produce values that nothing downstream reads."""
+def _splash_local(q, k, v, mask, interpret: bool = False):
+    """The kernel on one device's block: q, k, v [b, s, h, d], mask [b, s]."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
-    b, s, h, d = q.shape
-    kernel = _splash_kernel(s, h)
-    seg = sk.SegmentIds(q=mask.astype(jnp.int32), kv=mask.astype(jnp.int32))
-    scale = 1.0 / jnp.sqrt(jnp.float32(d)).astype(q.dtype)
+    _, s, h, d = q.shape
+    kernel = _splash_kernel(s, h, interpret)
+    ids = mask.astype(jnp.int32)
+    seg = sk.SegmentIds(q=ids, kv=ids)
+    scale = (1.0 / jnp.sqrt(jnp.float32(d))).astype(q.dtype)
     # The kernel works per example on [heads, seq, head_dim].
     qh, kh, vh = (jnp.swapaxes(t, 1, 2) for t in (q * scale, k, v))
     out = jax.vmap(kernel)(qh, kh, vh, segment_ids=seg)
     return jnp.swapaxes(out, 1, 2)
 
 
+def splash_attention(q, k, v, mask, *, interpret: bool = False):
+    """Pallas splash attention. Padding is expressed as segment ids (real=1, pad=0) so real tokens
+    never attend to padding; padded query rows produce values that nothing downstream reads.
+
+    XLA cannot partition a Mosaic kernel, so on a mesh of more than one device (set by `on_mesh`)
+    the kernel runs inside shard_map: each device attends over its own rows, and over its own heads
+    when the heads axis divides them. Attention needs no communication either way.
+    """
+    placement = _PLACEMENT.get()
+    local = functools.partial(_splash_local, interpret=interpret)
+    if placement is None or placement.mesh.size == 1:
+        return local(q, k, v, mask)
+    mesh, batch_axes, head_axis = placement
+    batch_axes = tuple(a for a in batch_axes if a in mesh.shape)
+    rows = math.prod(mesh.shape[a] for a in batch_axes)
+    if q.shape[0] % rows:
+        raise ValueError(f"splash attention: batch {q.shape[0]} does not split over {batch_axes}")
+    heads = head_axis if head_axis in mesh.shape and q.shape[2] % mesh.shape[head_axis] == 0 else None
+    qkv_spec = P(batch_axes, None, heads, None)
+    # check_vma=False: the Pallas call carries no varying-manual-axes annotations.
+    return jax.shard_map(local, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, P(batch_axes)),
+                         out_specs=qkv_spec, check_vma=False)(q, k, v, mask)
+
+
+class Placement(NamedTuple):
+    mesh: Mesh
+    batch_axes: tuple[str, ...]
+    head_axis: str
+
+
+# Set while a step is traced. A Python context, not a jit argument: the mesh is static, and the
+# model package must not know the trainer's mesh axes.
+_PLACEMENT: contextvars.ContextVar[Placement | None] = contextvars.ContextVar(
+    "bertjax_attention_placement", default=None)
+
+
+@contextlib.contextmanager
+def on_mesh(mesh: Mesh, batch_axes: tuple[str, ...], head_axis: str):
+    """Tells the attention backends which mesh the traced step runs on: splash places its kernel
+    with it, and "auto" resolves for the mesh's platform (a TPU mesh compiled ahead of time on a
+    CPU host gets splash)."""
+    token = _PLACEMENT.set(Placement(mesh, tuple(batch_axes), head_axis))
+    try:
+        yield
+    finally:
+        _PLACEMENT.reset(token)
+
+
+def mesh_platform() -> str:
+    placement = _PLACEMENT.get()
+    if placement is not None:
+        return placement.mesh.devices.flat[0].platform
+    return jax.default_backend()
+
+
 def attend(q, k, v, mask, *, backend: str, dropout_rate: float = 0.0, dropout_key=None):
+    """`backend` is the configured name; it is resolved here, at trace time, where the platform,
+    the sequence length and whether dropout applies are all known."""
+    dropout = dropout_rate > 0.0 and dropout_key is not None
+    backend = resolve_backend(backend, seq_len=q.shape[1], dropout=dropout)
     if backend == "xla":
         return xla_attention(q, k, v, mask, dropout_rate=dropout_rate, dropout_key=dropout_key)
-    if dropout_rate > 0.0 and dropout_key is not None:
-        _warn_once(
-            f"attention_backend={backend!r} fuses the softmax and cannot drop attention "
-            "probabilities; attention dropout is skipped (set model.attention_backend='xla' to keep it)"
-        )
     if backend == "cudnn":
         return cudnn_attention(q, k, v, mask)
-    if backend == "splash":
-        return splash_attention(q, k, v, mask)
-    raise ValueError(f"unknown attention backend {backend!r}")
+    return splash_attention(q, k, v, mask)
+
+
+def describe(name: str, attention_dropout: float, seq_len: int, platform: str) -> dict:
+    """What a run's attention really is, for the run plan: the backend in training and in eval,
+    and the attention dropout that training applies."""
+    train = resolve_backend(name, platform, seq_len=seq_len, dropout=attention_dropout > 0.0)
+    evaluate = resolve_backend(name, platform, seq_len=seq_len, dropout=False)
+    return {"configured": name, "train": train, "eval": evaluate,
+            "attention_dropout": attention_dropout if train == "xla" else 0.0}

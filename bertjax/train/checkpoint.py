@@ -302,6 +302,67 @@ def _resolve_source(ckpt_dir: epath.Path) -> tuple[epath.Path, tuple[str, ...], 
     return step_dir / "state", ("params",), cfg
 
 
+@dataclasses.dataclass
+class _Relaid:
+    """A model leaf that the checkpoint holds in the other layer layout (model/layout.py):
+    `keys` are the saved leaves it comes from; `index` is None to stack them (a scanned model
+    from a per-layer checkpoint) or the layer to take from one stacked leaf."""
+
+    keys: list[str]
+    index: int | None
+    layers: int = 0  # the stacked leaf's layer count, when taking one layer from it
+
+    def sources(self, v) -> list[tuple[str, tuple, Any]]:
+        sharding = getattr(v, "sharding", None)
+        if self.index is None:  # each saved layer is one slice of the stacked leaf
+            inner = None
+            if isinstance(sharding, jax.sharding.NamedSharding):
+                inner = jax.sharding.NamedSharding(sharding.mesh,
+                                                   jax.sharding.PartitionSpec(*sharding.spec[1:]))
+            return [(k, tuple(v.shape[1:]), inner) for k in self.keys]
+        outer = None
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            outer = jax.sharding.NamedSharding(sharding.mesh,
+                                               jax.sharding.PartitionSpec(None, *sharding.spec))
+        return [(self.keys[0], (self.layers,) + tuple(v.shape), outer)]
+
+    def combine(self, arrays: list, v):
+        import jax.numpy as jnp
+
+        out = jnp.stack(arrays) if self.index is None else arrays[0][self.index]
+        sharding = getattr(v, "sharding", None)
+        return jax.device_put(out, sharding) if sharding is not None else out
+
+
+def _relayout(saved: dict, wanted: dict) -> dict[str, _Relaid]:
+    """Model keys that the checkpoint holds only in the other layer layout."""
+    from bertjax.model import layout
+
+    out: dict[str, _Relaid] = {}
+    saved_t = {tuple(k.split("/")): k for k in saved}
+    wanted_t = {tuple(k.split("/")): k for k in wanted if k not in saved}
+    if not wanted_t:
+        return out
+    if layout.is_stacked(wanted_t) and not layout.is_stacked(saved_t):
+        for wk, name in wanted_t.items():
+            split = layout.split_layer_key(wk)
+            if split is None or not split[1]:
+                continue
+            n = wanted[name].shape[0]
+            keys = ["/".join(split[0] + (str(i),) + split[1]) for i in range(n)]
+            if all(k in saved for k in keys):
+                out[name] = _Relaid(keys, None)
+    elif layout.is_stacked(saved_t) and not layout.is_stacked(wanted_t):
+        for wk, name in wanted_t.items():
+            split = layout.split_layer_key(wk)
+            if split is None or len(split[1]) < 2 or not split[1][0].isdigit():
+                continue
+            src = "/".join(split[0] + split[1][1:])
+            if src in saved:
+                out[name] = _Relaid([src], int(split[1][0]), int(saved[src][1].shape[0]))
+    return out
+
+
 def load_params(ckpt_dir: str | epath.PathLike, abstract_params: Any,
                 fallback: Any = None) -> tuple[Any, LoadReport]:
     """Loads only parameters, for init-from (fine-tuning, continued pretraining).
@@ -335,6 +396,7 @@ def load_params(ckpt_dir: str | epath.PathLike, abstract_params: Any,
     collect(meta, ())
     flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
     wanted = {_norm([_key_name(k) for k in path]): leaf for path, leaf in flat}
+    relaid = _relayout(saved, wanted)
 
     mismatched = [f"{k}: checkpoint {tuple(saved[k][1].shape)} vs model {tuple(v.shape)}"
                   for k, v in wanted.items() if k in saved and tuple(saved[k][1].shape) != tuple(v.shape)]
@@ -344,14 +406,20 @@ def load_params(ckpt_dir: str | epath.PathLike, abstract_params: Any,
                         "of the same model size and vocabulary, or change the model config to match")
 
     target: dict = {}
-    for k, v in wanted.items():
-        if k not in saved:
-            continue
+
+    def want(saved_key: str, shape, dtype, sharding) -> None:
         node = target
-        keys = saved[k][0]
+        keys = saved[saved_key][0]
         for part in keys[:-1]:
             node = node.setdefault(part, {})
-        node[keys[-1]] = jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, "sharding", None))
+        node[keys[-1]] = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+    for k, v in wanted.items():
+        if k in saved:
+            want(k, v.shape, v.dtype, getattr(v, "sharding", None))
+        elif k in relaid:
+            for src, shape, sharding in relaid[k].sources(v):
+                want(src, shape, v.dtype, sharding)
     restored: dict = {}
     if target:
         restore_args = ocp.checkpoint_utils.construct_restore_args(target)
@@ -363,21 +431,27 @@ def load_params(ckpt_dir: str | epath.PathLike, abstract_params: Any,
         fallback_leaves = [leaf for _, leaf in jax.tree_util.tree_flatten_with_path(fallback)[0]]
         if len(fallback_leaves) != len(flat):
             raise ValueError("fallback must have the structure of abstract_params")
+    def restored_leaf(saved_key: str):
+        node = restored
+        for part in saved[saved_key][0]:
+            node = node[part]
+        return node
+
     leaves = []
     for i, (path, leaf) in enumerate(flat):
         k = _norm([_key_name(p) for p in path])
         if k in saved:
-            node = restored
-            for part in saved[k][0]:
-                node = node[part]
-            leaves.append(node)
+            leaves.append(restored_leaf(k))
+        elif k in relaid:
+            leaves.append(relaid[k].combine([restored_leaf(src) for src in relaid[k].keys], leaf))
         else:
             leaves.append(fallback_leaves[i] if fallback_leaves is not None else leaf)
+    used = set(wanted) | {src for r in relaid.values() for src in r.keys}
     report = LoadReport(
         source=str(tree_dir),
-        loaded=sorted(k for k in wanted if k in saved),
-        missing=sorted(k for k in wanted if k not in saved),
-        unexpected=sorted(k for k in saved if k not in wanted),
+        loaded=sorted(k for k in wanted if k in saved or k in relaid),
+        missing=sorted(k for k in wanted if k not in saved and k not in relaid),
+        unexpected=sorted(k for k in saved if k not in used),
         model_config=model_cfg,
     )
     return jax.tree_util.tree_unflatten(treedef, leaves), report

@@ -18,12 +18,13 @@ import numpy as np
 from etils import epath
 
 from bertjax.errors import UserError
+from bertjax.train import aot
 from bertjax.train import checkpoint as ckpt_lib
 from bertjax.train import flops as flops_lib
 from bertjax.train import mesh as mesh_lib
 from bertjax.train import metrics as metrics_lib
-from bertjax.train import objectives, optim
-from bertjax.train.step import StepFns, make_steps
+from bertjax.train import objectives
+from bertjax.train.step import StepFns
 
 
 class DataIterator(Protocol):
@@ -90,7 +91,7 @@ class _Preemption:
 
 def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
           best_metric: str = "", best_mode: str = "max", log: Callable[[str], None] = print) -> Result:
-    t_cfg, o_cfg = cfg.train, cfg.optim
+    t_cfg = cfg.train
     if cfg.train.debug_nans:
         jax.config.update("jax_debug_nans", True)
     workdir_path = epath.Path(workdir)
@@ -102,11 +103,8 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
     # --- mesh and steps
     mesh = mesh_lib.make_mesh(cfg.mesh)
     num_steps = int(t_cfg.num_steps)
-    tx, schedule = optim.make_optimizer(o_cfg, num_steps)
-    if t_cfg.batch_size % t_cfg.grad_accum_steps:
-        raise UserError(f"train.batch_size {t_cfg.batch_size} is not divisible by "
-                        f"train.grad_accum_steps {t_cfg.grad_accum_steps}")
-    steps = make_steps(model_fn, objective, tx, mesh, grad_accum_steps=int(t_cfg.grad_accum_steps))
+    # The same construction `bertjax.plan` compiles for TPU slices ahead of time.
+    steps, tx, schedule = aot.build_steps(cfg, objective, model_fn, mesh)
 
     # --- state: resume > init_from > fresh
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(t_cfg.keep_checkpoints),

@@ -30,6 +30,8 @@ DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
     ("pos", None),
     ("type", None),
     ("classes", None),
+    # The stacked-layer axis of scan_layers: every device holds every layer.
+    ("layers", None),
 )
 
 
@@ -191,13 +193,15 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def host_batch_slice(mesh: Mesh, global_batch_size: int) -> tuple[int, int, int]:
+def host_batch_slice(mesh: Mesh, global_batch_size: int,
+                     process_index: int | None = None) -> tuple[int, int, int]:
     """Which rows of each global batch this process must feed.
 
     Returns (host_shard_index, num_host_shards, local_batch_size): the data pipeline should read
     shard `host_shard_index` of `num_host_shards` and yield `local_batch_size` rows. Processes whose
     devices hold the same batch rows (when a model axis spans hosts) get the same index and must
-    feed identical data.
+    feed identical data. `process_index` defaults to this process (another one's answer is what
+    a plan for a multi-host slice checks).
     """
     n = math.prod(mesh.shape[a] for a in BATCH_AXES)
     if global_batch_size % n:
@@ -209,7 +213,8 @@ def host_batch_slice(mesh: Mesh, global_batch_size: int) -> tuple[int, int, int]
     for d, idx in rows_of.items():
         per_process.setdefault(d.process_index, set()).add(idx[0].start or 0)
     groups = sorted({tuple(sorted(s)) for s in per_process.values()})
-    mine = tuple(sorted(per_process[jax.process_index()]))
+    me = jax.process_index() if process_index is None else process_index
+    mine = tuple(sorted(per_process[me]))
     return groups.index(mine), len(groups), global_batch_size * len(mine) // n
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from bertjax.model import attention as attn_lib
 from bertjax.train import mesh as mesh_lib
 
 
@@ -97,13 +98,21 @@ def make_steps(model_fn: Callable[[], nnx.Module], objective, tx: optax.Gradient
         _, sums = objective.loss(objective.forward(model, batch, None), batch)
         return sums
 
+    def placed(fn):
+        # Traced under the mesh so kernels XLA cannot partition (splash) run inside shard_map.
+        def wrapped(*args):
+            with attn_lib.on_mesh(mesh, mesh_lib.BATCH_AXES, "tensor"):
+                return fn(*args)
+        return wrapped
+
+    train_step, eval_step = placed(train_step), placed(eval_step)
     predict_jit = None
     if hasattr(objective, "predict"):
         def predict_step(params, batch):
             model = nnx.merge(graphdef, params)
             return objective.predict(objective.forward(model, batch, None))
 
-        predict_jit = jax.jit(predict_step, in_shardings=(shardings["params"], batch_sh))
+        predict_jit = jax.jit(placed(predict_step), in_shardings=(shardings["params"], batch_sh))
 
     return StepFns(
         init=jax.jit(init_state, out_shardings=shardings),

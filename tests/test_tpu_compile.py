@@ -1,0 +1,200 @@
+"""The TPU path without a TPU: splash attention's numbers (Pallas interpret mode on the CPU), the
+real train steps compiled ahead of time for single- and multi-host TPU slices with libtpu, the
+multi-host batch placement, and `bertjax.plan`.
+
+The compiles use the tiny model, so each takes seconds to a minute on 2 cores; a Mosaic kernel
+that is not inside shard_map fails at `.compile()` ("Mosaic kernels cannot be automatically
+partitioned"), which is what these tests would catch.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bertjax.model import BertConfig, build_model
+from bertjax.model import attention as attn
+from bertjax.train import aot, objectives, optim
+from bertjax.train import mesh as mesh_lib
+from bertjax.train.step import make_steps
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+libtpu = pytest.importorskip("libtpu", reason="libtpu (pinned in requirements.txt) compiles for TPU")
+
+
+def _qkv_mask(b=4, s=128, h=4, d=32, seed=0):
+    rng = np.random.default_rng(seed)
+    q, k, v = (jnp.asarray(rng.normal(size=(b, s, h, d)), jnp.float32) for _ in range(3))
+    lengths = np.array([s, 77, 128 - 61, 5][:b])
+    mask = jnp.asarray((np.arange(s)[None] < lengths[:, None]).astype(np.int32))
+    return q, k, v, mask, lengths
+
+
+def _real_rows(x, lengths):
+    return [np.asarray(x[i, :n]) for i, n in enumerate(lengths)]
+
+
+def test_splash_interpret_equals_xla_attention_with_padding():
+    q, k, v, mask, lengths = _qkv_mask()
+    want = attn.xla_attention(q, k, v, mask)
+    got = attn.splash_attention(q, k, v, mask, interpret=True)
+    for g, w in zip(_real_rows(got, lengths), _real_rows(want, lengths)):
+        np.testing.assert_allclose(g, w, atol=2e-5, rtol=2e-5)
+
+
+def test_splash_inside_shard_map_on_a_cpu_mesh_equals_xla():
+    """Batch over (data, fsdp) and heads over tensor, as in a sharded step: same numbers."""
+    q, k, v, mask, lengths = _qkv_mask(b=4, h=4)
+    mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    want = attn.xla_attention(q, k, v, mask)
+
+    @jax.jit
+    def sharded(q, k, v, mask):
+        with attn.on_mesh(mesh, mesh_lib.BATCH_AXES, "tensor"):
+            return attn.splash_attention(q, k, v, mask, interpret=True)
+
+    got = sharded(q, k, v, mask)
+    for g, w in zip(_real_rows(got, lengths), _real_rows(want, lengths)):
+        np.testing.assert_allclose(g, w, atol=2e-5, rtol=2e-5)
+
+
+def test_backend_resolution_follows_the_mesh_platform_and_keeps_dropout():
+    tpu = aot.topology_devices("v5e:2x2")
+    mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, tpu)
+    with attn.on_mesh(mesh, mesh_lib.BATCH_AXES, "tensor"):
+        assert attn.resolve_backend("auto", seq_len=128) == "splash"
+        # "auto" never drops BERT's attention dropout: training with it uses xla.
+        assert attn.resolve_backend("auto", seq_len=128, dropout=True) == "xla"
+        assert attn.resolve_backend("splash", seq_len=100) == "xla"  # not a multiple of 128
+    assert attn.resolve_backend("auto", "gpu", seq_len=128) == "cudnn"
+    assert attn.describe("auto", 0.1, 128, "gpu") == {
+        "configured": "auto", "train": "xla", "eval": "cudnn", "attention_dropout": 0.1}
+    assert attn.describe("auto", 0.0, 128, "tpu")["train"] == "splash"
+
+
+def test_config_checks_the_backend_name_only(capsys):
+    BertConfig(attention_backend="splash", attention_dropout=0.0)
+    BertConfig(attention_backend="cudnn", attention_dropout=0.0)
+    assert capsys.readouterr().err == ""  # no "needs a TPU (platform is cpu)" at config time
+    with pytest.raises(ValueError, match="attention_backend must be one of"):
+        BertConfig(attention_backend="flash")
+    with pytest.raises(ValueError, match="cannot apply attention_dropout"):
+        BertConfig(attention_backend="splash", attention_dropout=0.1)
+
+
+TINY = BertConfig(vocab_size=1024, hidden_size=128, num_layers=2, num_heads=4,
+                  intermediate_size=256, attention_backend="splash", attention_dropout=0.0,
+                  dtype="bfloat16")
+
+
+def _optim_cfg():
+    from bertjax.config import base_config
+
+    c = base_config("tiny").optim
+    with c.unlocked():
+        c.warmup_steps = 10
+    return c
+
+
+def _compile(topology, mesh_cfg, task, objective, per_chip=4, seq=128):
+    devices = aot.topology_devices(topology)
+    mesh = mesh_lib.make_mesh(mesh_cfg, devices)
+    tx, _ = optim.make_optimizer(_optim_cfg(), 100)
+    steps = make_steps(lambda: build_model(task, TINY), objective, tx, mesh)
+    rows = mesh.shape["data"] * mesh.shape["fsdp"]
+    return aot.compile_train_step(steps, objective, mesh, per_chip * rows, seq, 20), devices
+
+
+@pytest.mark.slow
+def test_pretraining_and_finetuning_steps_compile_for_a_multi_host_slice():
+    """v5e 2x4: 8 chips on 2 hosts, with fsdp and tensor parallelism and splash attention."""
+    mesh_cfg = {"data": 2, "fsdp": 2, "tensor": 2}
+    pre, devices = _compile("v5e:2x4", mesh_cfg, "pretraining", objectives.Pretraining())
+    assert len({d.process_index for d in devices}) == 2
+    cls, _ = _compile("v5e:2x4", mesh_cfg, "sequence_classification", objectives.Classification())
+    for c in (pre, cls):
+        assert c.uses_splash
+        kinds = {x.kind for x in c.collectives}
+        assert "all-reduce" in kinds and "all-gather" in kinds  # fsdp gathers weights
+        assert 0 < c.total_bytes < 16 * aot.GIB
+
+
+def test_host_batch_slices_cover_the_batch_on_multi_host_and_multi_slice_topologies():
+    cases = [("v5e:4x4", 1, {"data": -1, "fsdp": 4, "tensor": 1}),
+             ("v5e:2x2", 2, {"data": -1, "fsdp": 1, "tensor": 2}),
+             ("v5p:2x2x2", 1, {"data": 2, "fsdp": 2, "tensor": 2})]
+    for topology, slices, mesh_cfg in cases:
+        devices = aot.topology_devices(topology, slices)
+        mesh = mesh_lib.make_mesh(mesh_cfg, devices)
+        if slices > 1:
+            # Slices are stacked on "data" only: each slice holds whole data rows of the mesh.
+            by_slice = {}
+            for idx, d in np.ndenumerate(mesh.devices):
+                by_slice.setdefault(d.slice_index, set()).add(idx[0])
+            assert all(not (a & b) for a in by_slice.values() for b in by_slice.values()
+                       if a is not b)
+        n = mesh.shape["data"] * mesh.shape["fsdp"]
+        batch = 4 * n
+        rows_of = mesh_lib.batch_sharding(mesh).devices_indices_map((batch,))
+        held = {}
+        for d, idx in rows_of.items():
+            held.setdefault(d.process_index, set()).update(range(*idx[0].indices(batch)))
+        seen = set()
+        for p, rows in held.items():
+            shard, num, local = mesh_lib.host_batch_slice(mesh, batch, process_index=p)
+            assert local == len(rows)  # the rows it feeds are exactly those its chips hold
+            assert num == len(held) and not (rows & seen)
+            seen |= rows
+        assert seen == set(range(batch)), topology
+
+
+def _plan(*args, timeout=600):
+    env = {**os.environ, "JAX_PLATFORMS": ""}  # plan runs on whatever host it is given
+    return subprocess.run([sys.executable, "-m", "bertjax.plan", "--config=configs/bert_tiny.py",
+                           "--config.model.dtype=bfloat16", "--config.model.attention_dropout=0.0",
+                           "--config.model.attention_backend=splash", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_plan_reports_compiled_memory_and_collectives_for_a_slice():
+    r = _plan("--topology=v5e:2x2", "--config.mesh.data=1", "--config.mesh.fsdp=2",
+              "--config.mesh.tensor=2", "--config.train.batch_size=16")
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout.splitlines()[0])
+    assert row["compiled"] and row["fits"] and row["uses_splash_kernel"]
+    assert row["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2} and row["per_chip_batch"] == 8
+    assert row["total_gib"] == pytest.approx(
+        row["argument_gib"] + row["temp_gib"] + row["output_gib"] + row["code_gib"], abs=0.01)
+    assert {"all-reduce", "all-gather"} <= {c["kind"] for c in row["collectives"]}
+    # XLA's count and the model-FLOPs formula agree to within what the formula leaves out.
+    assert row["xla_flops_per_chip"] == pytest.approx(row["model_flops_per_chip"], rel=0.25)
+    assert "topology | model" in r.stdout
+
+
+@pytest.mark.slow
+def test_plan_refuses_a_config_that_does_not_fit():
+    r = _plan("--topology=v5e:2x2", "--config.train.batch_size=262144")
+    assert r.returncode == 2
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "GiB" in err[0] and "16 GiB" in err[0], r.stderr[-2000:]
+
+
+def test_plan_rejects_an_unknown_topology():
+    r = _plan("--topology=v9x:2x2")
+    assert r.returncode == 2 and "unknown TPU topology" in r.stderr
+
+
+def test_collective_parser_reads_tuples_and_tiled_layouts():
+    hlo = """
+  %all-reduce.72 = (f32[]{:T(128)}, f32[128]{0:T(128)S(1)}, /*index=2*/bf16[4,8]{1,0:T(8,128)(2,1)}) all-reduce(%a, %b, %c), channel_id=1
+  %ag = bf16[16,128]{1,0:T(8,128)(2,1)} all-gather-start(%x), dimensions={0}
+  %x.1 = f32[2]{0} add(%p, %q)
+"""
+    got = {c.kind: (c.count, c.bytes) for c in aot.collectives(hlo)}
+    assert got == {"all-reduce": (1, 4 + 128 * 4 + 4 * 8 * 2), "all-gather": (1, 16 * 128 * 2)}
