@@ -18,6 +18,7 @@ import numpy as np
 from etils import epath
 
 from bertjax.errors import UserError
+from bertjax.model.attention import describe as describe_attention
 from bertjax.train import aot
 from bertjax.train import checkpoint as ckpt_lib
 from bertjax.train import flops as flops_lib
@@ -25,6 +26,9 @@ from bertjax.train import mesh as mesh_lib
 from bertjax.train import metrics as metrics_lib
 from bertjax.train import objectives
 from bertjax.train.step import StepFns
+
+
+RUN_PLAN_FILE = "run_plan.json"
 
 
 class DataIterator(Protocol):
@@ -103,6 +107,16 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
     # --- mesh and steps
     mesh = mesh_lib.make_mesh(cfg.mesh)
     num_steps = int(t_cfg.num_steps)
+    # What the attention really is on this platform (never a silent change of BERT's recipe):
+    # printed, and saved beside config.json.
+    attention = describe_attention(cfg.model.attention_backend, float(cfg.model.attention_dropout),
+                                   inputs.seq_len, mesh.devices.flat[0].platform)
+    log(f"attention: {attention['train']} while training (attention dropout "
+        f"{attention['attention_dropout']}), {attention['eval']} in eval")
+    if is_main:
+        (workdir_path / RUN_PLAN_FILE).write_text(json.dumps(
+            {"attention": attention, "mesh": dict(mesh.shape), "num_steps": num_steps,
+             "devices": jax.device_count(), "processes": jax.process_count()}, indent=2))
     # The same construction `bertjax.plan` compiles for TPU slices ahead of time.
     steps, tx, schedule = aot.build_steps(cfg, objective, model_fn, mesh)
 

@@ -1,0 +1,52 @@
+"""The front door: `bertjax COMMAND [flags]` (or `python -m bertjax COMMAND`).
+
+Each command is a module with its own flags (`bertjax COMMAND --help` lists them); this only
+dispatches, so `bertjax pretrain ...` and `python -m bertjax.pretrain ...` are the same program.
+"""
+from __future__ import annotations
+
+import runpy
+import sys
+
+# command -> (module, what it does)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train-vocab": ("bertjax.text.train_vocab", "train a WordPiece or SentencePiece vocabulary"),
+    "prepare": ("bertjax.data.prepare", "corpus -> masked sentence-pair record shards"),
+    "pretrain": ("bertjax.pretrain", "pretrain (or resume) on prepared shards"),
+    "finetune": ("bertjax.finetune", "fine-tune on GLUE, SQuAD or NER"),
+    "plan": ("bertjax.plan", "compile a run's step for a TPU slice, no TPU needed: will it fit?"),
+    "convert": ("bertjax.convert", "Hugging Face <-> bertjax checkpoints"),
+    "export": ("bertjax.export", "export a checkpoint with heads and tokenizer files"),
+    "embed": ("bertjax.embed", "sentence embeddings from any checkpoint"),
+    "fill-mask": ("bertjax.fill_mask", "top candidates for each [MASK]"),
+    "bench": ("bertjax.bench", "throughput of the real train step (optionally against HF)"),
+    "bench-data": ("bertjax.bench_data", "throughput and memory of prepare and the pipeline"),
+    "bench-tokenize": ("bertjax.bench_tokenize", "tokenizer throughput against Hugging Face"),
+    "print-config": ("bertjax.print_config", "the resolved config after overrides"),
+    "demo": ("bertjax.demo", "the whole product on real English text, on a CPU"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: bertjax COMMAND [flags]   (bertjax COMMAND --help for its flags)", ""]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(usage())
+        sys.exit(0 if len(argv) >= 2 else 2)
+    name = argv[1]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}; one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    module = COMMANDS[name][0]
+    sys.argv = [f"bertjax {name}"] + argv[2:]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
