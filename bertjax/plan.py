@@ -133,27 +133,44 @@ class Planner:
     def largest_batch(self, remat: str, start: int, step: int) -> tuple[int, list[dict]]:
         """The largest per-chip batch (a multiple of `step`) that fits, and the compiles that prove
         it: it fits and one `step` more does not. Memory grows about linearly with the batch, so
-        two compiles predict the answer and the proof usually takes two more."""
+        two compiles predict the answer; a bracket around the prediction, then bisection, proves
+        it in a few more."""
         start = max(step, start - start % step)
+        fits = lambda b: self.run(b, remat)["fits"]  # noqa: E731
         first = self.run(start, remat)
-        second_b = start * 2 if first["fits"] else max(step, (start // 2) - (start // 2) % step)
-        if second_b == start:
-            return (start if first["fits"] else 0), [first]
-        second = self.run(second_b, remat)
+        other = start * 2 if first["fits"] else max(step, (start // 2) - (start // 2) % step)
         guess = start
-        if first.get("compiled") and second.get("compiled") and second_b != start:
-            slope = (second["total_gib"] - first["total_gib"]) / (second_b - start)
-            if slope > 0:
-                fixed = first["total_gib"] - slope * start
-                guess = int((self.hbm_gib - fixed) / slope)
-                guess = max(step, guess - guess % step)
-        while not self.run(guess, remat)["fits"]:
-            if guess <= step:
+        if other != start:
+            second = self.run(other, remat)
+            if first.get("compiled") and second.get("compiled"):
+                slope = (second["total_gib"] - first["total_gib"]) / (other - start)
+                if slope > 0:
+                    guess = int((self.hbm_gib - (first["total_gib"] - slope * start)) / slope)
+                    guess = max(step, guess - guess % step)
+        # Bracket: lo fits, hi does not (0 and None when not yet known).
+        known = {b: r["fits"] for (b, m), r in self._cache.items() if m == remat}
+        lo = max([b for b, f in known.items() if f], default=0)
+        hi = min([b for b, f in known.items() if not f], default=None)
+        probe, width = guess, step
+        while hi is None or (lo == 0 and hi > step):
+            if hi is not None and probe >= hi:
+                probe = max(step, hi - width)
+            elif probe <= lo:
+                probe = lo + width
+            if fits(probe):
+                lo = max(lo, probe)
+            else:
+                hi = probe if hi is None else min(hi, probe)
+            width *= 2
+            if hi is not None and hi <= step and lo == 0:
                 return 0, self._rows(remat)
-            guess -= step
-        while self.run(guess + step, remat)["fits"]:
-            guess += step
-        return guess, self._rows(remat)
+        while hi - lo > step:
+            mid = lo + ((hi - lo) // 2) // step * step
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo, self._rows(remat)
 
     def _rows(self, remat: str) -> list[dict]:
         return [r for (b, m), r in sorted(self._cache.items()) if m == remat]
@@ -173,8 +190,12 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _emit(line: str) -> None:
+    print(line, flush=True)  # a sweep of large models takes many minutes: show each compile
+
+
 def plan(cfg, topology: str, num_slices: int = 1, sweep: tuple[str, ...] = (),
-         batch_step: int = 8, emit=print) -> list[dict]:
+         batch_step: int = 8, emit=_emit) -> list[dict]:
     bad = set(sweep) - {"batch", "remat"}
     if bad:
         raise UserError(f"--sweep takes batch and/or remat, not {sorted(bad)}")
