@@ -143,11 +143,12 @@ def test_bad_optimizer_settings_are_user_errors():
         optim.make_optimizer(_cfg(warmup_steps=500), 100)
 
 
-def _lamb_reference(params, grads_seq, *, lr, b1, b2, eps, wd, clip, excluded):
+def _lamb_reference(params, grads_seq, *, lr, b1, b2, eps, wd, clip, excluded, split=()):
     """LAMB (You et al. 2019, Algorithm 2) in numpy, float64: clip by the global norm, Adam with
     bias correction, r = m_hat / (sqrt(v_hat) + eps) + wd * w, then per tensor
     w -= lr * (||w|| / ||r||) * r; tensors in `excluded` get no decay and a ratio of 1, and the
-    ratio is 1 when either norm is 0."""
+    ratio is 1 when either norm is 0. Each entry of `split` is a tensor holding several layers
+    along axis 1 (the fused q/k/v kernel): there every slice [:, i] is a layer of its own."""
     w = {k: np.asarray(v, np.float64) for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in w.items()}
     v = {k: np.zeros_like(x) for k, x in w.items()}
@@ -161,12 +162,16 @@ def _lamb_reference(params, grads_seq, *, lr, b1, b2, eps, wd, clip, excluded):
             v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
             r = (m[k] / (1 - b1 ** t)) / (np.sqrt(v[k] / (1 - b2 ** t)) + eps)
             if k in excluded:
-                ratio = 1.0
-            else:
-                r = r + wd * w[k]
-                wn, rn = np.linalg.norm(w[k]), np.linalg.norm(r)
+                w[k] = w[k] - lr * r
+                continue
+            r = r + wd * w[k]
+            slices = [np.s_[:, i] for i in range(w[k].shape[1])] if k in split else [np.s_[...]]
+            new = w[k].copy()
+            for sl in slices:
+                wn, rn = np.linalg.norm(w[k][sl]), np.linalg.norm(r[sl])
                 ratio = wn / rn if wn > 0 and rn > 0 else 1.0
-            w[k] = w[k] - lr * ratio * r
+                new[sl] = w[k][sl] - lr * ratio * r[sl]
+            w[k] = new
     return w
 
 
@@ -180,10 +185,14 @@ def test_lamb_matches_the_papers_update():
                         "bias": jnp.asarray(rng.normal(0, 0.1, (3,)), jnp.float32)},
               "layer_norm": {"scale": jnp.ones((3,), jnp.float32)},
               "embed": {"embedding": jnp.asarray(rng.normal(0, 2.0, (5, 3)), jnp.float32)},
-              "zero": {"kernel": jnp.zeros((2, 2), jnp.float32)}}
+              "zero": {"kernel": jnp.zeros((2, 2), jnp.float32)},
+              # The fused attention projection [hidden, q/k/v, heads, head_dim], q/k/v scaled apart.
+              "qkv": {"kernel": jnp.asarray(rng.normal(0, 1.0, (3, 3, 2, 2)) * np.array(
+                  [0.1, 1.0, 10.0])[None, :, None, None], jnp.float32)}}
     flat_names = {"dense.kernel": ("dense", "kernel"), "dense.bias": ("dense", "bias"),
                   "layer_norm.scale": ("layer_norm", "scale"),
-                  "embed.embedding": ("embed", "embedding"), "zero.kernel": ("zero", "kernel")}
+                  "embed.embedding": ("embed", "embedding"), "zero.kernel": ("zero", "kernel"),
+                  "qkv.kernel": ("qkv", "kernel")}
     grads_seq = []
     for _ in range(3):
         grads_seq.append(jax.tree.map(
@@ -195,7 +204,8 @@ def test_lamb_matches_the_papers_update():
         mine = optax.apply_updates(mine, u)
     flat = lambda tree: {n: np.asarray(tree[a][b]) for n, (a, b) in flat_names.items()}  # noqa: E731
     want = _lamb_reference(flat(params), [flat(g) for g in grads_seq], lr=lr, b1=b1, b2=b2,
-                           eps=eps, wd=wd, clip=clip, excluded={"dense.bias", "layer_norm.scale"})
+                           eps=eps, wd=wd, clip=clip, excluded={"dense.bias", "layer_norm.scale"},
+                           split={"qkv.kernel"})
     got = flat(mine)
     for name in flat_names:
         np.testing.assert_allclose(got[name], want[name], rtol=2e-5, atol=1e-6, err_msg=name)
@@ -204,6 +214,11 @@ def test_lamb_matches_the_papers_update():
     for a, b in (("dense", "kernel"), ("embed", "embedding")):
         step = float(jnp.linalg.norm(first[a][b]))
         assert step == pytest.approx(lr * float(jnp.linalg.norm(params[a][b])), rel=1e-5)
+    # q, k and v each move by lr times their own norm, like the original's three kernels.
+    for i in range(3):
+        step = float(jnp.linalg.norm(first["qkv"]["kernel"][:, i]))
+        assert step == pytest.approx(lr * float(jnp.linalg.norm(params["qkv"]["kernel"][:, i])),
+                                     rel=1e-5)
     # A zero tensor moves by the plain Adam step (ratio 1), not by nothing.
     assert float(jnp.abs(first["zero"]["kernel"]).min()) > 0
 

@@ -79,11 +79,19 @@ def scale_by_adam_no_bias_correction(b1: float, b2: float, eps: float) -> optax.
     return optax.GradientTransformation(init, update)
 
 
+def _trust_ratio_axis(path: tuple) -> int | None:
+    """The axis whose slices are separate "layers" inside one tensor: the fused q/k/v kernel
+    [hidden, 3, heads, head_dim] holds what the original stores as three dense kernels, so each
+    of q, k and v gets its own ratio there. None: the tensor is one layer."""
+    return 1 if _names(path)[-2:] == ["qkv", "kernel"] else None
+
+
 def scale_by_layer_trust_ratio(mask: Callable[[Any], Any]) -> optax.GradientTransformation:
-    """LAMB's trust ratio: each tensor's update u (Adam's step plus decay) is scaled by
+    """LAMB's trust ratio: each layer's update u (Adam's step plus decay) is scaled by
     ||w|| / ||u||, its own parameter norm over its own update norm, so every layer moves by the
-    same fraction of its weights whatever its gradient scale. The ratio is 1 where either norm is 0
-    (a zero-initialised tensor would otherwise never move), and 1 for the tensors `mask` leaves
+    same fraction of its weights whatever its gradient scale. A layer is a tensor, or a q/k/v
+    slice of the fused attention kernel (_trust_ratio_axis). The ratio is 1 where either norm is
+    0 (a zero-initialised tensor would otherwise never move), and 1 for the tensors `mask` leaves
     out: LayerNorm parameters and biases, as the BERT LAMB recipes (the paper's TF code and
     NVIDIA's) exclude them together with weight decay."""
 
@@ -96,15 +104,17 @@ def scale_by_layer_trust_ratio(mask: Callable[[Any], Any]) -> optax.GradientTran
             raise ValueError("the LAMB trust ratio needs the params")
         which = mask(params)
 
-        def scale(u, w, on):
+        def scale(path, u, w, on):
             if not on:
                 return u
-            w_norm = jnp.linalg.norm(w.astype(jnp.float32).ravel())
-            u_norm = jnp.linalg.norm(u.astype(jnp.float32).ravel())
+            axis = _trust_ratio_axis(path)
+            over = tuple(a for a in range(u.ndim) if a != axis)
+            w_norm = jnp.sqrt(jnp.sum(jnp.square(w.astype(jnp.float32)), axis=over, keepdims=True))
+            u_norm = jnp.sqrt(jnp.sum(jnp.square(u.astype(jnp.float32)), axis=over, keepdims=True))
             ratio = jnp.where((w_norm > 0) & (u_norm > 0), w_norm / jnp.maximum(u_norm, 1e-30), 1.0)
             return (u * ratio).astype(u.dtype)
 
-        return jax.tree.map(scale, updates, params, which), state
+        return jax.tree_util.tree_map_with_path(scale, updates, params, which), state
 
     return optax.GradientTransformation(init, update)
 
