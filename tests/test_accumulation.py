@@ -109,3 +109,54 @@ def test_accumulation_matches_one_large_batch():
     _, _, adam1, _ = _one_step(1, batch)
     _, _, adam4, _ = _one_step(4, batch)
     assert _worst(adam4, adam1, adam1) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["classification", "regression", "tokens", "span"])
+def test_every_objective_sums_exactly_over_uneven_micro_batches(name):
+    """Fine-tuning objectives, on fixed logits: four micro-batch losses divided by the whole
+    batch's counts add up to the whole batch's loss, written out here in numpy, with padded
+    rows (example_weight 0) and unlabelled tokens spread unevenly over the micro-batches."""
+    rng = np.random.default_rng(1)
+    n, s, k = 16, 6, 3
+    rows = np.ones(n, np.float32)
+    rows[[1, 2, 3, 9]] = 0.0  # eval-style filler rows, three of them in the first micro-batch
+    logits = rng.normal(size=(n, s, k)).astype(np.float32)
+    labels = rng.integers(0, k, (n, s)).astype(np.int32)
+
+    def ce(lg, lb):
+        lg = lg.astype(np.float64)
+        z = lg - lg.max(-1, keepdims=True)
+        return np.log(np.exp(z).sum(-1)) - np.take_along_axis(z, lb[..., None], -1)[..., 0]
+
+    if name == "classification":
+        obj = objectives.Classification()
+        out, batch = {"logits": logits[:, 0]}, {"labels": labels[:, 0]}
+        want = (ce(logits[:, 0], labels[:, 0]) * rows).sum() / rows.sum()
+    elif name == "regression":
+        obj = objectives.Regression()
+        target = rng.normal(size=n).astype(np.float32)
+        out, batch = {"logits": logits[:, 0, :1]}, {"labels": target}
+        want = (((logits[:, 0, 0] - target) ** 2) * rows).sum() / rows.sum()
+    elif name == "tokens":
+        obj = objectives.TokenClassification()
+        tw = (rng.random((n, s)) < np.linspace(0.1, 0.9, n)[:, None]).astype(np.float32)
+        out, batch = {"logits": logits}, {"labels": labels, "label_weights": tw}
+        w = tw * rows[:, None]
+        want = (ce(logits, labels) * w).sum() / w.sum()
+    else:
+        obj = objectives.SpanQA()
+        out = {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+        batch = {"start_positions": labels[:, 0] % s, "end_positions": labels[:, 1] % s}
+        per = 0.5 * (ce(logits[..., 0], labels[:, 0] % s) + ce(logits[..., 1], labels[:, 1] % s))
+        want = (per * rows).sum() / rows.sum()
+    batch = {**batch, "example_weight": rows}
+    whole, _ = obj.loss(out, batch)
+    denoms = obj.denominators(batch)
+    parts = [obj.loss({kk: v[i:i + 4] for kk, v in out.items()},
+                      {kk: v[i:i + 4] for kk, v in batch.items()}, denoms) for i in range(0, n, 4)]
+    total = sum(float(p[0]) for p in parts)
+    assert float(whole) == pytest.approx(want, rel=1e-5)
+    assert total == pytest.approx(float(whole), rel=1e-6)
+    num = sum(float(p[1]["loss"][0]) for p in parts)
+    den = sum(float(p[1]["loss"][1]) for p in parts)
+    assert num / den == pytest.approx(float(whole), rel=1e-6)  # the "loss" metric adds up too
