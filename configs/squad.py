@@ -10,9 +10,10 @@ official evaluate-v1.1.py / evaluate-v2.0.py score it. On v2, null_odds (null sc
 span score) stand in for the official na_prob: "no answer" above task.null_threshold (1.0, the
 official --na-prob-thresh default, until tuned); best_f1 (the checkpoint criterion) and its
 threshold come from the official one-at-a-time walk over the submitted predictions; at the end
-predictions.json is written with the tuned threshold, beside null_odds.json, so
-`evaluate-v2.0.py dev-v2.0.json predictions.json --na-prob-file null_odds.json
---na-prob-thresh THRESHOLD` prints the reported numbers.
+predictions.json is written with the tuned threshold, beside null_odds.json, and scored with the
+arithmetic of `evaluate-v2.0.py dev-v2.0.json predictions.json --na-prob-file null_odds.json
+--na-prob-thresh THRESHOLD` (restated and compared in tests/test_metrics.py; the official
+script itself is not run by the tests).
 """
 from bertjax.config import finetune_config
 

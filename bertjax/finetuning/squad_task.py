@@ -6,7 +6,7 @@ google-research/bert's README runs it: every eval reports EM/F1 at task.null_thr
 1.0, the official script's --na-prob-thresh default, until one is tuned) and the official
 best_exact / best_f1 with their *_thresh on the submitted predictions; the best checkpoint is
 picked by best_f1. The predictions file written at the end uses the threshold that maximised F1 on
-dev, as the original recipe tunes it, and its metrics are what the official script prints for
+dev, as the original recipe tunes it, and its metrics follow the official script's arithmetic for
 that file with `--na-prob-file null_odds.json --na-prob-thresh THRESHOLD`.
 """
 from __future__ import annotations
