@@ -155,8 +155,11 @@ def finetune_config(preset: str = "base", family: str = "glue") -> mlc.ConfigDic
                 n_best=20,
                 max_answer_length=30,
                 version_2=False,
-                # SQuAD 2.0: the no-answer margin used before one is tuned on dev.
-                null_threshold=0.0,
+                # SQuAD 2.0: "no answer" where null odds (null score - best span score) exceed
+                # this, until a threshold is tuned on dev. 1.0 is the official evaluate-v2.0.py
+                # --na-prob-thresh default, applied to null_odds as the original BERT README
+                # feeds them to it (run_squad.py's own default margin was 0.0).
+                null_threshold=1.0,
             )
         )
         c.train.batch_size = 32

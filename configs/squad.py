@@ -5,9 +5,15 @@ python -m bertjax.finetune --config=configs/squad.py:v1 --config.init_from=CKPT 
 
 The original run_squad settings: [CLS] question [SEP] passage window [SEP] with
 max_seq_length 384, doc_stride 128, questions cut to 64 pieces, n-best 20, answers of at most 30
-pieces; learning rate 3e-5 over 2 epochs with 10% warmup, batch 32. Dev is scored with the
-official EM/F1; v2 also tunes the no-answer threshold on dev (best_f1, the checkpoint criterion)
-and writes predictions.json with that threshold plus null_odds.json.
+pieces; learning rate 3e-5 over 2 epochs with 10% warmup, batch 32. Dev is scored as the
+official evaluate-v1.1.py / evaluate-v2.0.py score it. On v2, null_odds (null score minus best
+span score) stand in for the official na_prob: "no answer" above task.null_threshold (1.0, the
+official --na-prob-thresh default, until tuned); best_f1 (the checkpoint criterion) and its
+threshold come from the official one-at-a-time walk over the submitted predictions; at the end
+predictions.json is written with the tuned threshold, beside null_odds.json, and scored with the
+arithmetic of `evaluate-v2.0.py dev-v2.0.json predictions.json --na-prob-file null_odds.json
+--na-prob-thresh THRESHOLD` (restated and compared in tests/test_metrics.py; the official
+script itself is not run by the tests).
 """
 from bertjax.config import finetune_config
 

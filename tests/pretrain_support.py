@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -97,3 +98,13 @@ def losses(workdir: str) -> dict[int, float]:
 
     steps, values = read_jsonl(os.path.join(workdir, "metrics.jsonl"))["train/loss"]
     return {int(s): float(v) for s, v in zip(steps, values)}
+
+
+# TensorFlow's native start-up log (oneDNN, "could not find cuda drivers", cuInit) reaches stderr
+# from C++ before absl is initialised and ignores TF_CPP_MIN_LOG_LEVEL on this TF: not our output.
+_TF_NATIVE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)")
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The non-empty stderr lines a CLI printed itself (TensorFlow's native log left out)."""
+    return [ln for ln in stderr.splitlines() if ln.strip() and not _TF_NATIVE.match(ln)]

@@ -11,11 +11,17 @@ CONT = np.zeros(VOCAB, bool)
 CONT[400:] = True  # ids 400.. are "##" continuation pieces
 
 
-def spec(whole_word=False, p=20, rate=0.15):
+def spec(whole_word=False, p=20, rate=0.15, budget="sequence"):
     return masking.MaskSpec(
         max_predictions=p, rate=rate, whole_word=whole_word, cls_id=CLS, sep_id=SEP, mask_id=MASK,
         replacement_ids=masking.replacement_ids(VOCAB, [PAD, UNK, CLS, SEP, MASK]),
-        is_continuation=CONT)
+        is_continuation=CONT, budget=budget)
+
+
+def original_count(length, rate, p):
+    """google-research/bert create_pretraining_data.py, written out: `tokens` is the whole
+    [CLS] A [SEP] B [SEP] list, Python 3's round, and the walk stops when candidates run out."""
+    return min(p, max(1, int(round(length * rate))))
 
 
 def batch(n=512, s=128, seed=0):
@@ -57,15 +63,17 @@ def words_of(tokens, cand):
     return out
 
 
-@pytest.mark.parametrize("whole_word", [False, True])
-def test_numpy_and_tensorflow_agree(whole_word):
+@pytest.mark.parametrize("whole_word,budget", [(False, "sequence"), (True, "sequence"),
+                                               (False, "candidates")])
+def test_numpy_and_tensorflow_agree(whole_word, budget):
     import tensorflow as tf
 
     tokens, lengths, ids = batch(256)
     epochs = np.full(256, 3, np.int64)
-    a = masking.mask_batch_np(tokens, lengths, ids, epochs, 11, spec(whole_word))
+    sp = spec(whole_word, budget=budget)
+    a = masking.mask_batch_np(tokens, lengths, ids, epochs, 11, sp)
     b = masking.mask_batch_tf(tf.constant(tokens), tf.constant(lengths), tf.constant(ids),
-                              tf.constant(epochs), 11, spec(whole_word))
+                              tf.constant(epochs), 11, sp)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key].numpy(), err_msg=key)
         assert b[key].dtype == (tf.float32 if key == "masked_lm_weights" else tf.int32)
@@ -77,10 +85,10 @@ def test_counts_rates_and_padding():
     m = masking.mask_batch_np(tokens, lengths, ids, 0, 1, sp)
     cand = candidates(tokens, lengths)
     n_cand = cand.sum(1)
-    want = np.minimum(20, np.maximum(1, np.floor(0.15 * n_cand + 0.5)))
+    want = [min(original_count(int(n), 0.15, 20), int(c)) for n, c in zip(lengths, n_cand)]
     got = m["masked_lm_weights"].sum(1)
     np.testing.assert_array_equal(got, want)
-    assert abs(got.sum() / np.minimum(n_cand * 0.15, 20).sum() - 1) < 0.01
+    assert abs(got.sum() / np.minimum(lengths * 0.15, 20).sum() - 1) < 0.01
     pos, w = m["masked_lm_positions"], m["masked_lm_weights"] > 0
     for row in range(len(tokens)):
         k = int(w[row].sum())
@@ -108,7 +116,7 @@ def test_whole_words_are_chosen_and_decided_together():
     tokens, lengths, ids = batch(1000, seed=1)
     m = masking.mask_batch_np(tokens, lengths, ids, 2, 5, spec(whole_word=True))
     cand = candidates(tokens, lengths)
-    n = np.minimum(20, np.maximum(1, np.floor(0.15 * cand.sum(1) + 0.5)))
+    n = [original_count(int(length), 0.15, 20) for length in lengths]
     w = m["masked_lm_weights"] > 0
     decisions = {"mask": 0, "other": 0}
     for row, words in enumerate(words_of(tokens, cand)):
@@ -160,7 +168,33 @@ def test_masks_depend_only_on_seed_epoch_and_example_id():
 def test_cap_by_max_predictions_and_high_rate():
     tokens, lengths, ids = batch(200, seed=4)
     m = masking.mask_batch_np(tokens, lengths, ids, 0, 0, spec(p=5, rate=0.4))
-    n_cand = candidates(tokens, lengths).sum(1)
-    want = np.minimum(5, np.maximum(1, np.floor(0.4 * n_cand + 0.5)))
+    want = [original_count(int(length), 0.4, 5) for length in lengths]
     np.testing.assert_array_equal(m["masked_lm_weights"].sum(1), want)
     assert m["masked_lm_positions"].shape == (200, 5)
+
+
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_budget_rounds_half_to_even_on_the_whole_sequence(whole_word):
+    """Lengths whose 15% share lands on .5 (10 -> 1.5, 30 -> 4.5, 50 -> 7.5) are where the
+    original's Python 3 round differs from rounding half up; every length 4..128 is checked."""
+    import tensorflow as tf
+
+    s = 128
+    lengths = np.arange(4, s + 1, dtype=np.int32)
+    tokens = np.zeros((len(lengths), s), np.int32)
+    for i, length in enumerate(lengths):
+        tokens[i, :length] = 7  # one-piece words, so whole-word masking can fill the budget
+        tokens[i, 0], tokens[i, length // 2], tokens[i, length - 1] = CLS, SEP, SEP
+    ids = np.arange(len(lengths), dtype=np.int64)
+    want = [original_count(int(n), 0.15, 20) for n in lengths]
+    assert [want[n - 4] for n in (10, 30, 50)] == [2, 4, 8]  # 1.5 -> 2, 4.5 -> 4, 7.5 -> 8
+    sp = spec(whole_word)
+    got_np = masking.mask_batch_np(tokens, lengths, ids, 0, 3, sp)["masked_lm_weights"].sum(1)
+    got_tf = masking.mask_batch_tf(tf.constant(tokens), tf.constant(lengths), tf.constant(ids),
+                                   tf.constant(np.zeros_like(ids)), 3, sp)["masked_lm_weights"]
+    np.testing.assert_array_equal(got_np, want)
+    np.testing.assert_array_equal(got_tf.numpy().sum(1), want)
+    # The candidates-only rule stays available and counts on the non-special tokens.
+    old = masking.mask_batch_np(tokens, lengths, ids, 0, 3, spec(whole_word, budget="candidates"))
+    want_old = [min(20, max(1, int(round((n - 3) * 0.15)))) for n in lengths]
+    np.testing.assert_array_equal(old["masked_lm_weights"].sum(1), want_old)

@@ -95,55 +95,114 @@ def test_squad_evaluate_hand_computed_v2():
     preds = {"q1": "city of Paris", "q2": "", "q3": "in 1895 or so", "q4": "London"}
     res = Q.evaluate(golds, preds)
     # q1 exact against its second answer; q2 right "no answer"; q3 F1 = 2*(1/4*1)/(1/4+1) = 0.4;
-    # q4 answers a no-answer question; q5 has no prediction and scores 0.
-    assert res["total"] == 5
-    assert res["exact"] == pytest.approx(100 * 2 / 5)
-    assert res["f1"] == pytest.approx(100 * (1 + 1 + 0.4) / 5)
-    assert res["HasAns_total"] == 3 and res["NoAns_total"] == 2
-    assert res["HasAns_f1"] == pytest.approx(100 * 1.4 / 3)
+    # q4 answers a no-answer question; q5 has no prediction and is skipped, as officially.
+    assert res["total"] == 4
+    assert res["exact"] == pytest.approx(100 * 2 / 4)
+    assert res["f1"] == pytest.approx(100 * (1 + 1 + 0.4) / 4)
+    assert res["HasAns_total"] == 2 and res["NoAns_total"] == 2
+    assert res["HasAns_f1"] == pytest.approx(100 * 1.4 / 2)
     assert res["NoAns_exact"] == pytest.approx(50.0)
+    # With odds: q4 (odds 2 > 1.0, the default threshold) is scored as "no answer", so right.
+    odds = {"q1": -1.0, "q2": 3.0, "q3": 0.0, "q4": 2.0}
+    res = Q.evaluate(golds, preds, odds)
+    assert res["exact"] == pytest.approx(100 * 3 / 4) and res["NoAns_exact"] == 100.0
 
 
-def test_best_threshold_only_reports_reachable_scores():
-    # Two questions share null odds 0.5: a threshold can answer both or neither. Answering both
-    # gets one right and one wrong, no better than answering none.
+def test_best_threshold_walks_ties_one_at_a_time_from_zero():
+    # Two questions share odds 0.5. The official walk takes them one by one: answering "a" alone
+    # (a right span) reaches 2 of 2 at threshold 0.5, though no threshold answers a but not b.
     golds = {"a": ["x"], "b": []}
-    spans = {"a": "x", "b": "y"}
+    preds = {"a": "x", "b": "y"}
     odds = {"a": 0.5, "b": 0.5}
-    res = Q.evaluate(golds, Q.apply_null_threshold(spans, odds, 0.0), odds, spans)
-    assert res["best_exact"] == pytest.approx(50.0)
-    assert res["best_exact_thresh"] < 0.5
+    res = Q.evaluate(golds, preds, odds)
+    assert res["best_exact"] == pytest.approx(100.0) and res["best_exact_thresh"] == 0.5
+    # The other order of the same tie never beats the start (1 of 2), so the threshold stays 0.0.
+    res = Q.evaluate(golds, preds, {"b": 0.5, "a": 0.5})
+    assert res["best_exact"] == pytest.approx(50.0) and res["best_exact_thresh"] == 0.0
 
 
 def test_best_threshold_hand_computed():
     golds = {"a": ["x"], "b": [], "c": ["z"], "d": [], "e": []}
-    spans = {"a": "x", "b": "y", "c": "z", "d": "w", "e": "v"}
+    preds = {"a": "x", "b": "y", "c": "z", "d": "w", "e": ""}
     odds = {"a": -2.0, "b": -1.0, "c": 0.5, "d": 0.5, "e": 3.0}
-    # All null: 3/5. Answering a (odds -2) adds 1 -> 4/5; b then costs 1; c and d cancel.
-    score, thresh = Q.best_threshold({q: float(spans[q] in golds[q]) for q in golds}, odds,
-                                     {q: bool(g) for q, g in golds.items()}, spans)
-    assert score == pytest.approx(80.0) and thresh == -2.0
-    applied = Q.evaluate(golds, Q.apply_null_threshold(spans, odds, thresh))
-    assert applied["exact"] == pytest.approx(80.0)
+    # Start: the 3 no-answer questions, 3/5. a adds 1 -> 4 (best, threshold -2); b costs 1 -> 3;
+    # c adds 1 -> 4 (not above 4); d costs 1 -> 3; e's empty prediction costs nothing.
+    res = Q.evaluate(golds, preds, odds)
+    assert res["best_exact"] == pytest.approx(80.0) and res["best_exact_thresh"] == -2.0
+    # best_* use the submitted predictions: with "" submitted for a, a adds 0, b costs 1, c gets
+    # back to 3 but not above it: the start (3/5 at threshold 0.0) stays best.
+    res = Q.evaluate(golds, dict(preds, a=""), odds)
+    assert res["best_exact"] == pytest.approx(60.0) and res["best_exact_thresh"] == 0.0
+    # Nothing beats "all no answer": the threshold is the walk's start, 0.0.
+    res = Q.evaluate({"a": []}, {"a": "x"}, {"a": -3.0})
+    assert res["best_exact"] == 100.0 and res["best_exact_thresh"] == 0.0
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_best_threshold_is_achieved_by_applying_it(seed):
+def _official_v2(golds, preds, na_probs=None, thresh=1.0):
+    """The official SQuAD v2.0 evaluation's arithmetic, restated from its documented behaviour
+    for this test: skip unpredicted questions; score a question as "no answer" when its na_prob
+    exceeds the threshold; averages over the scored questions; best_* walk na_probs in ascending
+    order (stable) from threshold 0.0 and a start of every gold no-answer question counted right."""
+    def norm(t):
+        t = "".join(c for c in t.lower() if c not in set(__import__("string").punctuation))
+        t = __import__("re").sub(r"\b(a|an|the)\b", " ", t)
+        return " ".join(t.split())
+
+    def f1(g, p):
+        g, p = norm(g).split(), norm(p).split()
+        if not g or not p:
+            return float(g == p)
+        same = sum(min(g.count(w), p.count(w)) for w in set(g))
+        if not same:
+            return 0.0
+        pr, rc = same / len(p), same / len(g)
+        return 2 * pr * rc / (pr + rc)
+
+    raw = {}
+    for q, answers in golds.items():
+        if q not in preds:
+            continue
+        gs = [x for x in answers if norm(x)] or [""]
+        raw[q] = (max(float(norm(x) == norm(preds[q])) for x in gs), max(f1(x, preds[q]) for x in gs))
+    probs = na_probs if na_probs is not None else {q: 0.0 for q in preds}
+    out = {}
+    for k, name in ((0, "exact"), (1, "f1")):
+        scored = {q: (float(not golds[q]) if probs[q] > thresh else v[k]) for q, v in raw.items()}
+        out[name] = 100.0 * sum(scored.values()) / len(scored)
+        if na_probs is None:
+            continue
+        cur = best = sum(1 for q in golds if not golds[q])
+        best_t = 0.0
+        for q in sorted(na_probs, key=lambda x: na_probs[x]):
+            if q not in raw:
+                continue
+            cur += raw[q][k] if golds[q] else (-1 if preds[q] else 0)
+            if cur > best:
+                best, best_t = cur, na_probs[q]
+        out[f"best_{name}"], out[f"best_{name}_thresh"] = 100.0 * best / len(raw), best_t
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_squad_v2_matches_the_official_arithmetic_on_random_submissions(seed):
     rng = np.random.default_rng(seed)
-    golds, spans, odds = {}, {}, {}
-    for i in range(60):
+    texts = ["red apple", "the red apple", "apple", "blue pear", "a pear", ""]
+    golds, preds, odds = {}, {}, {}
+    for i in range(80):
         q = f"q{i}"
-        golds[q] = [] if rng.random() < 0.4 else ["red apple"]
-        spans[q] = str(rng.choice(["red apple", "apple", "blue pear"]))
-        odds[q] = float(rng.integers(-4, 4))  # integer odds make many ties
-    res = Q.evaluate(golds, spans, odds, spans)
-    for metric in ("exact", "f1"):
-        applied = Q.evaluate(golds, Q.apply_null_threshold(spans, odds,
-                                                           res[f"best_{metric}_thresh"]))
-        assert applied[metric] == pytest.approx(res[f"best_{metric}"])
-        for t in sorted(set(odds.values())):  # and no threshold does better
-            assert Q.evaluate(golds, Q.apply_null_threshold(spans, odds, t))[metric] <= \
-                res[f"best_{metric}"] + 1e-9
+        golds[q] = [] if rng.random() < 0.4 else list(rng.choice(texts[:5], rng.integers(1, 3)))
+        if rng.random() < 0.9:  # some questions go unpredicted
+            preds[q] = str(rng.choice(texts))
+            odds[q] = float(rng.integers(-3, 4)) / 2  # many ties, some exactly 1.0
+    # Odds in a shuffled order, so the tie order is not the gold order.
+    odds = {q: odds[q] for q in rng.permutation(list(odds))}
+    for thresh in (1.0, 0.0, -0.5):
+        want = _official_v2(golds, preds, odds, thresh)
+        got = Q.evaluate(golds, preds, odds, na_prob_thresh=thresh)
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value), (key, thresh)
+    assert Q.evaluate(golds, preds)["f1"] == pytest.approx(_official_v2(golds, preds)["f1"])
+    assert Q.evaluate(golds, preds)["total"] == len(preds) < len(golds)
 
 
 # ---------------------------------------------------------------- conlleval
@@ -184,6 +243,61 @@ def test_conll_leniency_and_boundaries():
     assert (r.overall.correct, r.overall.found_gold) == (2, 2)
     r = C.evaluate([], [])
     assert r.overall.f1 == 0.0 and r.tokens == 0
+
+
+def _random_tags(rng, n_sentences, scheme):
+    """Random tag sequences. IOB2: every chunk opens with B-. IOB1: chunks are runs of I-, with
+    B- only where a chunk follows one of the same type. Both also get some ill-formed tags (an
+    I- of another type inside a chunk, a stray B-), which conlleval reads leniently."""
+    types = ["PER", "LOC", "ORG"]
+    out = []
+    for _ in range(n_sentences):
+        tags, prev_type = [], None
+        for _ in range(int(rng.integers(1, 12))):
+            r = rng.random()
+            if r < 0.4:
+                tags.append("O")
+                prev_type = None
+                continue
+            kind = str(rng.choice(types))
+            if scheme == "IOB2":
+                inside = prev_type == kind and rng.random() < 0.6
+                tags.append(("I-" if inside else "B-") + kind)
+            else:
+                new_chunk = prev_type == kind and rng.random() < 0.3
+                tags.append(("B-" if new_chunk else "I-") + kind)
+            prev_type = kind
+        out.append(tags)
+    return out
+
+
+@pytest.mark.parametrize("scheme", ["IOB1", "IOB2"])
+@pytest.mark.parametrize("seed", range(4))
+def test_conll_matches_seqeval_on_random_sequences(scheme, seed):
+    """seqeval's default mode (no `scheme`) is its conlleval-compatible reading; the strict
+    mode with a scheme is not what conlleval does, so it is not the reference here."""
+    from seqeval import metrics as sm
+
+    rng = np.random.default_rng(seed)
+    gold = _random_tags(rng, 40, scheme)
+    pred = [[t if rng.random() < 0.7 else str(rng.choice(["O", "B-PER", "I-PER", "I-LOC",
+                                                          "B-ORG", "I-ORG"]))
+             for t in sent] for sent in gold]
+    r = C.evaluate(gold, pred)
+    assert r.overall.precision == pytest.approx(100 * sm.precision_score(gold, pred))
+    assert r.overall.recall == pytest.approx(100 * sm.recall_score(gold, pred))
+    assert r.overall.f1 == pytest.approx(100 * sm.f1_score(gold, pred))
+    assert r.accuracy == pytest.approx(100 * sm.accuracy_score(gold, pred))
+    report = sm.classification_report(gold, pred, output_dict=True, zero_division=0)
+    for kind in ("PER", "LOC", "ORG"):
+        ours = r.per_type.get(kind)
+        if kind not in report:
+            assert ours is None or ours.found_gold == 0
+            continue
+        assert ours.found_gold == report[kind]["support"]
+        assert ours.precision == pytest.approx(100 * report[kind]["precision"])
+        assert ours.recall == pytest.approx(100 * report[kind]["recall"])
+        assert ours.f1 == pytest.approx(100 * report[kind]["f1-score"])
 
 
 def test_conll_file_format_matches_sequence_api(tmp_path):

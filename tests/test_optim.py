@@ -141,3 +141,107 @@ def test_bad_optimizer_settings_are_user_errors():
         optim.make_optimizer(_cfg(name="sgd"), 100)
     with pytest.raises(UserError, match="warmup"):
         optim.make_optimizer(_cfg(warmup_steps=500), 100)
+
+
+def _lamb_reference(params, grads_seq, *, lr, b1, b2, eps, wd, clip, excluded, split=()):
+    """LAMB (You et al. 2019, Algorithm 2) in numpy, float64: clip by the global norm, Adam with
+    bias correction, r = m_hat / (sqrt(v_hat) + eps) + wd * w, then per tensor
+    w -= lr * (||w|| / ||r||) * r; tensors in `excluded` get no decay and a ratio of 1, and the
+    ratio is 1 when either norm is 0. Each entry of `split` is a tensor holding several layers
+    along axis 1 (the fused q/k/v kernel): there every slice [:, i] is a layer of its own."""
+    w = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in w.items()}
+    v = {k: np.zeros_like(x) for k, x in w.items()}
+    for t, grads in enumerate(grads_seq, start=1):
+        g = {k: np.asarray(x, np.float64) for k, x in grads.items()}
+        total = math.sqrt(sum((x ** 2).sum() for x in g.values()))
+        if total > clip:
+            g = {k: x * clip / total for k, x in g.items()}
+        for k in w:
+            m[k] = b1 * m[k] + (1 - b1) * g[k]
+            v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
+            r = (m[k] / (1 - b1 ** t)) / (np.sqrt(v[k] / (1 - b2 ** t)) + eps)
+            if k in excluded:
+                w[k] = w[k] - lr * r
+                continue
+            r = r + wd * w[k]
+            slices = [np.s_[:, i] for i in range(w[k].shape[1])] if k in split else [np.s_[...]]
+            new = w[k].copy()
+            for sl in slices:
+                wn, rn = np.linalg.norm(w[k][sl]), np.linalg.norm(r[sl])
+                ratio = wn / rn if wn > 0 and rn > 0 else 1.0
+                new[sl] = w[k][sl] - lr * ratio * r[sl]
+            w[k] = new
+    return w
+
+
+def test_lamb_matches_the_papers_update():
+    lr, b1, b2, eps, wd, clip = 0.05, 0.9, 0.999, 1e-6, 0.01, 1.0
+    tx, _ = optim.make_optimizer(
+        _cfg(name="lamb", learning_rate=lr, b1=b1, b2=b2, eps=eps, weight_decay=wd, clip_norm=clip,
+             schedule="constant", warmup_steps=0, bias_correction=True), num_steps=10)
+    rng = np.random.default_rng(0)
+    params = {"dense": {"kernel": jnp.asarray(rng.normal(0, 0.5, (4, 3)), jnp.float32),
+                        "bias": jnp.asarray(rng.normal(0, 0.1, (3,)), jnp.float32)},
+              "layer_norm": {"scale": jnp.ones((3,), jnp.float32)},
+              "embed": {"embedding": jnp.asarray(rng.normal(0, 2.0, (5, 3)), jnp.float32)},
+              "zero": {"kernel": jnp.zeros((2, 2), jnp.float32)},
+              # The fused attention projection [hidden, q/k/v, heads, head_dim], q/k/v scaled apart.
+              "qkv": {"kernel": jnp.asarray(rng.normal(0, 1.0, (3, 3, 2, 2)) * np.array(
+                  [0.1, 1.0, 10.0])[None, :, None, None], jnp.float32)}}
+    flat_names = {"dense.kernel": ("dense", "kernel"), "dense.bias": ("dense", "bias"),
+                  "layer_norm.scale": ("layer_norm", "scale"),
+                  "embed.embedding": ("embed", "embedding"), "zero.kernel": ("zero", "kernel"),
+                  "qkv.kernel": ("qkv", "kernel")}
+    grads_seq = []
+    for _ in range(3):
+        grads_seq.append(jax.tree.map(
+            lambda p: jnp.asarray(rng.normal(0, 1.0, p.shape), jnp.float32), params))
+    state = tx.init(params)
+    mine = params
+    for g in grads_seq:
+        u, state = tx.update(g, state, mine)
+        mine = optax.apply_updates(mine, u)
+    flat = lambda tree: {n: np.asarray(tree[a][b]) for n, (a, b) in flat_names.items()}  # noqa: E731
+    want = _lamb_reference(flat(params), [flat(g) for g in grads_seq], lr=lr, b1=b1, b2=b2,
+                           eps=eps, wd=wd, clip=clip, excluded={"dense.bias", "layer_norm.scale"},
+                           split={"qkv.kernel"})
+    got = flat(mine)
+    for name in flat_names:
+        np.testing.assert_allclose(got[name], want[name], rtol=2e-5, atol=1e-6, err_msg=name)
+    # The trust ratio is what moved each decayed tensor: by lr * ||w|| on the first step.
+    first, _ = tx.update(grads_seq[0], tx.init(params), params)
+    for a, b in (("dense", "kernel"), ("embed", "embedding")):
+        step = float(jnp.linalg.norm(first[a][b]))
+        assert step == pytest.approx(lr * float(jnp.linalg.norm(params[a][b])), rel=1e-5)
+    # q, k and v each move by lr times their own norm, like the original's three kernels.
+    for i in range(3):
+        step = float(jnp.linalg.norm(first["qkv"]["kernel"][:, i]))
+        assert step == pytest.approx(lr * float(jnp.linalg.norm(params["qkv"]["kernel"][:, i])),
+                                     rel=1e-5)
+    # A zero tensor moves by the plain Adam step (ratio 1), not by nothing.
+    assert float(jnp.abs(first["zero"]["kernel"]).min()) > 0
+
+
+def test_large_lamb_recipe_phases_and_accumulation():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                        "bert_large_lamb.py")
+    spec = importlib.util.spec_from_file_location("bert_large_lamb", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    one, two = recipe.get_config("1"), recipe.get_config("2:4096")
+    # The paper's batches and NVIDIA's steps, learning rates and warmups (the docstring's sources).
+    assert (one.data.max_seq_length, one.train.batch_size, one.train.grad_accum_steps) == (128, 65536, 1)
+    assert (two.data.max_seq_length, two.train.batch_size, two.train.grad_accum_steps) == (512, 32768, 8)
+    assert (one.optim.learning_rate, one.train.num_steps, one.optim.warmup_steps) == (6e-3, 7038, 2001)
+    assert (two.optim.learning_rate, two.train.num_steps, two.optim.warmup_steps) == (4e-3, 1563, 200)
+    assert one.model.num_layers == 24 and one.optim.name == two.optim.name == "lamb"
+    assert recipe.__doc__.count("python -m bertjax.pretrain") == 2
+    optim.make_optimizer(two.optim, two.train.num_steps)  # the recipe's optimizer builds
+    with pytest.raises(ValueError, match="does not divide"):
+        recipe.get_config("1:3000")
+    with pytest.raises(ValueError, match="PHASE"):
+        recipe.get_config("3")

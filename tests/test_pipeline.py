@@ -96,6 +96,11 @@ def test_dynamic_masks_are_the_numpy_twin_and_change_with_the_epoch(data):
         for e, ep, pos in zip(b["example_id"], b["epoch"], b["masked_lm_positions"]):
             masks.setdefault(int(e), {})[int(ep)] = pos
     assert meta["whole_word_masking"] and spec.whole_word
+    assert meta["mask_budget"] == spec.budget == "sequence"
+    # Whole words can fall short of the budget, never over it: the original's count, written out.
+    for b in batches:
+        for length, w in zip(b["input_mask"].sum(1), b["masked_lm_weights"]):
+            assert w.sum() <= min(spec.max_predictions, max(1, int(round(int(length) * 0.15))))
     both = [m for m in masks.values() if len(m) == 2]
     assert len(both) > 100
     differ = np.mean([not np.array_equal(m[0], m[1]) for m in both])

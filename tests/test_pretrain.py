@@ -53,29 +53,29 @@ def test_same_losses_on_every_mesh_and_one_device(data):
         np.testing.assert_allclose(curve, ref, rtol=1e-5, err_msg=name)
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
-    from bertjax import pretrain
-    from bertjax.train import checkpoint as ckpt_lib
+@pytest.mark.slow
+def test_nonfinite_loss_stops_the_cli_and_keeps_an_older_checkpoint(data, tmp_path):
+    import re
 
-    data_dir, vocab = data
-    cfg = ps.apply(base_config("tiny"), ps.overrides(
-        data_dir, vocab, **{"optim.learning_rate": 1e30, "optim.warmup_steps": 2,
-                            "train.checkpoint_every": 1, "train.log_every": 100,
-                            "train.num_steps": 8, "optim.clip_norm": 0.0}))
-    workdir = str(tmp_path / "run")
-    with pytest.raises(UserError, match="non-finite") as e:
-        pretrain.pretrain(cfg, workdir)
-    assert "\n" not in str(e.value)
-    ckpt = ckpt_lib.Checkpointer(workdir, async_=False)
-    last = ckpt.latest_step()
-    ckpt.close()
-    assert last is not None and f"step {last} in" in str(e.value)
     from bertjax.interop import model_io
-
-    model, *_ = model_io.load_model(workdir)
     from bertjax.interop.params import flat_params
 
-    assert all(np.isfinite(v).all() for v in flat_params(model).values())
+    data_dir, vocab = data
+    workdir = str(tmp_path / "run")
+    # Warmup gives the first update lr 0 and the second 5e29: the third step's loss blows up.
+    r = ps.run_pretrain(workdir, ps.overrides(
+        data_dir, vocab, **{"optim.learning_rate": 1e30, "optim.warmup_steps": 2,
+                            "train.checkpoint_every": 1, "train.log_every": 100,
+                            "train.num_steps": 8, "optim.clip_norm": 0.0}), devices=1)
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = ps.error_lines(r.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: non-finite"), r.stderr[-3000:]
+    bad_step = int(re.search(r"at step (\d+)", lines[0]).group(1))
+    # What is on disk, read without the trainer: committed step directories only.
+    kept = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert kept and max(kept) < bad_step, (kept, bad_step)
+    assert f"step {max(kept)} in" in lines[0]
+    assert all(np.isfinite(v).all() for v in flat_params(model_io.load_model(workdir)[0]).values())
     assert not os.path.exists(os.path.join(workdir, "COMPLETED"))
 
 
@@ -205,3 +205,41 @@ def test_refuses_data_of_another_tokenizer(data, tmp_path):
     cfg = ps.apply(base_config("tiny"), ps.overrides(data_dir, vocab + 1))
     with pytest.raises(UserError, match="vocab_size"):
         pretrain.pretrain(cfg, str(tmp_path / "other"))
+
+
+@pytest.mark.slow
+def test_phase_two_at_a_longer_length_starts_from_phase_ones_loss(data, tmp_path):
+    """The 128 -> 512 recipe at tiny scale: 32 -> 64 tokens (512 would only be slower; the
+    mechanics are the same). Phase 2 loads phase 1's params only: a new optimizer, a schedule and
+    step count from 0, a data set prepared at the new length."""
+    from bertjax import pretrain
+    from bertjax.data import prepare as prep
+
+    data_dir, vocab = data
+    long_dir = str(tmp_path / "data64")
+    prep.prepare(prep.Options(input=os.path.join(os.path.dirname(data_dir), "corpus-*.txt"),
+                              vocab=os.path.join(os.path.dirname(data_dir), "vocab.txt"),
+                              output_dir=long_dir, max_seq_length=64, max_predictions_per_seq=10,
+                              masking="dynamic", dupe_factor=2, num_workers=1, seed=1))
+    common = {"train.checkpoint_every": 1000, "train.async_checkpointing": False}
+    phase1 = str(tmp_path / "phase1")
+    pretrain.pretrain(ps.apply(base_config("tiny"), ps.overrides(
+        data_dir, vocab, **common, **{"train.num_steps": 40, "optim.learning_rate": 1e-2})), phase1)
+    long = {**common, "data.train_dir": long_dir, "data.max_seq_length": 64,
+            "data.max_predictions_per_seq": 10, "train.num_steps": 3, "optim.warmup_steps": 2}
+    phase2, scratch = str(tmp_path / "phase2"), str(tmp_path / "scratch")
+    pretrain.pretrain(ps.apply(base_config("tiny"), ps.overrides(
+        data_dir, vocab, **long, init_from=phase1)), phase2)
+    pretrain.pretrain(ps.apply(base_config("tiny"), ps.overrides(data_dir, vocab, **long)), scratch)
+
+    one, two, fresh = ps.losses(phase1), ps.losses(phase2), ps.losses(scratch)
+    assert min(two) == 1 and max(two) == 3  # phase 2 counts its own steps from 0
+    # The first update of both 64-token runs has lr 0, so steps 1 and 2 see the initial params.
+    trained = np.mean([one[s] for s in range(36, 41)])
+    start, random_start = np.mean([two[1], two[2]]), np.mean([fresh[1], fresh[2]])
+    # Phase 1 reaches the unigram level of the toy corpus (about 0.3 below random init) in 40
+    # steps; a step's loss varies by a few hundredths from batch to batch.
+    assert random_start - trained > 0.2, (random_start, trained)
+    # Phase 2 starts with at least 3/4 of what phase 1 gained over random init (more context per
+    # sequence may put it a little lower still, as measured: 4.39 against 4.47 and 4.70).
+    assert random_start - start > 0.75 * (random_start - trained), (start, trained, random_start)

@@ -158,11 +158,14 @@ def test_v2_null_score_and_threshold(tok):
     end = np.zeros((1, 32))
     start[0, 0], end[0, 0] = 3.0, 3.0                # null score 6
     start[0, off + 1], end[0, off + 1] = 2.5, 2.5    # "cat": 5
-    out = M.postprocess(examples, f, start, end, version_2=True)
+    out = M.postprocess(examples, f, start, end, version_2=True, null_threshold=0.0)
     assert out.null_odds["q1"] == pytest.approx(1.0)
     assert out.predictions["q1"] == "" and out.best_non_null["q1"] == "cat"
     assert any(x["text"] == "" for x in out.nbest["q1"])
     out = M.postprocess(examples, f, start, end, version_2=True, null_threshold=1.5)
+    assert out.predictions["q1"] == "cat"
+    # The default is the official script's 1.0, and "no answer" needs odds strictly above it.
+    out = M.postprocess(examples, f, start, end, version_2=True)
     assert out.predictions["q1"] == "cat"
     assert M.apply_null_threshold(out.best_non_null, out.null_odds, 0.5) == {"q1": ""}
 
@@ -179,8 +182,7 @@ def test_toy_squad_round_trip_scores_perfectly_with_oracle_logits(tmp_path, vers
     end = np.where(np.arange(48) == ft.arrays["end_positions"][:, None], 8.0, -8.0)
     v2 = version == "2.0"
     out = M.postprocess(dev, fe, start, end, version_2=v2)
-    res = M.evaluate(M.gold_answers(dev), out.predictions, out.null_odds if v2 else None,
-                     out.best_non_null)
+    res = M.evaluate(M.gold_answers(dev), out.predictions, out.null_odds if v2 else None)
     assert res["exact"] == 100.0 and res["f1"] == 100.0
     if v2:
         assert res["NoAns_total"] > 0 and res["best_f1"] == 100.0

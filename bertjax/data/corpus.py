@@ -71,10 +71,17 @@ def _open_binary(path: str):
     return open(path, "rb")
 
 
+def not_utf8(path: str, byte: int, offset: int, line: int) -> UserError:
+    """The one-line error for bad bytes in a text input, shared by every reader (corpora and the
+    fine-tuning files), so users see the same file, line and byte wherever they hit it."""
+    return UserError(f"{path} is not UTF-8: byte 0x{byte:02x} at byte offset {offset} "
+                     f"(line {line}); convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+
+
 def iter_lines(path: str) -> Iterator[str]:
     """Lines of a UTF-8 file without their line ends. Splits on "\\n" only, so characters such as
-    U+2028 stay inside their line. Bad bytes raise UserError naming the file and byte offset (of
-    the decompressed stream for .gz/.bz2)."""
+    U+2028 stay inside their line. A leading byte-order mark is dropped. Bad bytes raise UserError
+    naming the file, line and byte offset (of the decompressed stream for .gz/.bz2)."""
     offset = 0
     with _open_binary(path) as f:
         for number, raw in enumerate(f, 1):
@@ -84,13 +91,23 @@ def iter_lines(path: str) -> Iterator[str]:
             try:
                 line = raw[start:].decode("utf-8")
             except UnicodeDecodeError as e:
-                bad = offset + start + e.start
-                raise UserError(
-                    f"{path} is not UTF-8: byte 0x{raw[start + e.start]:02x} at byte offset {bad} "
-                    f"(line {number}); convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-                ) from None
+                raise not_utf8(path, raw[start + e.start], offset + start + e.start,
+                               number) from None
             offset += len(raw)
             yield line.rstrip("\r\n")
+
+
+def read_text(path: str) -> str:
+    """A whole UTF-8 file as one string (a leading byte-order mark dropped), with iter_lines'
+    error for bad bytes."""
+    with _open_binary(path) as f:
+        data = f.read()
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = start + e.start
+        raise not_utf8(path, data[bad], bad, data.count(b"\n", 0, bad) + 1) from None
 
 
 # blingfire ends sentences after some abbreviations and initials ("Reynolds v.", "Dr.", "H.");

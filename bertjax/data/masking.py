@@ -6,9 +6,13 @@ Semantics (google-research/bert, with the whole-word fix of bert #910):
 - with whole-word masking a word is a candidate that does not continue a candidate before it plus
   the continuation pieces after it; selection AND the 80/10/10 choice are made per word, each piece
   of a randomly replaced word getting its own random id; without it every candidate is a word;
-- n = min(P, max(1, round(rate * number of candidates))) tokens are chosen by walking the words in
-  a random order and taking each word that still fits in n (so a long word may be skipped for
-  shorter ones after it, as in the original);
+- n = min(P, max(1, round(rate * len(tokens)))) tokens are chosen, where len(tokens) is the
+  sequence length counting [CLS] and the [SEP]s, and round is Python 3's (half to even on the
+  float64 product), exactly as the original computes it; the budget "candidates" takes the rate
+  of the non-special tokens instead (bertjax's rule before issue 12, kept for old data). Either
+  way n never exceeds the candidates. The words are walked in a random order, taking each word
+  that still fits in n (so a long word may be skipped for shorter ones after it, as in the
+  original);
 - a chosen word becomes [MASK] with probability 0.8, stays with 0.1, and becomes random vocabulary
   ids (drawn from `replacement_ids`, the vocabulary less the special tokens) with 0.1;
 - positions are sorted ascending and padded to P with position 0, id 0 and weight 0.
@@ -40,6 +44,9 @@ _POS_BITS = 20
 MAX_SEQ_LENGTH = 1 << _POS_BITS
 # Streams of the hash: which word goes first, what a chosen word becomes, the random id.
 _ORDER, _ACTION, _REPLACE = 1, 2, 3
+# What the masking rate is a share of: the whole sequence with its specials (the original's
+# create_pretraining_data.py) or only the maskable candidates.
+BUDGETS = ("sequence", "candidates")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -52,6 +59,7 @@ class MaskSpec:
     mask_id: int
     replacement_ids: np.ndarray  # int32 ids a "random" token is drawn from
     is_continuation: np.ndarray | None = None  # bool [vocab_size]; needed for whole_word
+    budget: str = "sequence"  # one of BUDGETS
 
     def __post_init__(self):
         if self.max_predictions < 1:
@@ -62,6 +70,8 @@ class MaskSpec:
             raise ValueError("whole-word masking needs the tokenizer's continuation table")
         if len(self.replacement_ids) == 0:
             raise ValueError("replacement_ids is empty")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"mask budget {self.budget!r}; use one of {', '.join(BUDGETS)}")
 
 
 def special_ids(tokenizer) -> list[int]:
@@ -83,15 +93,23 @@ def replacement_ids(vocab_size: int, specials) -> np.ndarray:
 
 
 def spec_from_tokenizer(tokenizer, *, max_predictions: int, rate: float = 0.15,
-                        whole_word: bool = False) -> MaskSpec:
+                        whole_word: bool = False, budget: str = "sequence") -> MaskSpec:
     return MaskSpec(
-        max_predictions=max_predictions, rate=rate, whole_word=whole_word,
+        max_predictions=max_predictions, rate=rate, whole_word=whole_word, budget=budget,
         cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, mask_id=tokenizer.mask_id,
         replacement_ids=replacement_ids(tokenizer.vocab_size, special_ids(tokenizer)),
         is_continuation=continuation_table(tokenizer) if whole_word else None)
 
 
 # ----------------------------------------------------------------------------------------- numpy
+
+
+def budget_np(lengths, num_candidates, spec: MaskSpec) -> np.ndarray:
+    """Tokens to mask per row. np.rint rounds half to even on the float64 product, the same value
+    Python 3's round gives in the original, so the counts agree on every length."""
+    base = lengths if spec.budget == "sequence" else num_candidates
+    n = np.rint(np.asarray(base).astype(np.float64) * spec.rate).astype(np.int64)
+    return np.minimum(np.minimum(np.maximum(n, 1), spec.max_predictions), num_candidates)
 
 
 def _mix_np(x):
@@ -162,9 +180,7 @@ def mask_batch_np(tokens: np.ndarray, lengths: np.ndarray, example_ids: np.ndarr
     keys = _row_keys_np(seed, epochs, example_ids)
     pos = np.arange(seq, dtype=np.int64)[None, :]
     cand = (pos < lengths[:, None]) & (tokens != spec.cls_id) & (tokens != spec.sep_id)
-    num_cand = cand.sum(axis=1)
-    n = np.floor(num_cand.astype(np.float64) * spec.rate + 0.5).astype(np.int64)
-    n = np.minimum(np.minimum(np.maximum(n, 1), pmax), num_cand)
+    n = budget_np(lengths, cand.sum(axis=1), spec)
 
     order = ((_hash_np(keys, _ORDER, seq) >> _U64(24)).astype(np.int64) << _POS_BITS) | (
         (MAX_SEQ_LENGTH - 1) - pos)
@@ -297,7 +313,9 @@ def mask_batch_tf(tokens, lengths, example_ids, epochs, seed: int, spec: MaskSpe
     cand = (pos < lengths[:, None]) & tf.not_equal(tokens, spec.cls_id) & tf.not_equal(
         tokens, spec.sep_id)
     num_cand = tf.reduce_sum(tf.cast(cand, tf.int64), axis=1)
-    n = tf.cast(tf.floor(tf.cast(num_cand, tf.float64) * spec.rate + 0.5), tf.int64)
+    base = lengths if spec.budget == "sequence" else num_cand
+    # tf.round is half to even, like budget_np and Python 3's round.
+    n = tf.cast(tf.round(tf.cast(base, tf.float64) * spec.rate), tf.int64)
     n = tf.minimum(tf.minimum(tf.maximum(n, 1), pmax), num_cand)
 
     order = tf.bitwise.bitwise_or(

@@ -166,7 +166,9 @@ class PretrainInput:
                 whole_word=meta["whole_word_masking"], cls_id=ids["cls"], sep_id=ids["sep"],
                 mask_id=ids["mask"],
                 replacement_ids=masking.replacement_ids(meta["vocab_size"], ids.values()),
-                is_continuation=table)
+                is_continuation=table,
+                # Data prepared before the budget was recorded were counted on the candidates.
+                budget=meta.get("mask_budget", "candidates"))
 
     def _check_files(self) -> None:
         size = self.metadata["record_bytes"]
@@ -270,6 +272,7 @@ class PretrainInput:
         key = (json.dumps(records.layout(self.metadata), sort_keys=True),
                json.dumps(self.metadata["tokenizer"], sort_keys=True), self.data_dir,
                self.metadata["whole_word_masking"], self.metadata["masked_lm_prob"],
+               self.metadata.get("mask_budget", "candidates"),
                self.seq_length, self.predictions, self.masking, self.repeat, self.seed,
                self.with_example_ids)
         if key not in _BATCH_FUNCTIONS:

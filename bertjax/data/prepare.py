@@ -59,6 +59,7 @@ class Options:
     short_seq_prob: float = 0.1
     masked_lm_prob: float = 0.15
     whole_word_masking: bool = False
+    mask_budget: str = "sequence"  # masking.BUDGETS: "sequence" is the original's rule
     nsp: bool = True
     num_workers: int = 1
     seed: int = 12345
@@ -88,6 +89,8 @@ def _check_options(o: Options) -> None:
     need(1 <= o.dupe_factor <= 255, f"--dupe_factor={o.dupe_factor} must be between 1 and 255")
     need(0.0 <= o.short_seq_prob <= 1.0, f"--short_seq_prob={o.short_seq_prob} must be in [0, 1]")
     need(0.0 < o.masked_lm_prob <= 1.0, f"--masked_lm_prob={o.masked_lm_prob} must be in (0, 1]")
+    need(o.mask_budget in masking.BUDGETS,
+         f"--mask_budget={o.mask_budget!r}; use sequence (the original's) or candidates")
     need(o.num_workers >= 1, f"--num_workers={o.num_workers} must be at least 1")
     need(o.partner_pool >= 1, f"--partner_pool={o.partner_pool} must be at least 1")
     need(o.format in corpus.FORMATS, f"--format={o.format!r}; use one of {', '.join(corpus.FORMATS)}")
@@ -223,7 +226,8 @@ def _to_records(batch: list, first_id: int, o: Options, tok, spec: masking.MaskS
     stats["tokens"] += int(lengths.sum())
     stats["candidates"] += int(cand.sum())
     stats["masked"] += int(weights.sum())
-    stats["capped"] += int((np.floor(cand * o.masked_lm_prob + 0.5) > o.max_predictions_per_seq).sum())
+    base = lengths if spec.budget == "sequence" else cand
+    stats["capped"] += int((np.rint(base * o.masked_lm_prob) > o.max_predictions_per_seq).sum())
     chosen = np.take_along_axis(m["input_ids"], m["masked_lm_positions"], axis=1)
     stats["mask_token"] += int((weights & (chosen == tok.mask_id)).sum())
     stats["kept"] += int((weights & (chosen == m["masked_lm_ids"])).sum())
@@ -317,7 +321,8 @@ def _init_worker():
 
 def _mask_spec(o: Options, tok) -> masking.MaskSpec:
     return masking.spec_from_tokenizer(tok, max_predictions=o.max_predictions_per_seq,
-                                       rate=o.masked_lm_prob, whole_word=o.whole_word_masking)
+                                       rate=o.masked_lm_prob, whole_word=o.whole_word_masking,
+                                       budget=o.mask_budget)
 
 
 def _record_dtype(o: Options, tok) -> np.dtype:
@@ -334,6 +339,7 @@ def _common_params(o: Options, tok) -> dict:
         "masking": o.masking,
         "masked_lm_prob": o.masked_lm_prob,
         "whole_word_masking": o.whole_word_masking,
+        "mask_budget": o.mask_budget,
         "nsp": o.nsp,
         "short_seq_prob": o.short_seq_prob,
         "seed": o.seed,
@@ -517,7 +523,7 @@ def main(argv):
         max_predictions_per_seq=f.max_predictions_per_seq, masking=f.masking,
         dupe_factor=f.dupe_factor, short_seq_prob=f.short_seq_prob,
         masked_lm_prob=f.masked_lm_prob, whole_word_masking=f.whole_word_masking,
-        nsp=not f.no_nsp, num_workers=f.num_workers, seed=f.seed, format=f.format,
+        mask_budget=f.mask_budget, nsp=not f.no_nsp, num_workers=f.num_workers, seed=f.seed, format=f.format,
         text_field=f.text_field, doc_unit=f.doc_unit, tfds_data_dir=f.tfds_data_dir,
         tfds_split=f.tfds_split, partner_pool=f.partner_pool))
 
@@ -538,6 +544,9 @@ def _define_flags():
     flags.DEFINE_float("short_seq_prob", d["short_seq_prob"].default, "Share of short targets.")
     flags.DEFINE_float("masked_lm_prob", d["masked_lm_prob"].default, "Masking rate.")
     flags.DEFINE_bool("whole_word_masking", False, "Mask whole words.")
+    flags.DEFINE_string("mask_budget", d["mask_budget"].default,
+                        "sequence: mask round(rate * tokens incl. [CLS]/[SEP]), the original's "
+                        "count; candidates: round(rate * maskable tokens).")
     flags.DEFINE_bool("no_nsp", False, "No next-sentence pairs: pack full sentences (RoBERTa).")
     flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")
     flags.DEFINE_integer("seed", d["seed"].default, "Seed of everything random.")

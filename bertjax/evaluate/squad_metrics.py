@@ -90,7 +90,7 @@ class SquadPredictions:
 
 def postprocess(examples: list[SquadExample], feats: SquadFeatures, start_logits, end_logits, *,
                 n_best: int = 20, max_answer_length: int = 30, version_2: bool = False,
-                null_threshold: float = 0.0) -> SquadPredictions:
+                null_threshold: float = 1.0) -> SquadPredictions:
     """Decodes [N,S] start/end logits (one row per window, in feature order) into answers.
 
     Per window the n_best highest start and end positions are paired; a pair counts when both lie
@@ -205,71 +205,90 @@ def gold_answers(examples: list[SquadExample]) -> dict[str, list[str]]:
 
 
 def _raw_scores(golds, predictions):
+    """Per-question EM and F1 of the submitted predictions; a question without a prediction is
+    left out (the official v2.0 script prints "Missing prediction" and skips it)."""
     exact, f1 = {}, {}
     for qid, answers in golds.items():
         texts = [a for a in answers if normalize_answer(a)] or [""]
         pred = predictions.get(qid)
         if pred is None:
-            # The official scripts score a missing prediction as wrong.
-            exact[qid] = f1[qid] = 0.0
             continue
         exact[qid] = float(max(exact_match(pred, g) for g in texts))
         f1[qid] = max(f1_score(pred, g) for g in texts)
     return exact, f1
 
 
-def best_threshold(scores: dict[str, float], null_odds: dict[str, float],
-                   has_answer: dict[str, bool], best_non_null: dict[str, str]):
-    """(best total score in %, threshold) over thresholds t with "answer iff null_odds <= t".
+def _odds_of(qids, null_odds):
+    missing = [q for q in qids if q not in null_odds]
+    if missing:
+        raise ValueError(f"no null odds for {len(missing)} predicted question(s), e.g. "
+                         f"{missing[0]}; give null_odds for every prediction")
+    return null_odds
 
-    scores are the per-question scores of best_non_null (the span that would be given); a
-    no-answer question scores 1 when predicted null and 0 when given a non-empty span. Questions
-    with equal null_odds switch together, so every reported threshold is reachable. Returns a
-    threshold below the smallest odds when predicting no answer everywhere is best."""
-    qids = list(scores)
-    if not qids:
+
+def best_threshold(predictions: dict[str, str], scores: dict[str, float],
+                   null_odds: dict[str, float], has_answer: dict[str, bool]):
+    """(best total score in %, threshold), the official v2.0 search: start with every question
+    counted as "no answer" (the no-answer questions of the whole gold set score 1) at threshold
+    0.0, then walk the questions one at a time in ascending null odds (ties in null_odds' order),
+    switching each to its submitted prediction: an answerable one adds its score, an unanswerable
+    one with a non-empty prediction costs 1. The threshold moves to a question's odds each time
+    the running total beats the best so far. Divides by the number of scored (predicted)
+    questions, as the official script does."""
+    if not scores:
         return 0.0, 0.0
-    # A question without odds is never switched to its span, as in the official script.
-    odds = np.array([null_odds.get(q, np.inf) for q in qids], np.float64)
-    gain = np.array([scores[q] if has_answer[q] else (-1.0 if best_non_null.get(q) else 0.0)
-                     for q in qids])
-    base = float(sum(not has_answer[q] for q in qids))
-    order = np.argsort(odds, kind="stable")
-    odds, gain = odds[order], gain[order]
-    totals = base + np.cumsum(gain)
-    last_of_group = np.append(odds[1:] != odds[:-1], True) & np.isfinite(odds)
-    totals, thresholds = totals[last_of_group], odds[last_of_group]
-    if len(totals) and totals.max() > base:
-        i = int(np.argmax(totals))
-        return 100.0 * float(totals[i]) / len(qids), float(thresholds[i])
-    lowest = float(odds[0]) if np.isfinite(odds[0]) else 0.0
-    return 100.0 * base / len(qids), lowest - 1.0
+    current = best = float(sum(not h for h in has_answer.values()))
+    threshold = 0.0
+    for qid in sorted(null_odds, key=lambda q: null_odds[q]):
+        if qid not in scores:
+            continue
+        if has_answer[qid]:
+            current += scores[qid]
+        elif predictions[qid]:
+            current -= 1.0
+        if current > best:
+            best, threshold = current, float(null_odds[qid])
+    return 100.0 * best / len(scores), threshold
+
+
+def _thresholded(scores, null_odds, has_answer, threshold):
+    # Above the threshold a question is scored as a "no answer" prediction, whatever was submitted.
+    return {q: (float(not has_answer[q]) if null_odds[q] > threshold else s)
+            for q, s in scores.items()}
 
 
 def evaluate(golds: dict[str, list[str]], predictions: dict[str, str],
              null_odds: dict[str, float] | None = None,
-             best_non_null: dict[str, str] | None = None) -> dict[str, float]:
-    """Official SQuAD EM/F1 in percent over every gold question (max over gold answers; a
-    no-answer question is right only with ""), also split into HasAns_* / NoAns_* for the
-    questions of each kind present, as the official v2.0 script reports them.
-    With null_odds, also the best achievable EM/F1 over no-answer thresholds (best_exact,
-    best_exact_thresh, best_f1, best_f1_thresh) computed from best_non_null (defaults to
-    predictions)."""
-    exact, f1 = _raw_scores(golds, predictions)
-    n = len(golds)
+             na_prob_thresh: float = 1.0) -> dict[str, float]:
+    """The official SQuAD v2.0 evaluation (evaluate-v2.0.py) of `predictions`, in percent.
+
+    - Questions without a prediction are skipped: `total` counts the predicted ones.
+    - `null_odds` plays the official na_prob (google-research/bert's README feeds its
+      null_odds.json as --na-prob-file): a question whose odds exceed `na_prob_thresh` (the
+      official default 1.0) is scored as "no answer" whatever its prediction. Without null_odds
+      every odds is 0, as the official script assumes without a na-prob file.
+    - HasAns_* / NoAns_* split the scored questions by kind. (The official script indexes every
+      gold question of a kind there and so fails outright on a missing prediction; here the
+      missing ones are left out, as in the overall totals.)
+    - With null_odds, best_exact / best_f1 and their *_thresh come from best_threshold on the
+      submitted predictions.
+    v1.1 predictions score the same as under evaluate-v1.1.py when every question is predicted."""
+    exact_raw, f1_raw = _raw_scores(golds, predictions)
+    has = {q: bool(a) for q, a in golds.items()}
+    odds = _odds_of(exact_raw, null_odds) if null_odds is not None else {q: 0.0 for q in exact_raw}
+    exact = _thresholded(exact_raw, odds, has, na_prob_thresh)
+    f1 = _thresholded(f1_raw, odds, has, na_prob_thresh)
+    n = len(exact)
     res = {"exact": 100.0 * sum(exact.values()) / n if n else 0.0,
            "f1": 100.0 * sum(f1.values()) / n if n else 0.0, "total": n}
-    has = {q: bool(a) for q, a in golds.items()}
     for name, keep in (("HasAns", True), ("NoAns", False)):
-        qs = [q for q in golds if has[q] == keep]
+        qs = [q for q in exact if has[q] == keep]
         if qs:
             res[f"{name}_exact"] = 100.0 * sum(exact[q] for q in qs) / len(qs)
             res[f"{name}_f1"] = 100.0 * sum(f1[q] for q in qs) / len(qs)
             res[f"{name}_total"] = len(qs)
     if null_odds is not None:
-        spans = best_non_null if best_non_null is not None else predictions
-        span_exact, span_f1 = _raw_scores(golds, spans)
-        res["best_exact"], res["best_exact_thresh"] = best_threshold(span_exact, null_odds,
-                                                                     has, spans)
-        res["best_f1"], res["best_f1_thresh"] = best_threshold(span_f1, null_odds, has, spans)
+        res["best_exact"], res["best_exact_thresh"] = best_threshold(predictions, exact_raw,
+                                                                     null_odds, has)
+        res["best_f1"], res["best_f1_thresh"] = best_threshold(predictions, f1_raw, null_odds, has)
     return res

@@ -1,10 +1,13 @@
 """SQuAD v1.1 / v2.0 fine-tuning: sliding windows, n-best span decoding, official EM/F1.
 
-On v2.0 a question is answered "no answer" when its null score beats the best span by more than a
-threshold; every eval reports EM/F1 at task.null_threshold and at the best threshold on dev
-(best_exact / best_f1 with their *_thresh), and the best checkpoint is picked by best_f1. The
-predictions file written at the end uses the threshold that maximised F1 on dev, as the original
-recipe tunes it; null_odds.json lets any other threshold be applied later.
+On v2.0 a question is answered "no answer" when its null odds (null score minus best span score)
+exceed a threshold. Scoring is the official evaluate-v2.0.py's with null_odds as its na_prob, as
+google-research/bert's README runs it: every eval reports EM/F1 at task.null_threshold (default
+1.0, the official script's --na-prob-thresh default, until one is tuned) and the official
+best_exact / best_f1 with their *_thresh on the submitted predictions; the best checkpoint is
+picked by best_f1. The predictions file written at the end uses the threshold that maximised F1 on
+dev, as the original recipe tunes it, and its metrics follow the official script's arithmetic for
+that file with `--na-prob-file null_odds.json --na-prob-thresh THRESHOLD`.
 """
 from __future__ import annotations
 
@@ -46,24 +49,24 @@ def prepare(cfg, tokenizer, log: Callable[[str], None]) -> Prepared:
             max_answer_length=int(t.max_answer_length), version_2=v2,
             null_threshold=float(t.null_threshold))
 
-    def score(preds, predictions) -> dict[str, float]:
+    def score(preds, predictions, threshold: float) -> dict[str, float]:
         res = squad_metrics.evaluate(golds, predictions, preds.null_odds if v2 else None,
-                                     preds.best_non_null if v2 else None)
+                                     na_prob_thresh=threshold)
         return {k: float(v) for k, v in res.items() if k not in _COUNTS}
 
     def dev_metrics(predict) -> dict[str, float]:
         preds = decode(predict)
-        return score(preds, preds.predictions)
+        return score(preds, preds.predictions, float(t.null_threshold))
 
     def write_outputs(predict, out_dir: str, write: bool) -> dict:
         preds = decode(predict)
         predictions = preds.predictions
         threshold = None
         if v2:
-            threshold = score(preds, predictions)["best_f1_thresh"]
+            threshold = score(preds, predictions, float(t.null_threshold))["best_f1_thresh"]
             predictions = squad_metrics.apply_null_threshold(preds.best_non_null, preds.null_odds,
                                                              threshold)
-        metrics = score(preds, predictions)
+        metrics = score(preds, predictions, threshold if v2 else float(t.null_threshold))
         if threshold is not None:
             metrics["null_threshold"] = threshold
         files = []

@@ -2,6 +2,13 @@
 
 An objective returns (loss, sums) where `sums` maps a metric name to (numerator, denominator), so
 metrics add up exactly over micro-batches, devices, hosts and eval steps before dividing.
+
+`denominators(batch)` gives the counts a loss divides by (masked tokens, examples, labelled
+tokens). With gradient accumulation the step takes them from the whole global batch and passes
+them to each micro-batch's `loss(out, batch, denoms)`: every micro-batch then contributes its share
+of ONE division, and the summed losses and gradients are those of the whole batch at once, however
+unevenly the masked tokens or labels fall across micro-batches. Without `denoms` the batch divides
+by its own counts.
 """
 from __future__ import annotations
 
@@ -27,6 +34,17 @@ def _row_weights(batch, n):
     return batch.get("example_weight", jnp.ones((n,), jnp.float32)).astype(jnp.float32)
 
 
+def _rows_of(batch, key):
+    return _row_weights(batch, batch[key].shape[0])
+
+
+def _loss_sum(loss, rows, denoms):
+    # The "loss" metric as (loss * examples of the batch the division covers, own examples): the
+    # pairs of the micro-batches of one step add up to (total loss * examples, examples).
+    total = denoms["rows"] if denoms is not None else jnp.sum(rows)
+    return loss * total, jnp.sum(rows)
+
+
 @dataclasses.dataclass(frozen=True)
 class Pretraining:
     """MLM on the gathered positions plus NSP; loss = sum(w*CE)/(sum(w)+1e-5) + mean NSP CE."""
@@ -38,21 +56,28 @@ class Pretraining:
         return model(batch["input_ids"], batch["segment_ids"], batch["input_mask"],
                      batch["masked_lm_positions"], dropout_key=dropout_key)
 
-    def loss(self, out, batch):
-        w = batch["masked_lm_weights"].astype(jnp.float32)
-        rows = _row_weights(batch, w.shape[0])
-        w = w * rows[:, None]
+    @staticmethod
+    def _weights(batch):
+        rows = _rows_of(batch, "masked_lm_weights")
+        return batch["masked_lm_weights"].astype(jnp.float32) * rows[:, None], rows
+
+    def denominators(self, batch):
+        w, rows = self._weights(batch)
+        return {"masked": jnp.sum(w), "rows": jnp.sum(rows)}
+
+    def loss(self, out, batch, denoms=None):
+        w, rows = self._weights(batch)
+        d = denoms if denoms is not None else {"masked": jnp.sum(w), "rows": jnp.sum(rows)}
         mlm_sum, mlm_count = _weighted_ce(out["mlm_logits"], batch["masked_lm_ids"], w)
-        mlm_loss = mlm_sum / (mlm_count + 1e-5)
+        loss = mlm_sum / (d["masked"] + 1e-5)
         sums = {"mlm_loss": (mlm_sum, mlm_count),
                 "mlm_accuracy": _accuracy(out["mlm_logits"], batch["masked_lm_ids"], w)}
-        loss = mlm_loss
         if self.use_nsp:
             nsp_sum, nsp_count = _weighted_ce(out["nsp_logits"], batch["next_sentence_labels"], rows)
-            loss = loss + nsp_sum / jnp.maximum(nsp_count, 1.0)
+            loss = loss + nsp_sum / jnp.maximum(d["rows"], 1.0)
             sums["nsp_loss"] = (nsp_sum, nsp_count)
             sums["nsp_accuracy"] = _accuracy(out["nsp_logits"], batch["next_sentence_labels"], rows)
-        sums["loss"] = (loss * jnp.sum(rows), jnp.sum(rows))
+        sums["loss"] = _loss_sum(loss, rows, denoms)
         return loss, sums
 
 
@@ -66,10 +91,14 @@ class Classification:
     model_task: str = "sequence_classification"
     forward = staticmethod(_encoder_inputs)
 
-    def loss(self, out, batch):
-        rows = _row_weights(batch, batch["labels"].shape[0])
+    def denominators(self, batch):
+        return {"rows": jnp.sum(_rows_of(batch, "labels"))}
+
+    def loss(self, out, batch, denoms=None):
+        rows = _rows_of(batch, "labels")
+        d = denoms if denoms is not None else {"rows": jnp.sum(rows)}
         ce_sum, n = _weighted_ce(out["logits"], batch["labels"], rows)
-        loss = ce_sum / jnp.maximum(n, 1.0)
+        loss = ce_sum / jnp.maximum(d["rows"], 1.0)
         return loss, {"loss": (ce_sum, n), "accuracy": _accuracy(out["logits"], batch["labels"], rows)}
 
     @staticmethod
@@ -84,11 +113,15 @@ class Regression:
     model_task: str = "sequence_classification"
     forward = staticmethod(_encoder_inputs)
 
-    def loss(self, out, batch):
-        rows = _row_weights(batch, batch["labels"].shape[0])
+    def denominators(self, batch):
+        return {"rows": jnp.sum(_rows_of(batch, "labels"))}
+
+    def loss(self, out, batch, denoms=None):
+        rows = _rows_of(batch, "labels")
+        d = denoms if denoms is not None else {"rows": jnp.sum(rows)}
         err = (out["logits"][:, 0] - batch["labels"].astype(jnp.float32)) ** 2
         se, n = jnp.sum(err * rows), jnp.sum(rows)
-        return se / jnp.maximum(n, 1.0), {"loss": (se, n)}
+        return se / jnp.maximum(d["rows"], 1.0), {"loss": (se, n)}
 
     @staticmethod
     def predict(out):
@@ -102,11 +135,19 @@ class TokenClassification:
     model_task: str = "token_classification"
     forward = staticmethod(_encoder_inputs)
 
-    def loss(self, out, batch):
+    @staticmethod
+    def _weights(batch):
         w = batch["label_weights"].astype(jnp.float32)
-        w = w * _row_weights(batch, w.shape[0])[:, None]
+        return w * _rows_of(batch, "label_weights")[:, None]
+
+    def denominators(self, batch):
+        return {"tokens": jnp.sum(self._weights(batch))}
+
+    def loss(self, out, batch, denoms=None):
+        w = self._weights(batch)
+        d = denoms if denoms is not None else {"tokens": jnp.sum(w)}
         ce_sum, n = _weighted_ce(out["logits"], batch["labels"], w)
-        return ce_sum / jnp.maximum(n, 1.0), {
+        return ce_sum / jnp.maximum(d["tokens"], 1.0), {
             "loss": (ce_sum, n), "token_accuracy": _accuracy(out["logits"], batch["labels"], w)}
 
     @staticmethod
@@ -121,11 +162,15 @@ class SpanQA:
     model_task: str = "question_answering"
     forward = staticmethod(_encoder_inputs)
 
-    def loss(self, out, batch):
-        rows = _row_weights(batch, batch["start_positions"].shape[0])
+    def denominators(self, batch):
+        return {"rows": jnp.sum(_rows_of(batch, "start_positions"))}
+
+    def loss(self, out, batch, denoms=None):
+        rows = _rows_of(batch, "start_positions")
+        d = denoms if denoms is not None else {"rows": jnp.sum(rows)}
         s_sum, n = _weighted_ce(out["start_logits"], batch["start_positions"], rows)
         e_sum, _ = _weighted_ce(out["end_logits"], batch["end_positions"], rows)
-        loss = 0.5 * (s_sum + e_sum) / jnp.maximum(n, 1.0)
+        loss = 0.5 * (s_sum + e_sum) / jnp.maximum(d["rows"], 1.0)
         return loss, {"loss": (0.5 * (s_sum + e_sum), n)}
 
     @staticmethod

@@ -1,6 +1,7 @@
-"""The BERT optimizer: global-norm clipping, Adam (optionally without bias correction, as in the
+"""The BERT optimizers: global-norm clipping, Adam (optionally without bias correction, as in the
 original), decoupled weight decay that skips LayerNorm parameters and biases, and a learning-rate
-schedule with linear warmup.
+schedule with linear warmup. `optim.name="lamb"` adds LAMB's layer-wise trust ratio (You et al.,
+2019, arXiv 1904.00962) between the decay and the learning rate, for batches of 32k-64k.
 
 Weight-decay rule, applied to each parameter's key path (Variable wrappers ignored, names
 lower-cased): a parameter is NOT decayed when
@@ -24,6 +25,7 @@ import optax
 from bertjax.errors import UserError
 
 SCHEDULES = ("linear", "cosine", "constant", "rsqrt")
+OPTIMIZERS = ("adamw", "lamb")
 _LN_TOKEN = re.compile(r"^ln\d*$")
 
 
@@ -73,6 +75,46 @@ def scale_by_adam_no_bias_correction(b1: float, b2: float, eps: float) -> optax.
         out = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
         count = optax.safe_increment(state.count)
         return out, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _trust_ratio_axis(path: tuple) -> int | None:
+    """The axis whose slices are separate "layers" inside one tensor: the fused q/k/v kernel
+    [hidden, 3, heads, head_dim] holds what the original stores as three dense kernels, so each
+    of q, k and v gets its own ratio there. None: the tensor is one layer."""
+    return 1 if _names(path)[-2:] == ["qkv", "kernel"] else None
+
+
+def scale_by_layer_trust_ratio(mask: Callable[[Any], Any]) -> optax.GradientTransformation:
+    """LAMB's trust ratio: each layer's update u (Adam's step plus decay) is scaled by
+    ||w|| / ||u||, its own parameter norm over its own update norm, so every layer moves by the
+    same fraction of its weights whatever its gradient scale. A layer is a tensor, or a q/k/v
+    slice of the fused attention kernel (_trust_ratio_axis). The ratio is 1 where either norm is
+    0 (a zero-initialised tensor would otherwise never move), and 1 for the tensors `mask` leaves
+    out: LayerNorm parameters and biases, as the BERT LAMB recipes (the paper's TF code and
+    NVIDIA's) exclude them together with weight decay."""
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("the LAMB trust ratio needs the params")
+        which = mask(params)
+
+        def scale(path, u, w, on):
+            if not on:
+                return u
+            axis = _trust_ratio_axis(path)
+            over = tuple(a for a in range(u.ndim) if a != axis)
+            w_norm = jnp.sqrt(jnp.sum(jnp.square(w.astype(jnp.float32)), axis=over, keepdims=True))
+            u_norm = jnp.sqrt(jnp.sum(jnp.square(u.astype(jnp.float32)), axis=over, keepdims=True))
+            ratio = jnp.where((w_norm > 0) & (u_norm > 0), w_norm / jnp.maximum(u_norm, 1e-30), 1.0)
+            return (u * ratio).astype(u.dtype)
+
+        return jax.tree_util.tree_map_with_path(scale, updates, params, which), state
 
     return optax.GradientTransformation(init, update)
 
@@ -134,11 +176,13 @@ def make_optimizer(optim_cfg: Any, num_steps: int) -> tuple[optax.GradientTransf
 
     Chain: clip by global norm (skipped when clip_norm <= 0) -> Adam (bias correction per
     `optim.bias_correction`) -> decoupled weight decay on the params `decay_mask` selects ->
-    scale by -schedule(count). With bias correction and no clipping this is exactly optax.adamw.
+    [lamb only: the layer-wise trust ratio on the same params] -> scale by -schedule(count).
+    With bias correction and no clipping "adamw" is exactly optax.adamw.
     """
     name = str(_get(optim_cfg, "name"))
-    if name != "adamw":
-        raise UserError(f"unknown optimizer {name!r}; set optim.name to 'adamw'")
+    if name not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {name!r}; set optim.name to one of "
+                        f"{', '.join(OPTIMIZERS)}")
     schedule = make_schedule(str(_get(optim_cfg, "schedule")), float(_get(optim_cfg, "learning_rate")),
                              int(_get(optim_cfg, "warmup_steps")), int(num_steps),
                              float(_get(optim_cfg, "end_lr_fraction")))
@@ -156,5 +200,7 @@ def make_optimizer(optim_cfg: Any, num_steps: int) -> tuple[optax.GradientTransf
         parts.append(scale_by_adam_no_bias_correction(b1, b2, eps))
     # Present even at zero decay so the optimizer state keeps one layout across configs.
     parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
+    if name == "lamb":
+        parts.append(scale_by_layer_trust_ratio(decay_mask))
     parts.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*parts), schedule

@@ -47,10 +47,10 @@ def make_steps(model_fn: Callable[[], nnx.Module], objective, tx: optax.Gradient
     batch_sh = mesh_lib.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-    def loss_fn(params, batch, key):
+    def loss_fn(params, batch, key, denoms=None):
         model = nnx.merge(graphdef, params)
         out = objective.forward(model, batch, key)
-        return objective.loss(out, batch)
+        return objective.loss(out, batch, denoms)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -60,25 +60,26 @@ def make_steps(model_fn: Callable[[], nnx.Module], objective, tx: optax.Gradient
         if grad_accum_steps == 1:
             (loss, sums), grads = grad_fn(params, batch, key)
         else:
-            # Micro-batches run in sequence; gradients are averaged so the update matches one
-            # large batch of the same per-example weighting.
+            # Micro-batches run in sequence, each dividing by the counts of the WHOLE batch
+            # (objectives.py), so the summed losses and gradients equal one large batch's even
+            # when the masked tokens fall unevenly across micro-batches.
             micro = _split_micro(batch, grad_accum_steps)
+            denoms = objective.denominators(batch)
 
             def body(carry, xs):
                 i, mb = xs
-                (loss_i, sums_i), g = grad_fn(params, mb, jax.random.fold_in(key, i))
+                (loss_i, sums_i), g = grad_fn(params, mb, jax.random.fold_in(key, i), denoms)
                 acc_g, acc_loss, acc_sums = carry
                 return (jax.tree.map(jnp.add, acc_g, g), acc_loss + loss_i,
                         jax.tree.map(jnp.add, acc_sums, sums_i)), None
 
             zeros_g = jax.tree.map(jnp.zeros_like, params)
-            _, sums0 = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], micro), key)
+            _, sums0 = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], micro), key,
+                                      denoms)
             zeros_s = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums0)
             (grads, loss, sums), _ = jax.lax.scan(
                 body, (zeros_g, jnp.zeros((), jnp.float32), zeros_s),
                 (jnp.arange(grad_accum_steps), micro))
-            grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
-            loss = loss / grad_accum_steps
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)

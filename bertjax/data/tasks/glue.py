@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from bertjax.data import corpus
 from bertjax.data.tasks import features as F
 from bertjax.errors import UserError
 from bertjax.text.base import Tokenizer
@@ -114,8 +115,7 @@ def text_classification_task(data_dir: str) -> GlueTask:
     else taken from the training file. The demo's WordNet topics use it."""
     path = os.path.join(data_dir, "labels.txt")
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            labels = tuple(ln.strip() for ln in f if ln.strip())
+        labels = tuple(ln.strip() for ln in corpus.iter_lines(path) if ln.strip())
     else:
         rows = _lines(_task_file(data_dir, _task("text", "text", ("0",), (), ("sentence",),
                                                  "label", (), ()), "train"))
@@ -159,10 +159,10 @@ class GlueExample:
 
 def _lines(path: str) -> list[str]:
     # GLUE text contains quote characters that are not CSV quoting, so split on tabs ourselves;
-    # only "\n" ends a line so that a stray "\r" inside a sentence does not split it; utf-8-sig
-    # drops a byte-order mark that would otherwise hide the first header name.
-    with open(path, encoding="utf-8-sig", newline="\n") as f:
-        return [ln.rstrip("\n").rstrip("\r") for ln in f]
+    # corpus.iter_lines ends lines at "\n" only (a stray "\r" inside a sentence does not split
+    # it), drops a byte-order mark that would hide the first header name, and names the line and
+    # byte of non-UTF-8 input.
+    return list(corpus.iter_lines(path))
 
 
 def _candidates(task: GlueTask, split: str) -> list[str]:
@@ -285,7 +285,7 @@ def read_tfds(data_dir: str, task: GlueTask | str, split: str) -> list[GlueExamp
     labelled = split not in task.submission
     examples = []
     for n, ex in enumerate(tfds.as_numpy(ds)):
-        texts = [ex[k].decode("utf-8") for k in task.tfds_text]
+        texts = [_tfds_text(ex[k], task, split, n, k, data_dir) for k in task.tfds_text]
         label = None
         if labelled:
             raw = ex["label"]
@@ -294,6 +294,20 @@ def read_tfds(data_dir: str, task: GlueTask | str, split: str) -> list[GlueExamp
         examples.append(GlueExample(index, texts[0], texts[1] if len(texts) > 1 else None,
                                     label, n + 1))
     return examples
+
+
+def _tfds_text(raw: bytes, task: GlueTask, split: str, record: int, field: str,
+               data_dir: str) -> str:
+    # TFDS's GLUE builder stores text it encoded from Python strings, so bad bytes can only come
+    # from a dataset built or edited by other means; they still deserve the one-line error, with
+    # the record in place of the line.
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"TFDS {task.tfds_name} split {task.splits[split][1]} under {data_dir}: "
+                        f"record {record} field {field!r} is not UTF-8: byte 0x{raw[e.start]:02x} "
+                        f"at byte offset {e.start}; rebuild the dataset from UTF-8 text or use "
+                        f"the GLUE TSV files") from None
 
 
 def read_glue(data_dir: str, task: GlueTask | str, split: str,

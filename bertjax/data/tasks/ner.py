@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from bertjax.data import corpus
 from bertjax.data.tasks import features as F
 from bertjax.errors import UserError
 from bertjax.text.base import Tokenizer
@@ -41,21 +42,20 @@ def read_conll(path: str) -> list[NerSentence]:
             tags.clear()
             lines.clear()
 
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            cols = line.split()
-            if not cols:
-                flush()
-                continue
-            if cols[0] == "-DOCSTART-":
-                flush()
-                continue
-            if len(cols) < 2:
-                raise UserError(f"{path}:{lineno}: expected 'token ... tag' columns, found "
-                                f"{line.strip()!r}")
-            tokens.append(cols[0])
-            tags.append(cols[-1])
-            lines.append(lineno)
+    for lineno, line in enumerate(corpus.iter_lines(path), start=1):
+        cols = line.split()
+        if not cols:
+            flush()
+            continue
+        if cols[0] == "-DOCSTART-":
+            flush()
+            continue
+        if len(cols) < 2:
+            raise UserError(f"{path}:{lineno}: expected 'token ... tag' columns, found "
+                            f"{line.strip()!r}")
+        tokens.append(cols[0])
+        tags.append(cols[-1])
+        lines.append(lineno)
     flush()
     return sentences
 

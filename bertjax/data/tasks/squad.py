@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from bertjax.data import corpus
 from bertjax.data.tasks import features as F
 from bertjax.errors import UserError
 from bertjax.text.base import Tokenizer
@@ -66,10 +67,10 @@ def _load_json(path: str) -> dict:
     if not os.path.isfile(path):
         raise UserError(f"SQuAD file not found: {path}; pass the path of a SQuAD v1.1/v2.0 "
                         f"JSON file (e.g. train-v1.1.json)")
+    text = corpus.read_text(path)  # bad bytes: one line naming the line and byte
     try:
-        with open(path, encoding="utf-8") as f:
-            payload = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        payload = json.loads(text)
+    except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e}); expected a SQuAD file") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
         raise UserError(f"{path} has no top-level 'data' list; expected a SQuAD v1.1/v2.0 file")
