@@ -35,6 +35,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import socket
 import sys
 import tempfile
 import time
@@ -279,6 +280,9 @@ def _build_shard(o: Options, tok, spec, dtype, index: int, dupe_pass: int, docs,
                 batch = []
         if batch:
             flush(batch)
+    # Which machine and process built it: run-specific, like the timings, and kept out of the
+    # shard and metadata.json for that reason.
+    stats["worker"] = f"{socket.gethostname()}:{os.getpid()}"
     stats.update(documents=counts.documents, sentences=counts.sentences,
                  dropped_chunks=counts.dropped_chunks, forced_random=counts.forced_random,
                  seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start)
@@ -656,7 +660,10 @@ def _define_flags():
 if __name__ == "__main__":
     from absl import app
 
+    from bertjax.data import prepare as _module
     from bertjax.errors import user_errors_exit
 
-    _define_flags()
-    sys.exit(app.run(user_errors_exit(main)))
+    # Run the imported module, not __main__: Beam pickles Options and the unit functions by their
+    # module name, which a worker process can import only as bertjax.data.prepare.
+    _module._define_flags()
+    sys.exit(app.run(user_errors_exit(_module.main)))
