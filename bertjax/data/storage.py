@@ -87,7 +87,7 @@ def _get(url: str):
         return _client().bucket(bucket).get_blob(name, retry=_retry())
     except exceptions.NotFound:
         return None
-    except exceptions.GoogleAPICallError as e:
+    except exceptions.GoogleAPIError as e:
         raise _storage_error(url, e) from None
 
 
@@ -131,7 +131,7 @@ def _list(url_prefix: str):
             yield blob
     except exceptions.NotFound:
         raise UserError(f"bucket gs://{bucket} does not exist; check the URL") from None
-    except exceptions.GoogleAPICallError as e:
+    except exceptions.GoogleAPIError as e:
         raise _storage_error(url_prefix, e) from None
 
 
@@ -220,7 +220,7 @@ def write_atomic(path: str, data: bytes | str) -> str:
 
     try:
         _blob(path).upload_from_string(data, retry=_retry())
-    except exceptions.GoogleAPICallError as e:
+    except exceptions.GoogleAPIError as e:
         raise _storage_error(path, e) from None
     return path
 
@@ -239,7 +239,7 @@ def publish(local_tmp: str, path: str, tmp_name: str) -> None:
         tmp_blob.reload(retry=_retry())
         bucket.copy_blob(tmp_blob, bucket, name, source_generation=tmp_blob.generation,
                          retry=_retry())
-    except exceptions.GoogleAPICallError as e:
+    except exceptions.GoogleAPIError as e:
         raise _storage_error(path, e) from None
     finally:
         remove(f"{SCHEME}{bucket_name}/{tmp_blob.name}")
