@@ -78,9 +78,11 @@ def _beam_args(corpus, out, workers=2):
 @pytest.mark.slow
 def test_direct_runner_with_two_processes_writes_the_local_runners_bytes(corpus, reference,
                                                                          tmp_path):
-    out = tmp_path / "beam"
-    r = _cli(_beam_args(corpus, out))
+    out, scratch = tmp_path / "beam", tmp_path / "tmp"
+    scratch.mkdir()
+    r = _cli(_beam_args(corpus, out), env=_env(TMPDIR=str(scratch)))
     assert r.returncode == 0, r.stderr[-3000:]
+    assert os.listdir(scratch) == []  # Beam's temporary directories and the log are gone
     assert r.stderr == ""  # Beam's own logging goes to its log file, not the terminal
     assert "--direct_num_workers=2 --direct_running_mode=multi_processing" in r.stdout
     assert _files(str(out)) == reference

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 
@@ -168,9 +169,14 @@ def run(pl: prepare.Plan) -> dict:
     prepare._announce(pl, f"Beam {runner} ({' '.join(args)})")
     vocab = VocabFiles.read(o.vocab)
     stats_path = storage.join(o.output_dir, STATS_FILE)
-    fd, log_path = tempfile.mkstemp(prefix="bertjax-beam-", suffix=".log")
-    os.close(fd)
-    failed = True
+    # One scratch directory for the run, as TMPDIR of this process and of the workers it starts
+    # here: Beam's job service leaves empty temporary directories behind, and the workers' spool
+    # and vocabulary files land there too; all of it goes when the run ends.
+    scratch = tempfile.mkdtemp(prefix="bertjax-beam-")
+    log_path = os.path.join(scratch, "beam.log")
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = scratch
+    keep = False
     try:
         with _stderr_to(log_path):
             try:
@@ -178,17 +184,21 @@ def run(pl: prepare.Plan) -> dict:
             finally:
                 # Runner threads may still log on their way down; not to the user's terminal.
                 logging.getLogger("apache_beam").setLevel(logging.CRITICAL + 1)
-        failed = False
     except Exception as e:  # Beam wraps worker errors in its own types (RuntimeError and others)
         message = _user_message(e)
         if message is not None:
-            failed = False  # the one line says it all; Beam's log would add only its stack
-            raise UserError(message) from None
+            raise UserError(message) from None  # the one line says it all
+        keep = True
         prepare._print(f"Beam failed; its log is {log_path}")
         raise
     finally:
-        if not failed:
-            os.unlink(log_path)
+        if saved[0] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        tempfile.tempdir = saved[1]
+        if not keep:
+            shutil.rmtree(scratch, ignore_errors=True)
     if not storage.isfile(stats_path):
         raise UserError("the Beam pipeline finished without its corpus statistics; with a runner "
                         "on other machines, --output_dir must be on storage they share (gs://)")

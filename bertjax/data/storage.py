@@ -18,7 +18,6 @@ import fnmatch
 import io
 import os
 import re
-import shutil
 
 from bertjax.errors import UserError
 
@@ -244,16 +243,3 @@ def publish(local_tmp: str, path: str, tmp_name: str) -> None:
     finally:
         remove(f"{SCHEME}{bucket_name}/{tmp_blob.name}")
         os.unlink(local_tmp)
-
-
-def copy_tree_local(directory: str, dest: str) -> None:
-    """Copies a local directory's files to DEST (local or gs://), each one written atomically."""
-    for name in sorted(os.listdir(directory)):
-        src = os.path.join(directory, name)
-        if os.path.isfile(src):
-            if is_remote(dest):
-                with open(src, "rb") as f:
-                    write_atomic(join(dest, name), f.read())
-            else:
-                os.makedirs(dest, exist_ok=True)
-                shutil.copyfile(src, os.path.join(dest, name))
