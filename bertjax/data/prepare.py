@@ -362,18 +362,28 @@ def _common_params(o: Options, tok) -> dict:
 
 def _load_done(path: str) -> dict | None:
     try:
-        if not storage.isfile(path + ".done"):
-            return None
         return json.loads(storage.read_bytes(path + ".done").decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
 
 
-def _is_complete(path: str, params: dict, record_bytes: int) -> dict | None:
-    done = _load_done(path)
-    if not done or done.get("params") != params or not storage.isfile(path):
+def _is_complete(path: str, params: dict, record_bytes: int,
+                 sizes: dict | None = None) -> dict | None:
+    """The shard's .done when the shard is complete for these parameters, else None. `sizes`
+    (storage.file_sizes of the directory) saves a size request per shard on a bucket."""
+    name = storage.basename(path)
+    if sizes is not None:
+        if name not in sizes or name + ".done" not in sizes:
+            return None
+        size = sizes[name]
+    elif not storage.isfile(path) or not storage.isfile(path + ".done"):
         return None
-    if storage.size(path) != done["records"] * record_bytes:
+    else:
+        size = storage.size(path)
+    done = _load_done(path)
+    if not done or done.get("params") != params:
+        return None
+    if size != done["records"] * record_bytes:
         return None
     return done
 
@@ -488,6 +498,7 @@ def plan(o: Options) -> Plan:
     dtype = _record_dtype(o, tok)
     common = _common_params(o, tok)
     jobs, shards = [], []
+    sizes = storage.file_sizes(o.output_dir)
     identities = [_source_identity(s, o.tfds_data_dir) for s in sources]
     for index, source in enumerate(sources):
         neighbour = None
@@ -500,7 +511,7 @@ def plan(o: Options) -> Plan:
                           partners_from=identities[neighbour[0]] if neighbour else None)
             path = storage.join(o.output_dir, shard_name(index, p))
             shards.append((path, params))
-            if _is_complete(path, params, dtype.itemsize) is None:
+            if _is_complete(path, params, dtype.itemsize, sizes) is None:
                 pending.append(p)
                 params_by_pass[p] = params
         if pending:
@@ -552,8 +563,9 @@ def finish(pl: Plan, stats: dict) -> dict:
     vocabulary and (last) metadata.json. Runner-independent: it reads only what the units wrote."""
     o, tok, dtype, common = pl.options, pl.tokenizer, pl.dtype, pl.common
     dones = []
+    sizes = storage.file_sizes(o.output_dir)
     for path, params in pl.shards:
-        done = _is_complete(path, params, dtype.itemsize)
+        done = _is_complete(path, params, dtype.itemsize, sizes)
         if done is None:
             raise UserError(f"shard {path} is missing or incomplete after the run; run prepare again")
         dones.append((storage.basename(path), params, done))

@@ -23,6 +23,10 @@ from bertjax.errors import UserError
 
 SCHEME = "gs://"
 _CLIENT = None
+# (size, generation) of the inputs an input glob listed, so planning a run over thousands of inputs
+# costs a few list calls, not a metadata request per file. The identity of an input is what it
+# was when listed, which is what the plan records.
+_LISTED: dict = {}
 # Seconds a storage call keeps retrying transient errors before it gives up (the library's default).
 RETRY_DEADLINE = 120.0
 
@@ -102,6 +106,8 @@ def exists(path: str) -> bool:
 
 def size(path: str) -> int:
     if is_remote(path):
+        if path in _LISTED:
+            return _LISTED[path][0]
         blob = _get(path)
         if blob is None:
             raise FileNotFoundError(path)
@@ -113,20 +119,26 @@ def identity(path: str) -> dict:
     """What makes a shard built from this input stale when it changes: for an object its size and
     generation (a new upload is a new generation), for a local file its size and mtime."""
     if is_remote(path):
-        blob = _get(path)
-        if blob is None:
-            raise UserError(f"input {path} no longer exists; check the input glob")
-        return {"source": path, "size": blob.size, "generation": blob.generation}
+        if path not in _LISTED:
+            blob = _get(path)
+            if blob is None:
+                raise UserError(f"input {path} no longer exists; check the input glob")
+            _LISTED[path] = (blob.size, blob.generation)
+        size_, generation = _LISTED[path]
+        return {"source": path, "size": size_, "generation": generation}
     st = os.stat(path)
     return {"source": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _list(url_prefix: str):
+def _list(url_prefix: str, delimiter: str | None = None, remember: bool = False):
     from google.api_core import exceptions
 
     bucket, prefix = _split(url_prefix)
     try:
-        for blob in _client().list_blobs(bucket, prefix=prefix, retry=_retry()):
+        for blob in _client().list_blobs(bucket, prefix=prefix, delimiter=delimiter,
+                                         retry=_retry()):
+            if remember:
+                _LISTED[f"{SCHEME}{bucket}/{blob.name}"] = (blob.size, blob.generation)
             yield blob
     except exceptions.NotFound:
         raise UserError(f"bucket gs://{bucket} does not exist; check the URL") from None
@@ -143,15 +155,28 @@ def glob_remote(pattern: str) -> list[str]:
         if name and _get(pattern) is not None:
             return [pattern]
         prefix = name.rstrip("/") + "/" if name else ""
-        return sorted(f"{SCHEME}{bucket}/{b.name}" for b in _list(f"{SCHEME}{bucket}/{prefix}")
+        return sorted(f"{SCHEME}{bucket}/{b.name}"
+                      for b in _list(f"{SCHEME}{bucket}/{prefix}", remember=True)
                       if not b.name.endswith("/"))
     prefix = name[:wild.start()]
     # fnmatch's "*" crosses "/", a shell glob's does not; "**" is the one that may.
     regex = re.compile("".join(
         ".*" if part == "**" else fnmatch.translate(part).removeprefix("(?s:").removesuffix(r")\Z")
         .replace(".*", "[^/]*") for part in re.split(r"(\*\*)", name)) + r"\Z", re.S)
-    return sorted(f"{SCHEME}{bucket}/{b.name}" for b in _list(f"{SCHEME}{bucket}/{prefix}")
+    return sorted(f"{SCHEME}{bucket}/{b.name}"
+                  for b in _list(f"{SCHEME}{bucket}/{prefix}", remember=True)
                   if regex.match(b.name) and not b.name.endswith("/"))
+
+
+def file_sizes(directory: str) -> dict:
+    """{name: bytes} of the files directly in DIRECTORY (one listing, for a bucket)."""
+    if is_remote(directory):
+        base = directory.rstrip("/") + "/"
+        prefix = _split(base)[1]
+        return {b.name[len(prefix):]: b.size for b in _list(base, delimiter="/")}
+    if not os.path.isdir(directory):
+        return {}
+    return {e.name: e.stat().st_size for e in os.scandir(directory) if e.is_file()}
 
 
 def open_read(path: str):
@@ -165,10 +190,16 @@ def open_read(path: str):
 
 
 def read_bytes(path: str) -> bytes:
+    """The whole file; FileNotFoundError when it does not exist, local or not."""
     if not is_remote(path):
         with open(path, "rb") as f:
             return f.read()
-    return _blob(path).download_as_bytes(retry=_retry())
+    from google.api_core import exceptions
+
+    try:
+        return _blob(path).download_as_bytes(retry=_retry())
+    except exceptions.NotFound:
+        raise FileNotFoundError(path) from None
 
 
 def makedirs(path: str) -> None:
