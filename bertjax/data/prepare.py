@@ -4,10 +4,10 @@
         --max_seq_length=128 --max_predictions_per_seq=20 --masking=static --dupe_factor=10 \\
         --num_workers=8
 
-Each input file (or a TFDS dataset, as one unit) is a unit of work (_run_source) for one worker. A worker
-streams its documents, tokenizes them, builds instances (bertjax.data.instances) and writes one
-output shard per duplication pass: part-IIIII-pass-PPP.rec. Memory per worker is bounded by the
-instance builder's document pool and a batch of records, never by the corpus. With several passes
+Each input file (or a TFDS dataset, as one unit) is a unit of work (_run_source) for one worker.
+A worker streams its documents, tokenizes them, builds instances (bertjax.data.instances) and
+writes one output shard per duplication pass: part-IIIII-pass-PPP.rec. Memory per worker is bounded
+by the instance builder's document pool and a batch of records, never by the corpus. With several passes
 the tokenized documents are spilled once to a temporary cache file and re-read, rather than
 tokenized again.
 
@@ -107,7 +107,8 @@ def _sources(o: Options) -> list[str]:
     if o.format == "tfds" or o.input.startswith("tfds:"):
         return [o.input if o.input.startswith("tfds:") else "tfds:" + o.input]
     # Absolute, so that workers started elsewhere (Beam's) open the same files.
-    return [p if storage.is_remote(p) else os.path.abspath(p) for p in corpus.expand_inputs(o.input)]
+    return [p if storage.is_remote(p) else os.path.abspath(p)
+            for p in corpus.expand_inputs(o.input)]
 
 
 def _documents(o: Options, source: str):
