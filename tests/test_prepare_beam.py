@@ -95,7 +95,9 @@ def test_direct_runner_with_two_processes_writes_the_local_runners_bytes(corpus,
 def test_a_killed_beam_run_resumes_to_the_same_bytes(corpus, reference, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "bertjax.data.prepare", *_beam_args(corpus, out)]
-    proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+    scratch = tmp_path / "tmp"  # where the killed run's scratch directory stays behind
+    scratch.mkdir()
+    proc = subprocess.Popen(cmd, env=_env(TMPDIR=str(scratch)), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while not glob.glob(str(out / "*.done")):
