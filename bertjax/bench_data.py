@@ -3,10 +3,13 @@ r"""Benchmarks of the data path: `prepare` throughput and peak memory, pipeline 
     python -m bertjax.bench_data --what=prepare --corpus='demo_out/corpus/wiki-*.txt' \
         --vocab=demo_out/vocab --workdir=/tmp/bench_data --scale=10
     python -m bertjax.bench_data --what=pipeline --workdir=/tmp/bench_data --cores=1
+    python -m bertjax.bench_data --what=prepare ... --runners=local,beam
 
 prepare: runs `python -m bertjax.data.prepare` as a child process on the corpus and on the corpus
 copied `scale` times, sampling the resident memory of the whole process tree (psutil, every 20 ms),
-and reports MB of raw text per second per worker and the peak memory of both runs.
+and reports MB of raw text per second per worker and the peak memory of both runs; with
+--runners=local,beam the Beam DirectRunner does the same two runs, and its shards' hashes are
+compared with the local runner's.
 pipeline: prepares the corpus at S=128 with dynamic masking (once), pins this process to `cores`
 CPU cores before TensorFlow starts, and reports sequences per second per core after a warm-up.
 Without --corpus a synthetic corpus is generated (`synthetic_corpus`, also used by the tests).
@@ -66,23 +69,34 @@ def synthetic_corpus(out_dir: str, *, files: int = 3, docs_per_file: int = 50,
 # --------------------------------------------------------------------------------------- prepare
 
 
-def _tree_rss(proc) -> tuple[int, int]:
-    """(sum, max) resident bytes over a process and its descendants."""
+# Command-line marks of a worker process: the local runner's spawned pool, Beam's SDK harness.
+_WORKER_MARKS = ("multiprocessing", "sdk_worker_main")
+
+
+def _tree_rss(proc, cpu: dict | None = None) -> tuple[int, int, int]:
+    """(sum, max, max over worker processes) resident bytes over a process and its descendants;
+    records each member's CPU seconds so far in `cpu` (pid -> seconds)."""
     import psutil
 
-    total = biggest = 0
+    total = biggest = worker = 0
     try:
         members = [proc, *proc.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0, 0
+        return 0, 0, 0
     for p in members:
         try:
             rss = p.memory_info().rss
+            if cpu is not None:
+                t = p.cpu_times()
+                cpu[p.pid] = max(cpu.get(p.pid, 0.0), t.user + t.system)
+            is_worker = p is not proc and any(m in " ".join(p.cmdline()) for m in _WORKER_MARKS)
         except psutil.NoSuchProcess:
             continue
         total += rss
         biggest = max(biggest, rss)
-    return total, biggest
+        if is_worker:
+            worker = max(worker, rss)
+    return total, biggest, worker
 
 
 def run_prepare(corpus_glob: str, vocab: str, out_dir: str, *, workers: int,
@@ -93,7 +107,8 @@ def run_prepare(corpus_glob: str, vocab: str, out_dir: str, *, workers: int,
     shutil.rmtree(out_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "bertjax.data.prepare", f"--input={corpus_glob}",
            f"--vocab={vocab}", f"--output_dir={out_dir}", f"--num_workers={workers}", *extra]
-    peak = {"tree": 0, "process": 0}
+    peak = {"tree": 0, "process": 0, "worker": 0}
+    cpu: dict = {}
     start = time.perf_counter()
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     proc = psutil.Process(child.pid)
@@ -101,9 +116,10 @@ def run_prepare(corpus_glob: str, vocab: str, out_dir: str, *, workers: int,
 
     def sample():
         while not done.is_set():
-            total, biggest = _tree_rss(proc)
+            total, biggest, worker = _tree_rss(proc, cpu)
             peak["tree"] = max(peak["tree"], total)
             peak["process"] = max(peak["process"], biggest)
+            peak["worker"] = max(peak["worker"], worker)
             done.wait(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -120,6 +136,9 @@ def run_prepare(corpus_glob: str, vocab: str, out_dir: str, *, workers: int,
              for p in glob.glob(os.path.join(out_dir, "*.done"))]
     return {"wall_s": wall, "peak_tree_rss_mb": peak["tree"] / 2**20,
             "peak_process_rss_mb": peak["process"] / 2**20,
+            "peak_worker_rss_mb": peak["worker"] / 2**20,
+            # Sampled every 20 ms, so the last moments of a process may be missed: a lower bound.
+            "tree_cpu_seconds": sum(cpu.values()),
             "shard_seconds": sum(d["stats"]["seconds"] for d in dones),
             "shard_cpu_seconds": sum(d["stats"]["cpu_seconds"] for d in dones),
             "instances": meta["stats"]["instances"], "metadata": meta}
@@ -140,30 +159,50 @@ def scaled_copy(corpus_glob: str, out_dir: str, scale: int) -> str:
     return os.path.join(out_dir, os.path.basename(corpus_glob))
 
 
-def bench_prepare(corpus_glob: str, vocab: str, workdir: str, *, workers: int, scale: int) -> dict:
+def _shard_hashes(out_dir: str) -> dict:
+    return {os.path.basename(p): json.load(open(p, encoding="utf-8"))["sha256"]
+            for p in glob.glob(os.path.join(out_dir, "*.done"))}
+
+
+def bench_prepare(corpus_glob: str, vocab: str, workdir: str, *, workers: int, scale: int,
+                  runners: tuple[str, ...] = ("local",)) -> dict:
+    """Each runner on the corpus and on its `scale`-times copy. Keys: x1, xSCALE for the local
+    runner, beam_x1, beam_xSCALE for the Beam DirectRunner (same workers, same settings)."""
     files = sorted(glob.glob(corpus_glob))
     size = sum(os.path.getsize(p) for p in files)
     extra = ("--max_seq_length=128", "--max_predictions_per_seq=20", "--masking=static",
              "--dupe_factor=1", "--seed=1")
-    base = run_prepare(corpus_glob, vocab, os.path.join(workdir, "prep1"), workers=workers,
-                       extra=extra)
     big_glob = scaled_copy(corpus_glob, os.path.join(workdir, f"corpus_x{scale}"), scale)
-    big = run_prepare(big_glob, vocab, os.path.join(workdir, f"prep{scale}"), workers=workers,
-                      extra=extra)
     used = min(workers, len(files))
-    out = {}
-    for name, run, nbytes in (("x1", base, size), (f"x{scale}", big, size * scale)):
-        out[name] = {
-            "input_mb": nbytes / 1e6, "files": len(files), "workers": used,
-            "wall_s": round(run["wall_s"], 2), "instances": run["instances"],
-            "mb_per_s_per_worker_wall": round(nbytes / 1e6 / run["wall_s"] / used, 3),
-            "mb_per_s_per_worker_in_shards": round(nbytes / 1e6 / run["shard_seconds"], 3),
-            # Per CPU-second a worker actually got: what a core does when it is not shared.
-            "mb_per_cpu_s_in_shards": round(nbytes / 1e6 / run["shard_cpu_seconds"], 3),
-            "peak_tree_rss_mb": round(run["peak_tree_rss_mb"], 1),
-            "peak_process_rss_mb": round(run["peak_process_rss_mb"], 1),
-        }
-    out["peak_tree_ratio"] = round(big["peak_tree_rss_mb"] / base["peak_tree_rss_mb"], 3)
+    out, hashes = {}, {}
+    for runner in runners:
+        tag = "" if runner == "local" else f"{runner}_"
+        runs = []
+        for name, glob_, nbytes in (("x1", corpus_glob, size), (f"x{scale}", big_glob,
+                                                                 size * scale)):
+            out_dir = os.path.join(workdir, f"prep_{tag}{name}")
+            run = run_prepare(glob_, vocab, out_dir, workers=workers,
+                              extra=(*extra, f"--runner={runner}"))
+            hashes[tag + name] = _shard_hashes(out_dir)
+            runs.append(run)
+            out[tag + name] = {
+                "runner": runner, "input_mb": nbytes / 1e6, "files": len(files), "workers": used,
+                "wall_s": round(run["wall_s"], 2), "instances": run["instances"],
+                "mb_per_s_per_worker_wall": round(nbytes / 1e6 / run["wall_s"] / used, 3),
+                "mb_per_s_per_worker_in_shards": round(nbytes / 1e6 / run["shard_seconds"], 3),
+                # Per CPU-second a worker actually got: what a core does when it is not shared.
+                "mb_per_cpu_s_in_shards": round(nbytes / 1e6 / run["shard_cpu_seconds"], 3),
+                # Per CPU-second of every process of the run (launcher, runner, workers,
+                # validation pass): what the whole job costs in cores.
+                "mb_per_cpu_s_whole_run": round(nbytes / 1e6 / run["tree_cpu_seconds"], 3),
+                "peak_tree_rss_mb": round(run["peak_tree_rss_mb"], 1),
+                "peak_process_rss_mb": round(run["peak_process_rss_mb"], 1),
+                "peak_worker_rss_mb": round(run["peak_worker_rss_mb"], 1),
+            }
+            if tag:
+                out[tag + name]["same_shards_as_local"] = hashes[tag + name] == hashes.get(name)
+        out[f"{tag}peak_tree_ratio"] = round(runs[1]["peak_tree_rss_mb"] /
+                                             runs[0]["peak_tree_rss_mb"], 3)
     return out
 
 
@@ -224,7 +263,7 @@ def main(argv):
               "corpus": corpus_glob}
     if f.what in ("prepare", "all"):
         report["prepare"] = bench_prepare(corpus_glob, vocab, f.workdir, workers=f.workers,
-                                          scale=f.scale)
+                                          scale=f.scale, runners=tuple(f.runners.split(",")))
     if f.what in ("pipeline", "all"):
         results = {}
         for wwm in (False, True):
@@ -251,6 +290,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("vocab", "", "Vocabulary for --corpus.")
     flags.DEFINE_integer("workers", os.cpu_count() or 1, "prepare --num_workers.")
     flags.DEFINE_integer("scale", 10, "The larger corpus is this many times the first.")
+    flags.DEFINE_string("runners", "local", "prepare runners to measure: local, beam or both "
+                        "(local,beam).")
     flags.DEFINE_integer("cores", os.cpu_count() or 1, "Also measure the pipeline on this many.")
     flags.DEFINE_integer("batch", 256, "Pipeline batch size.")
     flags.DEFINE_float("seconds", 10.0, "Pipeline measuring time per setting.")

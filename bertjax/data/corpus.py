@@ -14,13 +14,14 @@ Formats
 - tfds: a prepared TensorFlow Datasets dataset read from data_dir (name such as
   "wikipedia/20230601.en", or "tfds:NAME" as the input), one record per document. It must already
   be prepared in data_dir; it is never downloaded.
-Files may be gzip- or bzip2-compressed (.gz, .bz2). "auto" picks jsonl for .jsonl/.json files and
+Files may be gzip- or bzip2-compressed (.gz, .bz2), and local or in a bucket (gs://, see storage.py). "auto" picks jsonl for .jsonl/.json files and
 original for everything else, and warns when an "original" file looks like running prose.
 """
 from __future__ import annotations
 
 import bz2
 import codecs
+import contextlib
 import glob
 import gzip
 import json
@@ -31,6 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import blingfire
 
+from bertjax.data import storage
 from bertjax.errors import UserError
 
 FORMATS = ("auto", "original", "text", "jsonl", "tfds")
@@ -47,7 +49,9 @@ def expand_inputs(inputs: str | Sequence[str]) -> list[str]:
         raise UserError("no input files given; pass a file, a directory or a glob ('data/*.txt')")
     files: set[str] = set()
     for pattern in patterns:
-        if os.path.isdir(pattern):
+        if storage.is_remote(pattern):
+            matched = storage.glob_remote(pattern)
+        elif os.path.isdir(pattern):
             matched = [p for p in glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
                        if os.path.isfile(p)]
         else:
@@ -58,17 +62,23 @@ def expand_inputs(inputs: str | Sequence[str]) -> list[str]:
         files.update(matched)
     out = sorted(files)
     for path in out:
-        if os.path.getsize(path) == 0:
+        if storage.size(path) == 0:
             raise UserError(f"input file {path} is empty; remove it or fill it with text")
     return out
 
 
+@contextlib.contextmanager
 def _open_binary(path: str):
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.endswith(".bz2"):
-        return bz2.open(path, "rb")
-    return open(path, "rb")
+    # gzip and bz2 leave a file object they were given open: close it here.
+    with storage.open_read(path) as raw:
+        if path.endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                yield f
+        elif path.endswith(".bz2"):
+            with bz2.BZ2File(raw, "rb") as f:
+                yield f
+        else:
+            yield raw
 
 
 def not_utf8(path: str, byte: int, offset: int, line: int) -> UserError:

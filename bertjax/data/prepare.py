@@ -4,10 +4,10 @@
         --max_seq_length=128 --max_predictions_per_seq=20 --masking=static --dupe_factor=10 \\
         --num_workers=8
 
-Each input file (or a TFDS dataset, as one unit) is a unit of work for one worker process. A worker
-streams its documents, tokenizes them, builds instances (bertjax.data.instances) and writes one
-output shard per duplication pass: part-IIIII-pass-PPP.rec. Memory per worker is bounded by the
-instance builder's document pool and a batch of records, never by the corpus. With several passes
+Each input file (or a TFDS dataset, as one unit) is a unit of work (_run_source) for one worker.
+A worker streams its documents, tokenizes them, builds instances (bertjax.data.instances) and
+writes one output shard per duplication pass: part-IIIII-pass-PPP.rec. Memory per worker is bounded
+by the instance builder's document pool and a batch of records, never by the corpus. With several passes
 the tokenized documents are spilled once to a temporary cache file and re-read, rather than
 tokenized again.
 
@@ -18,6 +18,11 @@ a shard without .done, changed parameters or input) is rebuilt. metadata.json is
 start and written (atomically) only when every shard is complete, so a directory with a
 metadata.json is always whole.
 
+Two runners do the same units: --runner=local (default), a process pool on this machine, and
+--runner=beam, an Apache Beam pipeline (prepare_beam.py) on DirectRunner or, given --beam_options,
+Dataflow, Flink or Spark. Both write the same bytes. Inputs and output_dir may be gs:// URLs
+(storage.py).
+
 Before anything is written the corpus is read once and validated (corpus_stats, validate_for_pairs):
 a missing or empty input, bytes that are not UTF-8, a bad vocabulary, or a one-document corpus with
 NSP end in one line on stderr and exit code 2.
@@ -25,25 +30,26 @@ NSP end in one line on stderr and exit code 2.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import io
 import json
 import multiprocessing
 import os
 import pickle
+import socket
 import sys
+import tempfile
 import time
 from array import array
 
 import numpy as np
 
-from bertjax.data import corpus, instances, masking, records
+from bertjax.data import corpus, instances, masking, records, storage
 from bertjax.errors import UserError
-from bertjax.files import write_atomic
 
 METADATA = "metadata.json"
 CONTINUATION = "continuation.npy"
 VOCAB_DIR = "vocab"
+RUNNERS = ("local", "beam")
 _BATCH = 512  # instances per numpy masking/writing batch
 
 
@@ -69,6 +75,8 @@ class Options:
     tfds_data_dir: str = ""
     tfds_split: str = "train"
     partner_pool: int = 100  # documents random B is drawn from, per worker (instances.PartnerPool)
+    runner: str = "local"  # local: a process pool here; beam: an Apache Beam pipeline
+    beam_options: str = ""  # Beam pipeline options, as on a command line
 
 
 def _check_options(o: Options) -> None:
@@ -94,12 +102,16 @@ def _check_options(o: Options) -> None:
     need(o.num_workers >= 1, f"--num_workers={o.num_workers} must be at least 1")
     need(o.partner_pool >= 1, f"--partner_pool={o.partner_pool} must be at least 1")
     need(o.format in corpus.FORMATS, f"--format={o.format!r}; use one of {', '.join(corpus.FORMATS)}")
+    need(o.runner in RUNNERS, f"--runner={o.runner!r}; use one of {', '.join(RUNNERS)}")
+    need(not o.beam_options or o.runner == "beam", "--beam_options needs --runner=beam")
 
 
 def _sources(o: Options) -> list[str]:
     if o.format == "tfds" or o.input.startswith("tfds:"):
         return [o.input if o.input.startswith("tfds:") else "tfds:" + o.input]
-    return corpus.expand_inputs(o.input)
+    # Absolute, so that workers started elsewhere (Beam's) open the same files.
+    return [p if storage.is_remote(p) else os.path.abspath(p)
+            for p in corpus.expand_inputs(o.input)]
 
 
 def _documents(o: Options, source: str):
@@ -110,8 +122,7 @@ def _documents(o: Options, source: str):
 def _source_identity(source: str, tfds_data_dir: str = "") -> dict:
     if source.startswith("tfds:"):
         return {"source": source, "data_dir": os.path.abspath(tfds_data_dir) if tfds_data_dir else ""}
-    st = os.stat(source)
-    return {"source": os.path.abspath(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return storage.identity(source)
 
 
 def shard_name(index: int, dupe_pass: int) -> str:
@@ -274,12 +285,15 @@ def _build_shard(o: Options, tok, spec, dtype, index: int, dupe_pass: int, docs,
                 batch = []
         if batch:
             flush(batch)
+    # Which machine and process built it: run-specific, like the timings, and kept out of the
+    # shard and metadata.json for that reason.
+    stats["worker"] = f"{socket.gethostname()}:{os.getpid()}"
     stats.update(documents=counts.documents, sentences=counts.sentences,
                  dropped_chunks=counts.dropped_chunks, forced_random=counts.forced_random,
                  seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start)
     done = {"params": params, "records": writer.records, "bytes": writer.bytes,
             "sha256": writer.sha256, "stats": stats}
-    write_atomic(path + ".done", json.dumps(done, indent=1, sort_keys=True) + "\n")
+    storage.write_atomic(path + ".done", json.dumps(done, indent=1, sort_keys=True) + "\n")
     return done
 
 
@@ -296,15 +310,17 @@ def _run_source(job) -> list[tuple[str, dict]]:
     cache = None
     try:
         if len(pending) > 1:
-            cache_path = os.path.join(o.output_dir, f".cache-{index:05d}.{os.getpid()}.tmp")
+            # Next to the shards (the disk meant for them), or on the worker's disk for a bucket.
+            where = tempfile.gettempdir() if storage.is_remote(o.output_dir) else o.output_dir
+            cache_path = os.path.join(where, f".cache-{index:05d}.{os.getpid()}.tmp")
             cache = _Cache(cache_path, _tokenized(o, tok, index, source))
         for p in pending:
             docs = cache if cache is not None else _tokenized(o, tok, index, source)
-            path = os.path.join(o.output_dir, shard_name(index, p))
+            path = storage.join(o.output_dir, shard_name(index, p))
             t0 = time.perf_counter()
             done = _build_shard(o, tok, spec, dtype, index, p, docs, seeds, path, params_by_pass[p])
             done["stats"]["wall_seconds"] = time.perf_counter() - t0
-            out.append((os.path.basename(path), done))
+            out.append((storage.basename(path), done))
     finally:
         if cache is not None:
             cache.remove()
@@ -353,25 +369,36 @@ def _common_params(o: Options, tok) -> dict:
 
 def _load_done(path: str) -> dict | None:
     try:
-        with open(path + ".done", encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
+        return json.loads(storage.read_bytes(path + ".done").decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
 
 
-def _is_complete(path: str, params: dict, record_bytes: int) -> dict | None:
+def _is_complete(path: str, params: dict, record_bytes: int,
+                 sizes: dict | None = None) -> dict | None:
+    """The shard's .done when the shard is complete for these parameters, else None. `sizes`
+    (storage.file_sizes of the directory) saves a size request per shard on a bucket."""
+    name = storage.basename(path)
+    if sizes is not None:
+        if name not in sizes or name + ".done" not in sizes:
+            return None
+        size = sizes[name]
+    elif not storage.isfile(path) or not storage.isfile(path + ".done"):
+        return None
+    else:
+        size = storage.size(path)
     done = _load_done(path)
-    if not done or done.get("params") != params or not os.path.isfile(path):
+    if not done or done.get("params") != params:
         return None
-    if os.path.getsize(path) != done["records"] * record_bytes:
+    if size != done["records"] * record_bytes:
         return None
     return done
 
 
 def _clean_temporaries(output_dir: str) -> int:
-    stale = glob.glob(os.path.join(output_dir, ".*.tmp"))
+    stale = storage.hidden_temporaries(output_dir)
     for path in stale:
-        os.unlink(path)
+        storage.remove(path)
     return len(stale)
 
 
@@ -417,22 +444,69 @@ def _print(message: str) -> None:
     print(message, flush=True)
 
 
-def prepare(o: Options) -> dict:
-    """Runs prepare end to end and returns the metadata written to OUTPUT_DIR/metadata.json."""
+@dataclasses.dataclass
+class Plan:
+    """What a run must do, worked out in the main process before any runner starts: the inputs,
+    every shard with the parameters its .done must hold, and the units of work (one per input
+    file with its pending passes) that either runner hands to _run_source."""
+
+    options: Options
+    tokenizer: object
+    sources: list
+    identities: list  # _source_identity of each source
+    dtype: np.dtype
+    common: dict
+    shards: list  # (path, params) for every shard of the finished data
+    jobs: list  # _run_source arguments, one per input with pending passes
+
+    @property
+    def pending(self) -> int:
+        return sum(len(job[4]) for job in self.jobs)
+
+
+def _local_vocab(path: str) -> str:
+    """A gs:// vocabulary (a file, or a directory holding vocab.txt or one .model, with its
+    tokenizer_config.json) copied to a local directory; a local path as it is."""
+    if not storage.is_remote(path):
+        return path
+    if storage.isfile(path):
+        files = [path]
+    else:
+        files = [f for f in storage.glob_remote(path.rstrip("/") + "/*")
+                 if storage.basename(f) == "vocab.txt" or f.endswith(".model")]
+        if not files:
+            raise UserError(f"tokenizer path {path} holds no vocab.txt and no .model file; pass "
+                            "the vocabulary file")
+    local = tempfile.mkdtemp(prefix="bertjax-vocab-")
+    config = storage.join(path.rsplit("/", 1)[0] if storage.isfile(path) else path,
+                          "tokenizer_config.json")
+    for f in files + ([config] if storage.isfile(config) else []):
+        with open(os.path.join(local, storage.basename(f)), "wb") as out:
+            out.write(storage.read_bytes(f))
+    return os.path.join(local, storage.basename(files[0])) if len(files) == 1 else local
+
+
+def plan(o: Options) -> Plan:
+    """Checks the options and the vocabulary, readies OUTPUT_DIR (no metadata.json, no temporary
+    files) and finds the shards still to build."""
     _check_options(o)
+    if not storage.is_remote(o.output_dir):
+        o = dataclasses.replace(o, output_dir=os.path.abspath(o.output_dir))
+    o = dataclasses.replace(o, vocab=_local_vocab(o.vocab))
     tok = _tokenizer(o.vocab)
     sources = _sources(o)
-    os.makedirs(o.output_dir, exist_ok=True)
-    meta_path = os.path.join(o.output_dir, METADATA)
-    if os.path.exists(meta_path):
-        os.unlink(meta_path)  # the directory is incomplete until this run finishes
+    storage.makedirs(o.output_dir)
+    meta_path = storage.join(o.output_dir, METADATA)
+    storage.remove(meta_path)  # the directory is incomplete until this run finishes
     removed = _clean_temporaries(o.output_dir)
     if removed:
         _print(f"removed {removed} temporary file(s) left by an interrupted run")
 
     dtype = _record_dtype(o, tok)
     common = _common_params(o, tok)
-    jobs, plan = [], []
+    jobs, shards = [], []
+    sizes = storage.file_sizes(o.output_dir)
+    identities = [_source_identity(s, o.tfds_data_dir) for s in sources]
     for index, source in enumerate(sources):
         neighbour = None
         if len(sources) > 1:
@@ -440,16 +514,33 @@ def prepare(o: Options) -> dict:
             neighbour = (n_index, sources[n_index])
         pending, params_by_pass = [], {}
         for p in range(o.dupe_factor):
-            params = dict(common, input=_source_identity(source, o.tfds_data_dir), dupe_pass=p,
-                          partners_from=_source_identity(neighbour[1]) if neighbour else None)
-            path = os.path.join(o.output_dir, shard_name(index, p))
-            plan.append((path, params))
-            if _is_complete(path, params, dtype.itemsize) is None:
+            params = dict(common, input=identities[index], dupe_pass=p,
+                          partners_from=identities[neighbour[0]] if neighbour else None)
+            path = storage.join(o.output_dir, shard_name(index, p))
+            shards.append((path, params))
+            if _is_complete(path, params, dtype.itemsize, sizes) is None:
                 pending.append(p)
                 params_by_pass[p] = params
         if pending:
             jobs.append((o, index, source, neighbour, pending, params_by_pass))
+    return Plan(o, tok, sources, identities, dtype, common, shards, jobs)
 
+
+def _announce(pl: Plan, workers: str) -> None:
+    skipped = len(pl.shards) - pl.pending
+    _print(f"{len(pl.shards)} shard(s) from {len(pl.sources)} input(s): {skipped} already "
+           f"complete, {pl.pending} to build with {workers}")
+
+
+def _print_shard(name: str, done: dict) -> None:
+    st = done["stats"]
+    _print(f"{name}: {done['records']} instances, {st['documents']} documents, "
+           f"{st.get('wall_seconds', st['seconds']):.1f}s")
+
+
+def _run_local(pl: Plan) -> dict:
+    """The process-pool runner: validation pass, then the pending units; returns corpus stats."""
+    o, sources, jobs = pl.options, pl.sources, pl.jobs
     workers = min(o.num_workers, max(len(jobs), 1), len(sources))
     pool = None
     if workers > 1:
@@ -462,32 +553,42 @@ def prepare(o: Options) -> dict:
         stats = _merge_stats(per_source)
         _print("corpus: " + json.dumps(stats) + f" ({time.perf_counter() - t0:.1f}s)")
         corpus.validate_for_pairs(stats, nsp=o.nsp)
-        skipped = len(plan) - sum(len(j[4]) for j in jobs)
-        _print(f"{len(plan)} shard(s) from {len(sources)} input(s): {skipped} already complete, "
-               f"{len(plan) - skipped} to build with {max(workers, 1)} worker(s)")
+        _announce(pl, f"{max(workers, 1)} worker(s)")
         unordered = pool.imap_unordered if pool else map
         for built in unordered(_run_source, jobs):
             for name, done in built:
-                st = done["stats"]
-                _print(f"{name}: {done['records']} instances, {st['documents']} documents, "
-                       f"{st['wall_seconds']:.1f}s")
+                _print_shard(name, done)
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
+    return stats
 
+
+def finish(pl: Plan, stats: dict) -> dict:
+    """Verifies every shard against its .done and, only then, writes the continuation table, the
+    vocabulary and (last) metadata.json. Runner-independent: it reads only what the units wrote."""
+    o, tok, dtype, common = pl.options, pl.tokenizer, pl.dtype, pl.common
     dones = []
-    for path, params in plan:
-        done = _is_complete(path, params, dtype.itemsize)
+    sizes = storage.file_sizes(o.output_dir)
+    for path, params in pl.shards:
+        done = _is_complete(path, params, dtype.itemsize, sizes)
         if done is None:
             raise UserError(f"shard {path} is missing or incomplete after the run; run prepare again")
-        dones.append((os.path.basename(path), params, done))
+        dones.append((storage.basename(path), params, done))
 
     table = io.BytesIO()
     np.save(table, masking.continuation_table(tok))
-    write_atomic(os.path.join(o.output_dir, CONTINUATION), table.getvalue())
+    storage.write_atomic(storage.join(o.output_dir, CONTINUATION), table.getvalue())
     # The vocabulary travels with the data, so runs (and their exports) can name their tokenizer.
-    tok.save(os.path.join(o.output_dir, VOCAB_DIR))
+    if storage.is_remote(o.output_dir):
+        with tempfile.TemporaryDirectory(prefix="bertjax-vocab-") as local:
+            tok.save(local)
+            for name in sorted(os.listdir(local)):
+                with open(os.path.join(local, name), "rb") as f:
+                    storage.write_atomic(storage.join(o.output_dir, VOCAB_DIR, name), f.read())
+    else:
+        tok.save(os.path.join(o.output_dir, VOCAB_DIR))
     metadata = {
         "format": records.FORMAT,
         **common,
@@ -499,17 +600,30 @@ def prepare(o: Options) -> dict:
                         "sep": tok.sep_id, "mask": tok.mask_id},
         "vocab_size": tok.vocab_size,
         "continuation_table": CONTINUATION,
-        "inputs": [_source_identity(s)["source"] for s in sources],
+        "inputs": [ident["source"] for ident in pl.identities],
         "shards": [{"file": name, "records": d["records"], "input": params["input"]["source"],
                     "dupe_pass": params["dupe_pass"]} for name, params, d in dones],
         "corpus": stats,
         "stats": _summary([d for _, _, d in dones]),
     }
-    write_atomic(meta_path, json.dumps(metadata, indent=1) + "\n")
+    meta_path = storage.join(o.output_dir, METADATA)
+    storage.write_atomic(meta_path, json.dumps(metadata, indent=1) + "\n")
     _print("stats: " + json.dumps(metadata["stats"]))
     _print(f"wrote {metadata['stats']['instances']} instances in {len(dones)} shard(s) and "
            f"{meta_path}")
     return metadata
+
+
+def prepare(o: Options) -> dict:
+    """Runs prepare end to end and returns the metadata written to OUTPUT_DIR/metadata.json."""
+    pl = plan(o)
+    if pl.options.runner == "beam":
+        from bertjax.data import prepare_beam
+
+        stats = prepare_beam.run(pl)
+    else:
+        stats = _run_local(pl)
+    return finish(pl, stats)
 
 
 def main(argv):
@@ -525,7 +639,8 @@ def main(argv):
         masked_lm_prob=f.masked_lm_prob, whole_word_masking=f.whole_word_masking,
         mask_budget=f.mask_budget, nsp=not f.no_nsp, num_workers=f.num_workers, seed=f.seed, format=f.format,
         text_field=f.text_field, doc_unit=f.doc_unit, tfds_data_dir=f.tfds_data_dir,
-        tfds_split=f.tfds_split, partner_pool=f.partner_pool))
+        tfds_split=f.tfds_split, partner_pool=f.partner_pool, runner=f.runner,
+        beam_options=f.beam_options))
 
 
 def _define_flags():
@@ -557,12 +672,20 @@ def _define_flags():
     flags.DEFINE_string("tfds_split", "train", "TFDS split.")
     flags.DEFINE_integer("partner_pool", d["partner_pool"].default,
                          "Documents per worker that a random next sentence is drawn from.")
+    flags.DEFINE_string("runner", "local", "local: worker processes on this machine; beam: an "
+                        "Apache Beam pipeline (see docs/data.md).")
+    flags.DEFINE_string("beam_options", "", "Beam pipeline options, e.g. \"--runner=DataflowRunner "
+                        "--project=P --region=R --temp_location=gs://B/tmp\"; empty = DirectRunner "
+                        "with --num_workers processes.")
 
 
 if __name__ == "__main__":
     from absl import app
 
+    from bertjax.data import prepare as _module
     from bertjax.errors import user_errors_exit
 
-    _define_flags()
-    sys.exit(app.run(user_errors_exit(main)))
+    # Run the imported module, not __main__: Beam pickles Options and the unit functions by their
+    # module name, which a worker process can import only as bertjax.data.prepare.
+    _module._define_flags()
+    sys.exit(app.run(user_errors_exit(_module.main)))

@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
+import uuid
 
 import numpy as np
+
+from bertjax.data import storage
 
 FORMAT = "bertjax-fixed-records"
 VERSION = 1
@@ -76,13 +80,22 @@ def read_shard(path: str, dtype: np.dtype) -> np.ndarray:
 class ShardWriter:
     """Writes records under a temporary name in the same directory and renames on a clean close,
     so a shard file under its final name is always complete. The temporary name starts with "."
-    and holds ".tmp", which prepare removes on its next run."""
+    and ends in ".tmp", which prepare removes on its next run. For a gs:// path the records are
+    spooled to a local temporary file (one shard of disk, never of memory) and published by
+    upload, copy and delete (see storage.publish)."""
 
     def __init__(self, path: str):
         self.path = path
-        directory, name = os.path.split(os.path.abspath(path))
-        self.tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
-        self._file = open(self.tmp, "wb")
+        # pid and a random part: on a cluster two attempts at one shard may share a pid.
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        if storage.is_remote(path):
+            self.tmp_name = f".{storage.basename(path)}.{tag}.tmp"
+            fd, self.tmp = tempfile.mkstemp(prefix=self.tmp_name, suffix=".tmp")
+            self._file = os.fdopen(fd, "wb")
+        else:
+            directory, name = os.path.split(os.path.abspath(path))
+            self.tmp = os.path.join(directory, f".{name}.{tag}.tmp")
+            self._file = open(self.tmp, "wb")
         self._sha = hashlib.sha256()
         self.records = 0
         self.bytes = 0
@@ -102,7 +115,10 @@ class ShardWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        os.replace(self.tmp, self.path)
+        if storage.is_remote(self.path):
+            storage.publish(self.tmp, self.path, self.tmp_name)
+        else:
+            os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         if not self._file.closed:
