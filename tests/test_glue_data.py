@@ -6,9 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+import toy_tasks as toy
 
 from bertjax.data.tasks import features as F
-from bertjax.data.tasks import glue, toy
+from bertjax.data.tasks import glue
 from bertjax.errors import UserError
 from bertjax.text.base import Tokenizer
 

@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
+import toy_tasks as toy
 
-from bertjax.data.tasks import squad, toy
+from bertjax.data.tasks import squad
 from bertjax.errors import UserError
 from bertjax.evaluate import squad_metrics as M
 
