@@ -14,7 +14,7 @@ import numpy as np
 from absl import flags
 
 from bertjax import cli
-from bertjax.embed import bucket_length, checkpoint_tokenizer, load_checkpoint
+from bertjax.embed import ENCODER, bucket_length, checkpoint_tokenizer, load_checkpoint
 from bertjax.errors import UserError
 
 MASK = "[MASK]"
@@ -22,12 +22,16 @@ MASK = "[MASK]"
 BATCH = 16
 
 
-def load_mlm_model(checkpoint: str, vocab: str | None = None):
-    """(model, cfg, tokenizer) for a checkpoint that carries a masked-LM head."""
-    model, cfg, task = load_checkpoint(checkpoint, needs=("bert/embeddings", "bert/encoder", "mlm"))
+def check_mlm_task(checkpoint: str, task: str) -> None:
     if task not in ("pretraining", "masked_lm"):
         raise UserError(f"{checkpoint} holds a {task} model, which has no masked-LM head; "
                         "fill_mask needs a pretraining or masked-LM checkpoint")
+
+
+def load_mlm_model(checkpoint: str, vocab: str | None = None):
+    """(model, cfg, tokenizer) for a checkpoint that carries a masked-LM head."""
+    model, cfg, task = load_checkpoint(checkpoint, needs=(*ENCODER, "mlm"))
+    check_mlm_task(checkpoint, task)
     return model, cfg, checkpoint_tokenizer(checkpoint, cfg.vocab_size, vocab)
 
 
