@@ -17,12 +17,17 @@ import json
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import flags
+from flax import nnx
 
 from bertjax import cli
 from bertjax.errors import UserError
 from bertjax.files import write_atomic
+from bertjax.interop import hf_dir, hf_layout, model_io
+from bertjax.text import check_identity, load_tokenizer
 
 POOLINGS = ("cls", "mean")
 # Batches are padded to a power-of-two length no shorter than this, so a file of mixed lengths
@@ -42,8 +47,6 @@ def load_checkpoint(path: str, needs: tuple[str, ...], with_untrained: bool = Fa
     read as a pretraining model, and weights they lack are accepted only outside `needs`, a tuple
     of parameter path prefixes such as ("bert/encoder", "mlm"). with_untrained adds a fourth
     item: the paths of the parameters left at their fresh initialisation."""
-    from bertjax.interop import hf_dir, hf_layout, model_io
-
     untrained: list[str] = []
     if model_io.is_hf_dir(path):
         archs = hf_dir.read_config(path).get("architectures") or ["BertModel"]
@@ -64,9 +67,6 @@ def checkpoint_tokenizer(checkpoint: str, vocab_size: int, vocab: str | None = N
     """The tokenizer a checkpoint was trained with: --vocab if given, else the vocabulary files
     stored with it. A tokenizer_identity.json stored with the checkpoint must match, and the
     vocabulary must fit the model's embedding table."""
-    from bertjax.interop import model_io
-    from bertjax.text import check_identity, load_tokenizer
-
     src = model_io.vocab_source(checkpoint)
     if vocab is None and src is None:
         raise UserError(f"no vocabulary (vocab.txt or a SentencePiece .model) found with "
@@ -140,9 +140,6 @@ def pack(seqs: list[list[int]], length: int, rows: int, pad_id: int):
 
 
 def _pool(graphdef, pooling: str, state, ids, seg, mask):
-    import jax.numpy as jnp
-    from flax import nnx
-
     seq, _ = nnx.merge(graphdef, state)(ids, seg, mask)
     seq = seq.astype(jnp.float32)
     if pooling == "cls":
@@ -158,9 +155,6 @@ def make_pooler(encoder, pooling: str):
     """(ids, seg, mask) -> [B, H] float32 embeddings of `encoder`. One jitted function serves every
     call: models of one structure and batches of one shape share a compilation."""
     global _jitted_pool
-    import jax
-    from flax import nnx
-
     if pooling not in POOLINGS:
         raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
     if _jitted_pool is None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 from absl import flags
+from flax import nnx
 
 from bertjax import cli
 from bertjax.embed import ENCODER, bucket_length, checkpoint_tokenizer, load_checkpoint
@@ -62,9 +64,6 @@ def _encode(tokenizer, texts: list[str], limit: int) -> list[list[int]]:
 
 
 def _probs(graphdef, state, ids, seg, mask, positions):
-    import jax
-    from flax import nnx
-
     out = nnx.merge(graphdef, state)(ids, seg, mask, positions)
     return jax.nn.softmax(out["mlm_logits"], axis=-1)
 
@@ -76,9 +75,6 @@ def make_predictor(model):
     """(ids, seg, mask, positions) -> [B, P, vocab] probabilities. One jitted function serves every
     call, so models of one structure and batches of one shape share a compilation."""
     global _jitted_probs
-    import jax
-    from flax import nnx
-
     if _jitted_probs is None:
         _jitted_probs = jax.jit(_probs, static_argnums=0)
     graphdef, state = nnx.split(model)
