@@ -8,7 +8,7 @@ rows stay aligned with lines). "cls" is the final hidden state at [CLS], not the
 (which exists only on some task models and is trained for NSP, not similarity); "mean" averages the
 final hidden states of every real token, [CLS] and [SEP] included, as sentence-transformers does.
 
-The loading helpers here are shared with fill_mask.
+The loading and batching helpers here are shared with fill_mask and bertjax.api.
 """
 from __future__ import annotations
 
