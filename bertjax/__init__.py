@@ -17,3 +17,7 @@ if _no_tpu_here():
     _os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
     _os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     _os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    # Those stand-ins make this machine look like a TPU VM to bertjax.train.distributed, which would
+    # then try to join a TPU slice (and fail) in every pretrain and finetune; with no chips there is
+    # no slice to join.
+    _os.environ.setdefault("BERTJAX_SINGLE_PROCESS", "1")

@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from bertjax import config
 from bertjax.errors import UserError, fail, user_errors_exit
 
 FLAGS = flags.FLAGS
@@ -59,6 +60,10 @@ def get_config(name: str = "config"):
         raise UserError(f"bad --{name}: {_last_line(e)}") from None
     if cfg is None:
         raise UserError(f"--{name} is required, e.g. --{name}=configs/bert_tiny.py")
+    try:
+        config.check_choices(cfg)
+    except UserError as e:
+        raise UserError(f"bad --{name}: {e}") from None
     return cfg
 
 

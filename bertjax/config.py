@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import ml_collections as mlc
 
+from bertjax.data.masking import MODES as MASKING_MODES
+from bertjax.data.tasks.glue import SOURCES as GLUE_SOURCES
+from bertjax.errors import UserError
+from bertjax.model.attention import BACKENDS
+from bertjax.model.bert import TASK_MODELS
+from bertjax.model.encoder import ACTIVATIONS, DTYPES, REMAT_POLICIES
 from bertjax.model.presets import PRESETS
+from bertjax.train.optim import OPTIMIZERS, SCHEDULES
 
 
 def model_config(preset: str = "base") -> mlc.ConfigDict:
@@ -168,3 +175,34 @@ def finetune_config(preset: str = "base", family: str = "glue") -> mlc.ConfigDic
         c.optim.learning_rate = 2e-5
         c.optim.warmup_steps = 0
     return c
+
+
+# Config keys whose value must be one of a fixed set, with the set taken from the code that acts
+# on it, so a typo fails at parse (before any data is read or any compile) and the list can never
+# drift from what the code accepts.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.attention_backend": tuple(BACKENDS),
+    "model.hidden_act": tuple(ACTIVATIONS),
+    "model.remat": tuple(REMAT_POLICIES),
+    "model.dtype": DTYPES,
+    "model.param_dtype": DTYPES,
+    "optim.name": tuple(OPTIMIZERS),
+    "optim.schedule": tuple(SCHEDULES),
+    "data.masking": ("", *MASKING_MODES),  # "" = as prepared
+    "task.family": tuple(FINETUNE_FAMILIES),
+    "task.model_task": tuple(TASK_MODELS),
+    "task.source": GLUE_SOURCES,
+}
+
+
+def check_choices(cfg) -> None:
+    """Raises UserError naming the allowed values for the first enum-like key set to another.
+    Keys a config does not have (a pretraining config has no task) are skipped."""
+    for key, allowed in CHOICES.items():
+        node = cfg
+        for part in key.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        if node is not None and node not in allowed:
+            shown = ", ".join(repr(a) if a == "" else a for a in allowed)
+            raise UserError(f"{key}={node!r} is not one of {shown}; set --config.{key} to one "
+                            "of them")

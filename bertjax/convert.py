@@ -21,6 +21,7 @@ from absl import flags
 
 from bertjax import cli
 from bertjax.errors import UserError
+from bertjax.interop import model_io, params as interop
 
 flags.DEFINE_string("from_hf", None, "Hugging Face BERT directory to read.")
 flags.DEFINE_string("from_tf", None, "Original TF BERT directory to read (bert_config.json, "
@@ -35,8 +36,6 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from bertjax.interop import model_io, params as interop
-
     if FLAGS.from_hf and FLAGS.out:
         model, cfg, task, report, _ = model_io.load_model(FLAGS.from_hf)
         if report["unexpected"]:
@@ -47,7 +46,7 @@ def main(argv):
                                  overwrite=FLAGS.overwrite)
         print(f"wrote {task} checkpoint to {FLAGS.out}")
     elif FLAGS.from_tf and FLAGS.out:
-        from bertjax.interop import tf_checkpoint
+        from bertjax.interop import tf_checkpoint  # TensorFlow: only for this direction
 
         if not os.path.isdir(FLAGS.from_tf):
             raise UserError(f"--from_tf={FLAGS.from_tf} is not a directory; pass the directory "

@@ -8,7 +8,7 @@ rows stay aligned with lines). "cls" is the final hidden state at [CLS], not the
 (which exists only on some task models and is trained for NSP, not similarity); "mean" averages the
 final hidden states of every real token, [CLS] and [SEP] included, as sentence-transformers does.
 
-The loading helpers here are shared with fill_mask.
+The loading and batching helpers here are shared with fill_mask and bertjax.api.
 """
 from __future__ import annotations
 
@@ -17,12 +17,17 @@ import json
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import flags
+from flax import nnx
 
 from bertjax import cli
 from bertjax.errors import UserError
 from bertjax.files import write_atomic
+from bertjax.interop import hf_dir, hf_layout, model_io
+from bertjax.text import check_identity, load_tokenizer
 
 POOLINGS = ("cls", "mean")
 # Batches are padded to a power-of-two length no shorter than this, so a file of mixed lengths
@@ -33,34 +38,35 @@ MIN_BUCKET = 8
 # --------------------------------------------------------------------------- loading
 
 
-def load_checkpoint(path: str, needs: tuple[str, ...]):
-    """(model, cfg, task) from anything model_io.load_model reads, plus Hugging Face BERT
-    directories whose architecture bertjax has no task model for (BertForMaskedLM, ...): those are
-    read as a pretraining model, and weights they lack are accepted only outside `needs`, a tuple
-    of parameter path prefixes such as ("bert/encoder", "mlm")."""
-    from bertjax.interop import hf_dir, hf_layout, model_io
+ENCODER = ("bert/embeddings", "bert/encoder")
 
+
+def load_checkpoint(path: str, needs: tuple[str, ...], with_untrained: bool = False):
+    """(model, cfg, task) from anything model_io.load_model reads, plus Hugging Face BERT
+    directories whose architecture bertjax has no task model for (BertLMHeadModel, ...): those are
+    read as a pretraining model, and weights they lack are accepted only outside `needs`, a tuple
+    of parameter path prefixes such as ("bert/encoder", "mlm"). with_untrained adds a fourth
+    item: the paths of the parameters left at their fresh initialisation."""
+    untrained: list[str] = []
     if model_io.is_hf_dir(path):
         archs = hf_dir.read_config(path).get("architectures") or ["BertModel"]
         if not any(a in hf_layout.ARCHITECTURES for a in archs):
             model, cfg, task, report, _ = model_io.load_model(path, task="pretraining",
                                                               allow_missing=True)
+            untrained = [m.split(" <- ")[0] for m in report["missing"]]
             lacking = [m for m in report["missing"] if m.split(" <- ")[0].startswith(needs)]
             if lacking:
                 raise UserError(f"{path} ({archs[0]}) lacks weights this command needs: "
                                 f"{'; '.join(lacking[:6])}")
-            return model, cfg, task
+            return (model, cfg, task, untrained) if with_untrained else (model, cfg, task)
     model, cfg, task, _, _ = model_io.load_model(path)
-    return model, cfg, task
+    return (model, cfg, task, untrained) if with_untrained else (model, cfg, task)
 
 
 def checkpoint_tokenizer(checkpoint: str, vocab_size: int, vocab: str | None = None):
     """The tokenizer a checkpoint was trained with: --vocab if given, else the vocabulary files
     stored with it. A tokenizer_identity.json stored with the checkpoint must match, and the
     vocabulary must fit the model's embedding table."""
-    from bertjax.interop import model_io
-    from bertjax.text import check_identity, load_tokenizer
-
     src = model_io.vocab_source(checkpoint)
     if vocab is None and src is None:
         raise UserError(f"no vocabulary (vocab.txt or a SentencePiece .model) found with "
@@ -82,6 +88,25 @@ def encoder_of(model, task: str):
 
 
 # --------------------------------------------------------------------------- batching
+
+
+def seq_limit(cfg, max_seq_length: int) -> int:
+    """max_seq_length checked against the model's position table; 0 means the whole table."""
+    limit = cfg.max_position_embeddings
+    max_seq_length = max_seq_length or limit
+    if not 3 <= max_seq_length <= limit:
+        raise UserError(f"max_seq_length must be between 3 and the model's limit {limit}, not "
+                        f"{max_seq_length}")
+    return max_seq_length
+
+
+def encode_cut(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
+    """encode_texts, with a warning on stderr saying how many texts were cut."""
+    seqs, cut = encode_texts(tokenizer, texts, max_len)
+    if cut:
+        print(f"warning: {cut} of {len(texts)} texts are longer than max_seq_length="
+              f"{max_len} tokens and were cut", file=sys.stderr)
+    return seqs
 
 
 def encode_texts(tokenizer, texts: list[str], max_len: int) -> tuple[list[list[int]], int]:
@@ -115,9 +140,6 @@ def pack(seqs: list[list[int]], length: int, rows: int, pad_id: int):
 
 
 def _pool(graphdef, pooling: str, state, ids, seg, mask):
-    import jax.numpy as jnp
-    from flax import nnx
-
     seq, _ = nnx.merge(graphdef, state)(ids, seg, mask)
     seq = seq.astype(jnp.float32)
     if pooling == "cls":
@@ -133,9 +155,6 @@ def make_pooler(encoder, pooling: str):
     """(ids, seg, mask) -> [B, H] float32 embeddings of `encoder`. One jitted function serves every
     call: models of one structure and batches of one shape share a compilation."""
     global _jitted_pool
-    import jax
-    from flax import nnx
-
     if pooling not in POOLINGS:
         raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
     if _jitted_pool is None:
@@ -144,20 +163,18 @@ def make_pooler(encoder, pooling: str):
     return lambda ids, seg, mask: np.asarray(_jitted_pool(graphdef, pooling, state, ids, seg, mask))
 
 
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise UserError(f"batch_size must be at least 1, not {batch_size}")
+
+
 def embed_texts(encoder, tokenizer, texts: list[str], pooling: str = "cls", batch_size: int = 32,
                 max_seq_length: int = 128) -> np.ndarray:
     """[len(texts), hidden] float32 embeddings; texts longer than max_seq_length are cut (a warning
     on stderr says how many)."""
-    if batch_size < 1:
-        raise UserError(f"batch_size must be at least 1, not {batch_size}")
-    limit = encoder.config.max_position_embeddings
-    if not 3 <= max_seq_length <= limit:
-        raise UserError(f"max_seq_length must be between 3 and the model's limit {limit}, not "
-                        f"{max_seq_length}")
-    seqs, cut = encode_texts(tokenizer, texts, max_seq_length)
-    if cut:
-        print(f"warning: {cut} of {len(texts)} texts are longer than max_seq_length="
-              f"{max_seq_length} tokens and were cut", file=sys.stderr)
+    check_batch_size(batch_size)
+    max_seq_length = seq_limit(encoder.config, max_seq_length)
+    seqs = encode_cut(tokenizer, texts, max_seq_length)
     run = make_pooler(encoder, pooling)
     # Longest first: similar lengths share a batch (less padding), and a batch too large for
     # memory fails at once rather than at the end.
@@ -216,7 +233,7 @@ def embed_file(checkpoint: str, input_path: str, output_path: str, pooling: str 
     if pooling not in POOLINGS:
         raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
     texts = read_texts(input_path)
-    model, cfg, task = load_checkpoint(checkpoint, needs=("bert/embeddings", "bert/encoder"))
+    model, cfg, task = load_checkpoint(checkpoint, needs=ENCODER)
     tokenizer = checkpoint_tokenizer(checkpoint, cfg.vocab_size, vocab)
     emb = embed_texts(encoder_of(model, task), tokenizer, texts, pooling, batch_size,
                       max_seq_length or cfg.max_position_embeddings)

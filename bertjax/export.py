@@ -25,11 +25,18 @@ import shutil
 import sys
 import tempfile
 
+import jax.numpy as jnp
 import numpy as np
 from absl import flags
+from flax import nnx, serialization
+from flax.nnx import traversals
+from safetensors.numpy import load_file, save_file
 
 from bertjax import cli
 from bertjax.errors import UserError
+from bertjax.interop import params as interop
+from bertjax.model.bert import TASK_MODELS, build_model
+from bertjax.model.encoder import BertConfig
 
 FORMATS = ("hf", "safetensors", "msgpack")
 # The name bertjax.train.checkpoint uses; repeated so load_export works without importing Orbax.
@@ -43,6 +50,8 @@ _STORED_DTYPES = (np.float16, np.float32, np.float64, np.int32, np.int64)
 def export(checkpoint: str, fmt: str, out: str, vocab: str | None = None,
            overwrite: bool = False) -> str:
     """Writes `checkpoint` to `out` in format `fmt`; returns the task of the exported model."""
+    # Reading checkpoints brings in Orbax (through model_io); imported here, not at the top, so
+    # that load_export, what the users of an export run, works without Orbax installed.
     from bertjax.embed import checkpoint_tokenizer
     from bertjax.interop import model_io
 
@@ -69,8 +78,6 @@ def export(checkpoint: str, fmt: str, out: str, vocab: str | None = None,
                                      cfg.max_position_embeddings)
         built = os.path.join(stage, "export")
         if fmt == "hf":
-            from bertjax.interop import params as interop
-
             interop.save_hf(model, cfg, task, built, extra_files=tok_files, id2label=labels)
         else:
             os.mkdir(built)
@@ -115,7 +122,7 @@ def _install(built: str, out: str, stage: str) -> None:
 
 
 def _write_tokenizer(tokenizer, directory: str, hf: bool, max_length: int) -> list[str]:
-    from bertjax.interop import model_io
+    from bertjax.interop import model_io  # Orbax: see export()
 
     os.makedirs(directory)
     paths = tokenizer.save(directory)
@@ -146,7 +153,7 @@ def _write_json(path: str, body: dict) -> str:
 
 def _id2label(checkpoint: str, num_labels: int) -> dict[int, str] | None:
     """Label names stored with the checkpoint (HF config.json or model_config.json "id2label")."""
-    from bertjax.interop import hf_dir, model_io
+    from bertjax.interop import hf_dir, model_io  # Orbax: see export()
 
     if model_io.is_hf_dir(checkpoint):
         labels = hf_dir.read_config(checkpoint).get("id2label")
@@ -179,18 +186,11 @@ def _storable(x: np.ndarray) -> np.ndarray:
 
 
 def _write_params(fmt: str, model, task: str, path: str) -> None:
-    from bertjax.interop import params as interop
-
     flat = {k: _storable(v) for k, v in interop.flat_params(model).items()}
     if fmt == "safetensors":
-        from safetensors.numpy import save_file
-
         save_file({"/".join(map(str, k)): v for k, v in flat.items()}, path,
                   metadata={"task": task})
     else:
-        from flax import serialization
-        from flax.nnx import traversals
-
         tree = serialization.to_state_dict(traversals.unflatten_mapping(flat))
         with open(path, "wb") as f:
             f.write(serialization.msgpack_serialize(tree))
@@ -201,13 +201,8 @@ def _read_params(path: str) -> dict[tuple[str, ...], np.ndarray]:
     st, mp = (os.path.join(path, PARAMS_FILES[f]) for f in ("safetensors", "msgpack"))
     try:
         if os.path.isfile(st):
-            from safetensors.numpy import load_file
-
             return {tuple(k.split("/")): v for k, v in load_file(st).items()}
         if os.path.isfile(mp):
-            from flax import serialization
-            from flax.nnx import traversals
-
             with open(mp, "rb") as f:
                 tree = serialization.msgpack_restore(f.read())
             return {tuple(map(str, k)): np.asarray(v)
@@ -222,13 +217,6 @@ def _read_params(path: str) -> dict[tuple[str, ...], np.ndarray]:
 def load_export(path: str):
     """(model, cfg, task) from a safetensors or msgpack export. Every parameter of the task model
     must be present with its shape, and nothing else."""
-    import jax.numpy as jnp
-    from flax import nnx
-    from flax.nnx import traversals
-
-    from bertjax.model.bert import TASK_MODELS, build_model
-    from bertjax.model.encoder import BertConfig
-
     config_path = os.path.join(path, MODEL_CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise UserError(f"{path} is not a bertjax export: it has no "

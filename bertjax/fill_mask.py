@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 from absl import flags
+from flax import nnx
 
 from bertjax import cli
-from bertjax.embed import bucket_length, checkpoint_tokenizer, load_checkpoint
+from bertjax.embed import ENCODER, bucket_length, checkpoint_tokenizer, load_checkpoint
 from bertjax.errors import UserError
 
 MASK = "[MASK]"
@@ -22,12 +24,16 @@ MASK = "[MASK]"
 BATCH = 16
 
 
-def load_mlm_model(checkpoint: str, vocab: str | None = None):
-    """(model, cfg, tokenizer) for a checkpoint that carries a masked-LM head."""
-    model, cfg, task = load_checkpoint(checkpoint, needs=("bert/embeddings", "bert/encoder", "mlm"))
+def check_mlm_task(checkpoint: str, task: str) -> None:
     if task not in ("pretraining", "masked_lm"):
         raise UserError(f"{checkpoint} holds a {task} model, which has no masked-LM head; "
                         "fill_mask needs a pretraining or masked-LM checkpoint")
+
+
+def load_mlm_model(checkpoint: str, vocab: str | None = None):
+    """(model, cfg, tokenizer) for a checkpoint that carries a masked-LM head."""
+    model, cfg, task = load_checkpoint(checkpoint, needs=(*ENCODER, "mlm"))
+    check_mlm_task(checkpoint, task)
     return model, cfg, checkpoint_tokenizer(checkpoint, cfg.vocab_size, vocab)
 
 
@@ -58,9 +64,6 @@ def _encode(tokenizer, texts: list[str], limit: int) -> list[list[int]]:
 
 
 def _probs(graphdef, state, ids, seg, mask, positions):
-    import jax
-    from flax import nnx
-
     out = nnx.merge(graphdef, state)(ids, seg, mask, positions)
     return jax.nn.softmax(out["mlm_logits"], axis=-1)
 
@@ -72,9 +75,6 @@ def make_predictor(model):
     """(ids, seg, mask, positions) -> [B, P, vocab] probabilities. One jitted function serves every
     call, so models of one structure and batches of one shape share a compilation."""
     global _jitted_probs
-    import jax
-    from flax import nnx
-
     if _jitted_probs is None:
         _jitted_probs = jax.jit(_probs, static_argnums=0)
     graphdef, state = nnx.split(model)

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 
+import jax
 from absl import flags
 
-from bertjax import cli
-from bertjax.errors import UserError
+from bertjax import api, cli
+from bertjax.train import distributed
 
 cli.define_config()
 flags.DEFINE_string("workdir", None, "Where checkpoints, predictions and the summary go.")
@@ -28,23 +29,11 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, predictions and the sum
 
 def main(argv):
     del argv
-    cfg = cli.get_config()
-    if "task" not in cfg:
-        raise UserError("--config must be a fine-tuning recipe (configs/glue.py:TASK, "
-                        "configs/squad.py:v1|v2, configs/ner.py, configs/polarity.py)")
-    workdir = flags.FLAGS.workdir
-    if not workdir:
-        raise UserError("--workdir is required (a local path)")
-
-    from bertjax.train import distributed
-
+    cfg, workdir = cli.get_config(), flags.FLAGS.workdir or ""
+    api.check_finetune(cfg, workdir)  # a bad command fails before joining the cluster
     distributed.initialize(cfg.distributed)
-
-    import jax
-
-    from bertjax.finetuning.run import finetune
-
-    summary = finetune(cfg, workdir)
+    # The Python API's finetune is this command's body, so the two cannot drift apart.
+    summary = api.finetune(cfg, workdir)
     if jax.process_index() == 0:
         print(json.dumps(summary, sort_keys=True))
 

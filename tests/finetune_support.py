@@ -33,7 +33,7 @@ def make_checkpoint(root: str, task: str = "pretraining", extra_words: tuple[str
     """A params-only checkpoint of a tiny randomly initialised model, stored with its toy
     vocabulary and tokenizer identity the way the converters store real ones. Returns
     (checkpoint dir, tokenizer)."""
-    from bertjax.data.tasks import toy
+    import toy_tasks as toy
     from bertjax.interop import model_io
     from bertjax.model import BertConfig, build_model
 

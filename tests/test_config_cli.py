@@ -81,3 +81,32 @@ def test_model_import_does_not_import_tensorflow():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("recipe,arg,names", [
+    ("bert_tiny.py", "--config.optim.schedule=cosin", ("linear", "cosine", "constant", "rsqrt")),
+    ("bert_tiny.py", "--config.model.attention_backend=flash", ("auto", "xla", "cudnn", "splash")),
+    ("bert_tiny.py", "--config.model.remat=some", ("none", "full", "dots")),
+    ("bert_tiny.py", "--config.optim.name=sgd", ("adamw", "lamb")),
+    ("bert_tiny.py", "--config.data.masking=dinamic", ("static", "dynamic")),
+    ("glue.py:rte", "--config.task.source=csv", ("auto", "tsv", "tfds")),
+])
+def test_enum_typo_names_the_choices(recipe, arg, names):
+    proc = run_print_config(f"--config=configs/{recipe}", arg)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    key, value = arg.removeprefix("--config.").split("=")
+    assert len(lines) == 1 and key in lines[0] and repr(value) in lines[0], proc.stderr
+    for n in names:
+        assert n in lines[0], lines[0]
+
+
+def test_enum_typo_stops_pretrain_before_anything_is_built(tmp_path):
+    workdir = tmp_path / "run"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "bertjax", "pretrain", "--config=configs/bert_tiny.py",
+                           "--config.optim.schedule=cosin", f"--workdir={workdir}"], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "cosine" in proc.stderr
+    assert not workdir.exists()

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from hf_support import save_hf
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -17,10 +18,6 @@ from bertjax.errors import UserError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4
-WORDS = ["the", "cat", "dog", "sat", "on", "mat", "a", "ran", "house", "cafe", ".", ",", "##s",
-         "##ing", "!"]
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-VOCAB += [f"w{i}" for i in range(99 - len(VOCAB))]
 TEXTS = ["The cat sat on the mat.", "a dog ran !", "",
          "Café houses, the cats sat on a mat and the dog ran w7 w8 w9 w10 w11"]
 PROMPTS = ["the cat [MASK] on the mat .", "[MASK] dog ran [MASK] w3 !"]
@@ -40,13 +37,6 @@ def run_module(tmp_path_factory):
                               text=True, timeout=300, env=env)
 
     return run
-
-
-def save_hf(model, path):
-    model.save_pretrained(path)
-    (path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    (path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
-    return str(path)
 
 
 @pytest.fixture(scope="module")

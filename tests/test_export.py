@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from hf_support import write_vocab
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -29,10 +30,6 @@ HF_CLASSES = {
     "question_answering": "BertForQuestionAnswering",
 }
 LABELS = ["negative", "neutral", "positive"]
-WORDS = ["the", "cat", "dog", "sat", "on", "mat", "a", "ran", "house", "cafe", ".", ",", "##s",
-         "##ing", "!"]
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-VOCAB += [f"w{i}" for i in range(99 - len(VOCAB))]
 
 
 def tiny_cfg():
@@ -58,8 +55,7 @@ def pure_params(model):
 @pytest.fixture(scope="module")
 def vocab_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("vocab")
-    (d / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    (d / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
+    write_vocab(d)
     return d
 
 

@@ -13,8 +13,9 @@ from finetune_support import (  # noqa: F401  (compile_cache is an autouse fixtu
     run_cli,
     tiny,
 )
+import toy_tasks as toy
 
-from bertjax.data.tasks import glue, toy
+from bertjax.data.tasks import glue
 from bertjax.errors import UserError
 from bertjax.finetuning import run as ft_run
 from bertjax.finetuning.batches import EpochBatches

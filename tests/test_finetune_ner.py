@@ -14,8 +14,8 @@ from finetune_support import (  # noqa: F401  (compile_cache is an autouse fixtu
     run_cli,
     tiny,
 )
+import toy_tasks as toy
 
-from bertjax.data.tasks import toy
 from bertjax.errors import UserError
 from bertjax.evaluate import conll_metrics
 from bertjax.finetuning import run as ft_run

@@ -11,7 +11,7 @@ from finetune_support import (  # noqa: F401  (compile_cache is an autouse fixtu
     tiny,
 )
 
-from bertjax.data.tasks import toy
+import toy_tasks as toy
 from bertjax.errors import UserError
 from bertjax.evaluate import squad_metrics
 from bertjax.finetuning import run as ft_run

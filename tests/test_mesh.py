@@ -1,5 +1,6 @@
 """Mesh construction, parameter/optimizer shardings, global batches and distributed start-up
 (including two real JAX processes on this machine)."""
+import glob
 import json
 import os
 import socket
@@ -179,6 +180,16 @@ def test_bad_cluster_settings_fail_before_joining(monkeypatch, env, words):
 def test_tpu_vm_detection_from_environment():
     assert distributed.on_tpu_vm({"TPU_ACCELERATOR_TYPE": "v5litepod-16"})
     assert distributed.on_tpu_vm({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"})
+
+
+def test_a_machine_without_tpu_chips_stays_one_process(monkeypatch):
+    """bertjax sets TPU runtime stand-ins where there are no chips (for compiling ahead of time);
+    they must not send pretrain and finetune off to join a TPU slice."""
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        pytest.skip("this machine has TPU chips")
+    monkeypatch.setattr(distributed, "_topology", None)
+    topo = distributed.initialize(None, environ=dict(os.environ), log=lambda _: None)
+    assert topo.process_count == 1
 
 
 def _free_port():

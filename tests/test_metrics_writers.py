@@ -1,11 +1,10 @@
-"""Metric accumulation, the writers (stdout, JSONL, TensorBoard, PNG), process-0-only writing,
+"""The metric writers (stdout, JSONL, TensorBoard, PNG), process-0-only writing,
 FLOPs per token and MFU, and that none of bertjax.train loads TensorFlow."""
 import json
 import os
 import subprocess
 import sys
 
-import jax.numpy as jnp
 import pytest
 
 from bertjax.config import model_config
@@ -34,17 +33,6 @@ def test_peak_table_and_mfu():
     assert flops.peak_flops("cpu") is None
     assert flops.mfu(1000.0, 1e9, 2, "TPU v4") == pytest.approx(1e12 / 550e12)
     assert flops.mfu(1000.0, 1e9, 8, "cpu") is None
-
-
-def test_accumulator_averages_scalars_and_pools_ratios():
-    acc = metrics.MetricAccumulator()
-    acc.add({"loss": jnp.float32(2.0), "mlm_accuracy": (jnp.float32(3.0), jnp.float32(4.0))})
-    acc.add({"loss": jnp.float32(4.0), "mlm_accuracy": (jnp.float32(1.0), jnp.float32(12.0))})
-    assert len(acc) == 2
-    # The ratio pools positions (4 of 16 correct), not the per-step accuracies (0.75 and 0.083).
-    assert acc.result() == pytest.approx({"loss": 3.0, "mlm_accuracy": 0.25})
-    acc.reset()
-    assert acc.result() == {}
 
 
 def test_stdout_line_has_eta_after_the_first_write(capsys):

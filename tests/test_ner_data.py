@@ -2,8 +2,9 @@
 over several rows, and decoding back to word-level tags."""
 import numpy as np
 import pytest
+import toy_tasks as toy
 
-from bertjax.data.tasks import ner, toy
+from bertjax.data.tasks import ner
 from bertjax.errors import UserError
 from bertjax.evaluate import conll_metrics as C
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bertjax.data.tasks import toy
+import toy_tasks as toy
 from finetune_support import ROOT, assert_one_line_failure, make_checkpoint, run_cli
 
 BAD = b"caf\xe9"  # Latin-1 "cafe" with an accent: 0xe9 cannot start a UTF-8 sequence here

@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
+import toy_tasks as toy
 
-from bertjax.data.tasks import squad, toy
+from bertjax.data.tasks import squad
 from bertjax.errors import UserError
 from bertjax.evaluate import squad_metrics as M
 
@@ -94,14 +95,19 @@ def test_answer_inside_a_word_is_tightened_and_decoded_verbatim(tmp_path, tok):
     assert out.predictions == {"q1": "1856", "q2": "Smiljan"}
 
 
-def test_span_text_keeps_original_case_accents_and_cuts_inside_words(tok):
-    context = "Café Zürich was unbelievable, said Paris™ critics."
+def _pieces(tok, context):
+    """(example, word pieces of its words, the word index of every piece)."""
     ex = squad.SquadExample("q", "?", context, *squad.split_words(context), answers=[])
     pieces, p2w = [], []
     for w, word in enumerate(ex.words):
         for p in tok.tokenize(word):
             pieces.append(p)
             p2w.append(w)
+    return ex, pieces, p2w
+
+
+def test_span_text_keeps_original_case_accents_and_cuts_inside_words(tok):
+    ex, pieces, p2w = _pieces(tok, "Café Zürich was unbelievable, said Paris™ critics.")
     def piece_index(word, k=0):
         return p2w.index(word) + k
     zurich = piece_index(1)
@@ -212,13 +218,7 @@ def test_bad_input(tmp_path, tok):
 
 
 def test_span_text_skips_characters_the_tokenizer_drops(tok):
-    context = "a co\u00adop\u200b run"
-    ex = squad.SquadExample("q", "?", context, *squad.split_words(context), answers=[])
-    pieces, p2w = [], []
-    for w, word in enumerate(ex.words):
-        for p in tok.tokenize(word):
-            pieces.append(p)
-            p2w.append(w)
+    ex, pieces, p2w = _pieces(tok, "a co\u00adop\u200b run")
     assert pieces[1:5] == ["c", "##o", "##o", "##p"]
     assert M.span_text(ex, pieces, p2w, 2, 3) == "o\u00ado"
     assert M.span_text(ex, pieces, p2w, 1, 4) == "co\u00adop"

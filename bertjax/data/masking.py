@@ -47,6 +47,8 @@ _ORDER, _ACTION, _REPLACE = 1, 2, 3
 # What the masking rate is a share of: the whole sequence with its specials (the original's
 # create_pretraining_data.py) or only the maskable candidates.
 BUDGETS = ("sequence", "candidates")
+# static: chosen once by prepare and stored in the records; dynamic: drawn anew every epoch.
+MODES = ("static", "dynamic")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -140,7 +140,7 @@ class PretrainInput:
                             f"{self.data_seq_length} or prepare the data again")
         prepared = "static" if meta["static_masks"] else "dynamic"
         self.masking = mode or prepared
-        if self.masking not in ("static", "dynamic"):
+        if self.masking not in masking.MODES:
             raise UserError(f"masking={self.masking!r}; use static, dynamic or '' (as prepared)")
         if prepared == "static" and self.masking == "dynamic":
             raise UserError("the data were prepared with static masks (tokens already masked), so "

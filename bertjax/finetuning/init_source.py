@@ -17,9 +17,13 @@ import os
 from typing import Callable
 
 from etils import epath
+from flax import nnx
 
 from bertjax.errors import UserError
+from bertjax.interop import model_io
+from bertjax.text import check_identity, load_tokenizer
 from bertjax.text.base import Tokenizer
+from bertjax.train import checkpoint as ckpt_lib
 
 IDENTITY_FILE = "tokenizer_identity.json"
 # The fields that fix the shape and function of the pretrained weights; dropout, dtype, attention
@@ -37,20 +41,9 @@ class Source:
     identity: dict
 
 
-def _is_hf_dir(path: str) -> bool:
-    from bertjax.interop import model_io
-
-    return model_io.is_hf_dir(path)
-
-
 def convert_hf(src: str, dst: str, model_task: str, log: Callable[[str], None]) -> str:
     """Writes the encoder of an HF BERT directory as a params-only checkpoint at dst (with its
     vocabulary files and tokenizer identity); reuses dst when a previous run already wrote it."""
-    from flax import nnx
-
-    from bertjax.interop import model_io
-    from bertjax.train import checkpoint as ckpt_lib
-
     if epath.Path(dst, ckpt_lib.MODEL_CONFIG_FILE).exists():
         return dst
     model, mcfg, _, report, _ = model_io.load_model(src, task=model_task, allow_missing=True)
@@ -84,8 +77,6 @@ def _vocab_path(cfg, init_dir: str) -> str:
     if cfg.task.vocab:
         return cfg.task.vocab
     if init_dir:
-        from bertjax.interop import model_io
-
         found = model_io.vocab_source(init_dir)
         if found:
             return found
@@ -103,9 +94,6 @@ def _expected_identity(init_dir: str, vocab_path: str) -> dict | None:
     stored = epath.Path(init_dir, IDENTITY_FILE)
     if stored.exists():
         return json.loads(stored.read_text())
-    from bertjax.interop import model_io
-    from bertjax.text import load_tokenizer
-
     beside = model_io.vocab_source(init_dir)
     if beside and os.path.abspath(beside) != os.path.abspath(vocab_path):
         return load_tokenizer(beside).identity()
@@ -115,8 +103,6 @@ def _expected_identity(init_dir: str, vocab_path: str) -> dict | None:
 def resolve(cfg, workdir: str, log: Callable[[str], None] = print) -> Source:
     """Finds the checkpoint, its model shape and the vocabulary, and checks they belong together
     (and with any earlier run in the same workdir)."""
-    from bertjax.text import check_identity, load_tokenizer
-
     init = str(cfg.init_from)
     init_dir = ""
     if init:
@@ -124,7 +110,7 @@ def resolve(cfg, workdir: str, log: Callable[[str], None] = print) -> Source:
             raise UserError(f"--config.init_from={init} does not exist; pass a bertjax checkpoint, "
                             "a pretraining workdir or a Hugging Face model directory")
         init_dir = init
-        if _is_hf_dir(init) and not epath.Path(init, "model_config.json").exists():
+        if model_io.is_hf_dir(init) and not epath.Path(init, "model_config.json").exists():
             init_dir = convert_hf(init, os.path.join(workdir, "init"), str(cfg.task.model_task), log)
     vocab = _vocab_path(cfg, init_dir)
     tokenizer = load_tokenizer(vocab)

@@ -12,6 +12,7 @@ from bertjax.errors import UserError
 from bertjax.interop import hf_dir, params as interop
 from bertjax.model.bert import TASK_MODELS, build_model
 from bertjax.model.encoder import BertConfig
+from bertjax.text import load_tokenizer
 from bertjax.train import checkpoint as ckpt_lib
 
 IDENTITY_FILE = "tokenizer_identity.json"
@@ -36,8 +37,6 @@ def _tokenizer_extras(src: str) -> dict:
     extras = {os.path.basename(p): p for p in hf_dir.tokenizer_files(src)}
     if extras:
         try:
-            from bertjax.text import load_tokenizer
-
             extras[IDENTITY_FILE] = json.dumps(load_tokenizer(src).identity(), indent=2).encode()
         except UserError:
             pass  # a directory with only a tokenizer.json: copied as is, no identity

@@ -90,5 +90,5 @@ def to_hf_tensors(model: nnx.Module, cfg: BertConfig, task: str) -> dict[str, np
 
 
 def save_hf(model, cfg: BertConfig, task: str, out_dir: str, extra_files=(), id2label=None) -> None:
-    tensors = hf_layout.ours_to_hf(flat_params(model), cfg, task)
-    hf_dir.write_dir(out_dir, hf_layout.config_to_hf(cfg, task, id2label), tensors, extra_files)
+    hf_dir.write_dir(out_dir, hf_layout.config_to_hf(cfg, task, id2label),
+                     to_hf_tensors(model, cfg, task), extra_files)

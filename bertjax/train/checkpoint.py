@@ -162,10 +162,6 @@ class Checkpointer:
                 "new workdir with init_from to load its params only") from e
         return out.state, dict(out.data or {}), dict(out.config or {})
 
-    def reached_preemption(self, step: int) -> bool:
-        """True on every process once a preemption notice has been agreed on (multi-host TPU)."""
-        return self._manager.reached_preemption(step)
-
     def close(self) -> None:
         """Waits for the pending save (raising if it failed) and releases Orbax's threads."""
         try:

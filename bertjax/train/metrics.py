@@ -1,4 +1,4 @@
-"""Metric accumulation on the host and the writers: a stdout progress line, a JSONL file,
+"""The metric writers: a stdout progress line, a JSONL file,
 TensorBoard event files, and a PNG of the curves at the end.
 
 Only process 0 writes (several writers on one log directory confuse TensorBoard). The event files
@@ -22,42 +22,6 @@ import numpy as np
 from etils import epath
 
 Scalars = Mapping[str, float]
-
-
-class MetricAccumulator:
-    """Collects per-step metrics without a host sync; `result()` fetches and reduces them.
-
-    A value is either a scalar (averaged over the steps added) or a (numerator, denominator) pair
-    (both summed, then divided: e.g. correct predictions over weighted positions, so steps with
-    more masked tokens count more).
-    """
-
-    def __init__(self) -> None:
-        self._steps: list[Mapping[str, Any]] = []
-
-    def add(self, metrics: Mapping[str, Any]) -> None:
-        self._steps.append(dict(metrics))
-
-    def __len__(self) -> int:
-        return len(self._steps)
-
-    def result(self) -> dict[str, float]:
-        fetched = jax.device_get(self._steps)
-        sums: dict[str, list[float]] = {}
-        for step in fetched:
-            for k, v in step.items():
-                if isinstance(v, (tuple, list)):
-                    acc = sums.setdefault(k, [0.0, 0.0])
-                    acc[0] += float(np.sum(v[0]))
-                    acc[1] += float(np.sum(v[1]))
-                else:
-                    acc = sums.setdefault(k, [0.0, 0.0])
-                    acc[0] += float(np.mean(v))
-                    acc[1] += 1.0
-        return {k: (num / den if den else math.nan) for k, (num, den) in sums.items()}
-
-    def reset(self) -> None:
-        self._steps.clear()
 
 
 def _fmt(v: float) -> str:

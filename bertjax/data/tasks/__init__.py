@@ -1,4 +1,4 @@
-"""Fine-tuning task data: GLUE (glue.py), SQuAD (squad.py), CoNLL NER (ner.py), shared packing
-and batching (features.py), and tiny generated data sets for tests (toy.py).
+"""Fine-tuning task data: GLUE (glue.py), SQuAD (squad.py), CoNLL NER (ner.py) and shared packing
+(features.py). The tiny generated data sets the tests train on are tests/toy_tasks.py.
 
 Pure Python/numpy; only glue.read_tfds imports TensorFlow, and only when called."""

@@ -1,5 +1,5 @@
-"""Shared featurisation for fine-tuning tasks: [CLS]/[SEP] packing, pair truncation, padding to a
-static length, and padding a feature set to whole batches for evaluation."""
+"""Shared featurisation for fine-tuning tasks: [CLS]/[SEP] packing, pair truncation and padding to
+a static length. Batching lives with the loop's user, bertjax/finetuning (batches.py, predict.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -61,38 +61,3 @@ def stack(rows: dict[str, list], dtypes: dict[str, type], max_seq_length: int,
 
 
 _PER_TOKEN = frozenset({"input_ids", "segment_ids", "input_mask", "label_weights"})
-
-
-def num_rows(features: dict) -> int:
-    return len(next(iter(features.values())))
-
-
-def pad_to_multiple(features: dict, multiple: int) -> dict:
-    """Pads every array along axis 0 with zero rows up to a multiple of `multiple` and adds
-    `example_weight` (1.0 real, 0.0 padding) so evaluation keeps one static batch shape and still
-    scores only real rows."""
-    n = num_rows(features)
-    total = -(-n // multiple) * multiple if n else multiple
-    out = {}
-    for key, arr in features.items():
-        pad = np.zeros((total - n, *arr.shape[1:]), dtype=arr.dtype)
-        out[key] = np.concatenate([arr, pad], axis=0)
-    weight = np.zeros((total,), np.float32)
-    weight[:n] = 1.0
-    out["example_weight"] = weight
-    return out
-
-
-def batches(features: dict, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-            drop_remainder: bool = True, epoch: int = 0):
-    """Yields numpy batch dicts. Training drops the ragged tail (one static shape); evaluation
-    passes drop_remainder=False after pad_to_multiple so nothing is lost. The order depends only
-    on (seed, epoch), so a resumed run sees the same batches."""
-    n = num_rows(features)
-    order = np.arange(n)
-    if shuffle:
-        order = np.random.default_rng([seed, epoch]).permutation(n)
-    stop = n - n % batch_size if drop_remainder else n
-    for start in range(0, stop, batch_size):
-        idx = order[start:start + batch_size]
-        yield {k: v[idx] for k, v in features.items()}

@@ -310,16 +310,21 @@ def _tfds_text(raw: bytes, task: GlueTask, split: str, record: int, field: str,
                         f"the GLUE TSV files") from None
 
 
+# Where GLUE examples are read from: the public TSV files, a TFDS data_dir, or "auto" (TSV files
+# when present, otherwise TFDS).
+SOURCES = ("auto", "tsv", "tfds")
+
+
 def read_glue(data_dir: str, task: GlueTask | str, split: str,
               source: str = "auto") -> list[GlueExample]:
-    """source: "tsv", "tfds", or "auto" (TSV files when present, otherwise TFDS)."""
+    """source: one of SOURCES."""
     task = get_task(task) if isinstance(task, str) else task
     if source == "tsv":
         return read_tsv(data_dir, task, split)
     if source == "tfds":
         return read_tfds(data_dir, task, split)
-    if source != "auto":
-        raise UserError(f"unknown GLUE source {source!r}; use tsv, tfds or auto")
+    if source not in SOURCES:
+        raise UserError(f"unknown GLUE source {source!r}; use one of {', '.join(SOURCES)}")
     try:
         _task_file(data_dir, task, resolve_split(task, split))
     except UserError:

@@ -1,5 +1,5 @@
 """Tiny generated task data in the public file layouts (GLUE TSVs, SQuAD JSON, CoNLL columns) and
-a matching tiny WordPiece vocabulary, for tests and end-to-end fine-tuning smoke runs.
+a matching tiny WordPiece vocabulary, for the tests' end-to-end fine-tuning runs.
 
 Every data set carries a simple signal (a per-label word, a fixed question pattern, capitalised
 entity names from small lists), so a smoke run can look for the loss falling and the metric
