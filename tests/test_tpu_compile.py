@@ -101,12 +101,17 @@ def _optim_cfg():
     return c
 
 
-def _compile(topology, mesh_cfg, task, objective, per_chip=4, seq=128):
+def _compile(topology, mesh_cfg, task, objective, per_chip=4, seq=128, eval_too=False):
     devices = aot.topology_devices(topology)
     mesh = mesh_lib.make_mesh(mesh_cfg, devices)
     tx, _ = optim.make_optimizer(_optim_cfg(), 100)
     steps = make_steps(lambda: build_model(task, TINY), objective, tx, mesh)
     rows = mesh.shape["data"] * mesh.shape["fsdp"]
+    if eval_too:  # the eval and predict steps run the same attention on the same mesh
+        params = mesh_lib.with_shardings(steps.abstract_state, steps.state_shardings)["params"]
+        batch = aot.abstract_batch(objective, per_chip * rows, seq, 20, mesh)
+        for fn in (steps.eval, steps.predict):
+            assert "tpu_custom_call" in fn.lower(params, batch).compile().as_text()
     return aot.compile_train_step(steps, objective, mesh, per_chip * rows, seq, 20), devices
 
 
@@ -116,7 +121,8 @@ def test_pretraining_and_finetuning_steps_compile_for_a_multi_host_slice():
     mesh_cfg = {"data": 2, "fsdp": 2, "tensor": 2}
     pre, devices = _compile("v5e:2x4", mesh_cfg, "pretraining", objectives.Pretraining())
     assert len({d.process_index for d in devices}) == 2
-    cls, _ = _compile("v5e:2x4", mesh_cfg, "sequence_classification", objectives.Classification())
+    cls, _ = _compile("v5e:2x4", mesh_cfg, "sequence_classification", objectives.Classification(),
+                      eval_too=True)
     for c in (pre, cls):
         assert c.uses_splash
         kinds = {x.kind for x in c.collectives}
