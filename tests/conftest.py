@@ -17,3 +17,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+# The fault-injection suite draws its kill moments, bytes and failures from one seed per session;
+# set here, before xdist starts its workers, so that every worker draws from the same one.
+if not os.environ.get("BERTJAX_FAULT_SEED"):
+    import random
+
+    os.environ["BERTJAX_FAULT_SEED"] = str(random.SystemRandom().randrange(1 << 31))
+
+
+def pytest_report_header(config):
+    return f"fault-injection seed: BERTJAX_FAULT_SEED={os.environ['BERTJAX_FAULT_SEED']}"

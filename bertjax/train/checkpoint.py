@@ -44,7 +44,7 @@ def absolute(path: str | epath.PathLike) -> epath.Path:
     return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
-def _one_line(e: BaseException, limit: int = 400) -> str:
+def one_line(e: BaseException, limit: int = 400) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
@@ -88,13 +88,13 @@ class Checkpointer:
         try:
             self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
         except OSError as e:
-            raise UserError(f"cannot use checkpoint directory {self.directory} ({_one_line(e)}); "
+            raise UserError(f"cannot use checkpoint directory {self.directory} ({one_line(e)}); "
                             "check the path and its write permission") from e
 
     def _failed(self, steps: str, e: BaseException) -> UserError:
         last = self.latest_step()
         return UserError(
-            f"checkpoint save of step {steps} in {self.directory} failed ({_one_line(e)}); the last "
+            f"checkpoint save of step {steps} in {self.directory} failed ({one_line(e)}); the last "
             f"committed step is {last}. Check free space and write permission there, then rerun: "
             "training resumes from the last committed step")
 
@@ -158,7 +158,7 @@ class Checkpointer:
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(
                 f"checkpoint step {step} in {self.directory} does not fit this model "
-                f"({_one_line(e)}); resume with the model config it was saved with, or start a "
+                f"({one_line(e)}); resume with the model config it was saved with, or start a "
                 "new workdir with init_from to load its params only") from e
         return out.state, dict(out.data or {}), dict(out.config or {})
 
