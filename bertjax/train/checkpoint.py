@@ -59,6 +59,25 @@ def _as_json(obj: Any, what: str) -> dict:
     return dict(obj)
 
 
+def _quiet_failed_save_noise() -> None:
+    """After a failed async save Orbax leaves one unretrieved future per array (each logged by
+    asyncio with the whole error) and, at exit, callbacks onto its closed event loop (printed as
+    ignored exceptions). The failure is reported once, by our UserError; this drops the echoes."""
+    import logging
+    import sys
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(
+                unraisable.exc_value):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def _barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -92,9 +111,12 @@ class Checkpointer:
                             "check the path and its write permission") from e
 
     def _failed(self, steps: str, e: BaseException) -> UserError:
+        _quiet_failed_save_noise()
         last = self.latest_step()
+        # TensorStore's messages put the cause last, past what one line can show: name it first.
+        full = "disk full (No space left on device); " if "No space left" in str(e) else ""
         return UserError(
-            f"checkpoint save of step {steps} in {self.directory} failed ({one_line(e)}); the last "
+            f"checkpoint save of step {steps} in {self.directory} failed ({full}{one_line(e)}); the last "
             f"committed step is {last}. Check free space and write permission there, then rerun: "
             "training resumes from the last committed step")
 
