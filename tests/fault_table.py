@@ -49,8 +49,8 @@ def table(directory: str) -> str:
         if name not in rows or name == "hash_cost":
             continue
         r = rows[name]
-        lines.append(f"| {name} | {r.get('injected', '')} | {r.get('trials', '')} | "
-                     f"{r.get('survived', '')} | {_numbers(r)} |")
+        cells = [str(r.get(k, "")).replace("|", "/") for k in ("injected", "trials", "survived")]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {cells[2]} | {_numbers(r)} |")
     seeds = sorted({r["seed"] for r in rows.values()})
     lines.append("")
     lines.append(f"Seed(s): {', '.join(map(str, seeds))}; written {max(r['time'] for r in rows.values())}.")

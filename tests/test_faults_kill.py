@@ -188,5 +188,5 @@ def test_resumed_finetuning_keeps_the_better_of_old_and_new_best(tmp_path):
     r = run(10)  # and a better one after a resume does replace it
     assert r.best["step"] == 8 and r.best["value"] == 0.95
     assert json.load(open(tmp_path / "run" / "best" / "best.json"))["step"] == 8
-    fs.record("best_after_resume", trials=2, injected="scripted dev scores 0.9, 0.5 | resume | "
+    fs.record("best_after_resume", trials=2, injected="scripted dev scores 0.9, 0.5, a resume, then "
               "0.6, 0.95, 0.7", survived="best stays step 2 (0.9) across the resume, then step 8")
