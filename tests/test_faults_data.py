@@ -168,3 +168,14 @@ def test_hashing_cost(tmp_path):
     assert records.verify_shard(path, n, rb) == n * rb
     seconds = time.perf_counter() - t0
     fs.record("hash_cost", bytes=n * rb, seconds=seconds, mb_per_second=n * rb / 1e6 / seconds)
+
+
+def test_a_shard_removed_under_a_running_input_ends_in_one_line(clean, tmp_path):
+    out, vocab, meta = _copy(clean, tmp_path)
+    it = pipeline.PretrainInput(out, batch_size=8, shuffle=False, cycle_length=1, repeat=False)
+    last = os.path.join(out, meta["shards"][-1]["file"])
+    os.unlink(last)  # after the input checked sizes, before it opens the shard
+    with pytest.raises(UserError) as e:
+        for _ in it:
+            pass
+    assert os.path.basename(last) in str(e.value) and "\n" not in str(e.value), str(e.value)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -335,7 +336,12 @@ class PretrainInput:
                 # TensorFlow appends its own context ("] [Condition ...", op names) after ours.
                 raise UserError(text.split(_BAD_SHARD, 1)[1].split("|")[0].splitlines()[0]
                                 .strip()) from None
-            raise
+            # What is left after TensorFlow's own retries (its GCS filesystem backs off and
+            # retries): a storage outage, or a file removed under a running job.
+            first = " ".join(re.sub(r"\{\{[^}]*\}\}", "", text).split())[:300]
+            raise UserError(f"reading the prepared data in {self.data_dir} failed "
+                            f"({type(e).__name__}: {first}); check the storage and rerun: "
+                            "training resumes from the last committed checkpoint") from None
         self._batches += 1
         return batch
 

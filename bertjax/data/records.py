@@ -182,12 +182,32 @@ def verify_shard(path: str, records: int, record_bytes: int, open_fn=open, *,
                          f"metadata.json says {records}: they come from different prepare runs; "
                          f"{fix}")
     h = hashlib.sha256()
-    n = 0
     check_tokens = dtype is not None and vocab_size is not None
     token_fields = [k for k in ("tokens", "masked_ids") if dtype is not None and k in dtype.names]
+    try:
+        n = _hash_blocks(path, h, open_fn, chunk_records * record_bytes, record_bytes,
+                         dtype if check_tokens else None, token_fields, vocab_size, fix)
+    except ShardError:
+        raise
+    except Exception as e:  # gone since the input was set up, or the store refuses it
+        raise ShardError(f"shard {path} cannot be read ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]}); check the storage, or {fix}") from None
+    if n != records * record_bytes:
+        raise ShardError(f"shard {path} has {n} bytes, not the {records * record_bytes} of its "
+                         f"{records} records: it is truncated or from another run; {fix}")
+    if h.hexdigest() != done.get("sha256"):
+        raise ShardError(f"shard {path}: its sha256 differs from the one prepare recorded: its "
+                         f"bytes changed after prepare; {fix}")
+    return n
+
+
+def _hash_blocks(path, h, open_fn, block_bytes, record_bytes, dtype, token_fields, vocab_size,
+                 fix) -> int:
+    n = 0
+    check_tokens = dtype is not None
     with open_fn(path, "rb") as f:
         while True:
-            block = f.read(chunk_records * record_bytes)
+            block = f.read(block_bytes)
             if not block:
                 break
             h.update(block)
@@ -199,10 +219,4 @@ def verify_shard(path: str, records: int, record_bytes: int, open_fn=open, *,
                     if top >= vocab_size:
                         raise ShardError(f"shard {path}: token id {top} in {k} is outside the "
                                          f"vocabulary of {vocab_size}; {fix}")
-    if n != records * record_bytes:
-        raise ShardError(f"shard {path} has {n} bytes, not the {records * record_bytes} of its "
-                         f"{records} records: it is truncated or from another run; {fix}")
-    if h.hexdigest() != done.get("sha256"):
-        raise ShardError(f"shard {path}: its sha256 differs from the one prepare recorded: its "
-                         f"bytes changed after prepare; {fix}")
     return n
