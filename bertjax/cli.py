@@ -78,6 +78,17 @@ def run(main) -> None:
         # Orbax logs every save step at INFO through absl; our progress line says what matters.
         if not FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
+            # A failed background save is logged by Orbax's threads with a traceback per thread
+            # (five or more), before bertjax's Checkpointer reports it as the run's one error line
+            # (with the cause). --verbosity=0 shows them again.
+            import logging as py_logging
+
+            class _DropOrbaxErrors(py_logging.Filter):
+                def filter(self, record):
+                    return not (record.levelno >= py_logging.ERROR and
+                                f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+            py_logging.getLogger("absl").addFilter(_DropOrbaxErrors())
         return main(argv)
 
     app.run(user_errors_exit(quiet_main), argv=sys.argv, flags_parser=_parse)

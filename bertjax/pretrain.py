@@ -46,7 +46,9 @@ def _copy_vocab(src: str, dst: str) -> None:
     dst_p.mkdir(parents=True, exist_ok=True)
     for f in src_p.iterdir():
         if not (dst_p / f.name).exists():
-            f.copy(dst_p / f.name)
+            tmp = dst_p / f".{f.name}.tmp"  # a kill mid-copy must not leave a torn vocab file
+            f.copy(tmp, overwrite=True)
+            tmp.replace(dst_p / f.name)
 
 
 def main(argv):
@@ -72,8 +74,6 @@ def main(argv):
 
 def pretrain(cfg, workdir: str):
     """Runs (or resumes) pretraining for a resolved config; returns the loop's Result."""
-    import jax
-
     from bertjax.data import pipeline
     from bertjax.model import BertConfig, build_model
     from bertjax.train import loop, objectives
@@ -106,11 +106,15 @@ def pretrain(cfg, workdir: str):
             f"the data has max_seq_length={seq_len}, max_predictions_per_seq={preds} but the config "
             f"says {cfg.data.max_seq_length}, {cfg.data.max_predictions_per_seq}; pass "
             f"--config.data.max_seq_length={seq_len} --config.data.max_predictions_per_seq={preds}")
-    if jax.process_index() == 0:
+    def write_workdir_files():
+        # Only once the loop has checked the data, the state and init_from (on_ready): a refused
+        # run must not leave an identity that makes the workdir refuse the right data later.
         from etils import epath
 
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-        epath.Path(identity_path(workdir)).write_text(json.dumps(ident, indent=2))
+        tmp = epath.Path(identity_path(workdir) + ".tmp")
+        tmp.write_text(json.dumps(ident, indent=2))
+        tmp.replace(identity_path(workdir))
         _copy_vocab(os.path.join(cfg.data.train_dir, "vocab"), os.path.join(workdir, "vocab"))
 
     model_cfg = BertConfig.from_dict(cfg.model.to_dict())
@@ -146,7 +150,7 @@ def pretrain(cfg, workdir: str):
                          predictions_per_seq=preds)
     return loop.train(cfg, objective,
                       lambda: build_model("pretraining", model_cfg, seed=cfg.train.seed),
-                      inputs, workdir)
+                      inputs, workdir, on_ready=write_workdir_files)
 
 
 if __name__ == "__main__":

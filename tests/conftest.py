@@ -18,3 +18,14 @@ import bertjax  # noqa: E402,F401  (before jax: it tells libtpu that this host h
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+# The fault-injection suite draws its kill moments, bytes and failures from one seed per session;
+# set here, before xdist starts its workers, so that every worker draws from the same one.
+if not os.environ.get("BERTJAX_FAULT_SEED"):
+    import random
+
+    os.environ["BERTJAX_FAULT_SEED"] = str(random.SystemRandom().randrange(1 << 31))
+
+
+def pytest_report_header(config):
+    return f"fault-injection seed: BERTJAX_FAULT_SEED={os.environ['BERTJAX_FAULT_SEED']}"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -46,6 +47,10 @@ def _hide_accelerators() -> None:
 _hide_accelerators()
 
 _BATCH_FUNCTIONS: dict = {}
+# Shards this process has checked against their .done (path -> bytes). Each shard is hashed
+# once per process, when the input first opens it; restores and eval passes reuse the result.
+_VERIFIED: dict[str, int] = {}
+_BAD_SHARD = "BERTJAX_BAD_DATA: "
 BATCH_KEYS = ("input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_ids",
               "masked_lm_weights", "next_sentence_labels")
 
@@ -237,8 +242,13 @@ class PretrainInput:
         split_files = self.split_files
         shuffle, buffer = self.shuffle, self.shuffle_buffer
 
+        verify = self._verify_shard
+
         def epoch_dataset(epoch, files, shuffle_seed, to_skip):
             ds = tf.data.Dataset.from_tensor_slices(files)
+            # Each file name passes the check before interleave opens the file, so no record of a
+            # shard that differs from what prepare recorded is ever read into a batch.
+            ds = ds.map(lambda f: tf.py_function(verify, [f], tf.string))
             ds = ds.interleave(
                 lambda f: tf.data.FixedLengthRecordDataset(f, size, buffer_size=1 << 18),
                 cycle_length=cycle, block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
@@ -264,6 +274,17 @@ class PretrainInput:
         options = tf.data.Options()
         options.deterministic = True
         return ds.with_options(options)
+
+    def _verify_shard(self, path_tensor):
+        path = path_tensor.numpy().decode()
+        if path not in _VERIFIED:
+            count = dict(zip(self._files, self._counts.tolist()))[path]
+            try:
+                _VERIFIED[path] = records.verify_shard(path, count, self.metadata["record_bytes"],
+                                                       tf.io.gfile.GFile)
+            except records.ShardError as e:
+                raise ValueError(_BAD_SHARD + str(e)) from None
+        return path_tensor
 
     def _batch_function(self):
         """The batch stage as a tf.function, traced once per configuration and process: every
@@ -310,7 +331,20 @@ class PretrainInput:
         return self
 
     def __next__(self) -> dict:
-        batch = next(self._iterator)
+        try:
+            batch = next(self._iterator)
+        except tf.errors.OpError as e:
+            text = e.message if hasattr(e, "message") else str(e)
+            if _BAD_SHARD in text:
+                # TensorFlow appends its own context ("] [Condition ...", op names) after ours.
+                raise UserError(text.split(_BAD_SHARD, 1)[1].split("|")[0].splitlines()[0]
+                                .strip()) from None
+            # What is left after TensorFlow's own retries (its GCS filesystem backs off and
+            # retries): a storage outage, or a file removed under a running job.
+            first = " ".join(re.sub(r"\{\{[^}]*\}\}", "", text).split())[:300]
+            raise UserError(f"reading the prepared data in {self.data_dir} failed "
+                            f"({type(e).__name__}: {first}); check the storage and rerun: "
+                            "training resumes from the last committed checkpoint") from None
         self._batches += 1
         return batch
 
@@ -324,10 +358,20 @@ def _batch_stage(meta: dict, seq_length: int, predictions: int, spec, epoch_mask
     data_predictions = meta["max_predictions_per_seq"]
     pad_id = meta["special_ids"]["pad"]
 
+    vocab_size = int(meta["vocab_size"])
+
     def to_batch(raw, epochs):
         f = records.decode_batch_tf(raw, meta)
         s, p = seq_length, predictions
         tokens = f["tokens"]
+        # One max per batch, against data whose bytes were changed along with their .done (the
+        # hash cannot see that): an id past the vocabulary would index outside the embedding.
+        top = tf.reduce_max(tokens)
+        with tf.control_dependencies([tf.debugging.assert_less(
+                top, vocab_size, message=f"{_BAD_SHARD}a token id in the prepared data is outside "
+                f"the vocabulary of {vocab_size}; run `python -m bertjax.data.prepare --verify "
+                "--output_dir=DATA` to find the shard, and prepare it again|")]):
+            tokens = tf.identity(tokens)
         if s > data_seq_length:
             tokens = tf.pad(tokens, [[0, 0], [0, s - data_seq_length]], constant_values=pad_id)
         pos = tf.range(s, dtype=tf.int32)[None, :]

@@ -626,12 +626,58 @@ def prepare(o: Options) -> dict:
     return finish(pl, stats)
 
 
+def verify(output_dir: str) -> dict:
+    """`prepare --verify`: checks a prepared directory whole: metadata.json, and every shard it
+    lists against its .done (record count, size, sha256) and the vocabulary (every token id).
+    Raises UserError naming the first bad shard (and how many are bad); returns a summary."""
+    from etils import epath
+
+    meta_path = os.path.join(output_dir, METADATA)
+    if not epath.Path(meta_path).exists():
+        raise UserError(f"{output_dir} has no {METADATA}: not prepared data, or its prepare run "
+                        "did not finish; run prepare (again: finished shards are kept)")
+    try:
+        meta = json.loads(epath.Path(meta_path).read_text())
+    except ValueError as e:
+        raise UserError(f"{meta_path} is not valid JSON ({e}); run prepare again") from None
+    if meta.get("format") != records.FORMAT or meta.get("format_version") != records.VERSION:
+        raise UserError(f"{meta_path} is not bertjax prepared data of format version "
+                        f"{records.VERSION}; prepare it again with this version of bertjax")
+    dtype = records.dtype_from_metadata(meta)
+    t0 = time.perf_counter()
+    total, bad = 0, []
+    for shard in meta["shards"]:
+        path = os.path.join(output_dir, shard["file"])
+        try:
+            total += records.verify_shard(path, shard["records"], dtype.itemsize,
+                                          lambda p, m: epath.Path(p).open(m), dtype=dtype,
+                                          vocab_size=int(meta["vocab_size"]))
+        except (records.ShardError, FileNotFoundError) as e:
+            bad.append(str(e) if isinstance(e, records.ShardError) else
+                       f"shard {path} listed in {METADATA} is missing; copy the prepared "
+                       "directory again or rerun prepare")
+    seconds = time.perf_counter() - t0
+    if bad:
+        more = f" (and {len(bad) - 1} more bad shard(s))" if len(bad) > 1 else ""
+        raise UserError(bad[0] + more)
+    summary = {"shards": len(meta["shards"]), "bytes": total, "seconds": seconds,
+               "mb_per_second": total / 1e6 / max(seconds, 1e-9)}
+    _print(f"verified {summary['shards']} shard(s), {total} bytes in {seconds:.2f}s "
+           f"({summary['mb_per_second']:.0f} MB/s): all match what prepare recorded")
+    return summary
+
+
 def main(argv):
     from absl import flags
 
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {' '.join(argv[1:])}; all options are --flags")
     f = flags.FLAGS
+    if f.verify:
+        if not f.output_dir:
+            raise UserError("--verify needs --output_dir=DIR, the prepared directory to check")
+        verify(f.output_dir)
+        return
     prepare(Options(
         input=f.input, vocab=f.vocab, output_dir=f.output_dir, max_seq_length=f.max_seq_length,
         max_predictions_per_seq=f.max_predictions_per_seq, masking=f.masking,
@@ -670,6 +716,8 @@ def _define_flags():
     flags.DEFINE_string("doc_unit", "paragraph", "text format: paragraph | file per document.")
     flags.DEFINE_string("tfds_data_dir", "", "TFDS data_dir (never downloads).")
     flags.DEFINE_string("tfds_split", "train", "TFDS split.")
+    flags.DEFINE_bool("verify", False, "Check --output_dir (prepared data) against what prepare "
+                      "recorded: every shard's size, sha256 and token ids; writes nothing.")
     flags.DEFINE_integer("partner_pool", d["partner_pool"].default,
                          "Documents per worker that a random next sentence is drawn from.")
     flags.DEFINE_string("runner", "local", "local: worker processes on this machine; beam: an "

@@ -163,3 +163,76 @@ def decode_batch_tf(records, metadata: dict):
         out["masked_positions"] = tf.cast(field(base, p * width, t, p), tf.int32)
         out["masked_ids"] = tf.cast(field(base + p * width, p * width, t, p), tf.int32)
     return out
+
+
+# ------------------------------------------------------------------------------- integrity
+
+
+class ShardError(ValueError):
+    """A shard differs from what prepare recorded for it. The message names the shard."""
+
+
+def done_path(shard: str) -> str:
+    return shard + ".done"
+
+
+def verify_shard(path: str, records: int, record_bytes: int, open_fn=open, *,
+                 dtype: np.dtype | None = None, vocab_size: int | None = None,
+                 chunk_records: int = 8192) -> int:
+    """Checks one shard against its .done (written by prepare): record count, size and sha256,
+    and, given `dtype` and `vocab_size`, that every token id is inside the vocabulary. Reads the
+    shard once, sequentially; `open_fn` opens local or remote paths (open, tf.io.gfile.GFile).
+    Returns the bytes read; raises ShardError naming the shard and the fix."""
+    import json
+
+    fix = ("delete it and its .done and rerun prepare (it rebuilds only what is missing), or copy "
+           "the prepared directory again")
+    try:
+        with open_fn(done_path(path), "rb") as f:
+            done = json.loads(f.read())
+    except Exception as e:  # missing, unreadable or torn: the shard was never recorded complete
+        raise ShardError(f"shard {path} has no readable {os.path.basename(done_path(path))} "
+                         f"({type(e).__name__}): prepare never finished it; {fix}") from None
+    if done.get("records") != records:
+        raise ShardError(f"shard {path}: its .done says {done.get('records')} records, "
+                         f"metadata.json says {records}: they come from different prepare runs; "
+                         f"{fix}")
+    h = hashlib.sha256()
+    check_tokens = dtype is not None and vocab_size is not None
+    token_fields = [k for k in ("tokens", "masked_ids") if dtype is not None and k in dtype.names]
+    try:
+        n = _hash_blocks(path, h, open_fn, chunk_records * record_bytes, record_bytes,
+                         dtype if check_tokens else None, token_fields, vocab_size, fix)
+    except ShardError:
+        raise
+    except Exception as e:  # gone since the input was set up, or the store refuses it
+        raise ShardError(f"shard {path} cannot be read ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]}); check the storage, or {fix}") from None
+    if n != records * record_bytes:
+        raise ShardError(f"shard {path} has {n} bytes, not the {records * record_bytes} of its "
+                         f"{records} records: it is truncated or from another run; {fix}")
+    if h.hexdigest() != done.get("sha256"):
+        raise ShardError(f"shard {path}: its sha256 differs from the one prepare recorded: its "
+                         f"bytes changed after prepare; {fix}")
+    return n
+
+
+def _hash_blocks(path, h, open_fn, block_bytes, record_bytes, dtype, token_fields, vocab_size,
+                 fix) -> int:
+    n = 0
+    check_tokens = dtype is not None
+    with open_fn(path, "rb") as f:
+        while True:
+            block = f.read(block_bytes)
+            if not block:
+                break
+            h.update(block)
+            n += len(block)
+            if check_tokens and len(block) % record_bytes == 0:
+                rec = np.frombuffer(block, dtype)
+                for k in token_fields:
+                    top = int(rec[k].max()) if len(rec) else 0
+                    if top >= vocab_size:
+                        raise ShardError(f"shard {path}: token id {top} in {k} is outside the "
+                                         f"vocabulary of {vocab_size}; {fix}")
+    return n

@@ -84,7 +84,8 @@ def _copy_tokenizer_files(dst: str, vocab_dir: str, identity: dict, extra: dict)
 
 
 def _run_seed(cfg, prepared: Prepared, workdir: str, *, best_metric: str, eval_batch: int,
-              vocab_dir: str, identity: dict, log: Callable[[str], None]) -> dict | None:
+              vocab_dir: str, identity: dict, log: Callable[[str], None],
+              on_ready: Callable[[], None] | None = None) -> dict | None:
     import jax
 
     from bertjax.model import BertConfig, build_model
@@ -118,7 +119,7 @@ def _run_seed(cfg, prepared: Prepared, workdir: str, *, best_metric: str, eval_b
         log(f"{workdir} already finished training; reporting its best checkpoint")
     else:
         result = loop.train(cfg, prepared.objective, model_fn, inputs, workdir,
-                            best_metric=best_metric, best_mode=mode, log=log)
+                            best_metric=best_metric, best_mode=mode, log=log, on_ready=on_ready)
         if result.stopped_by_signal:
             return None
 
@@ -152,10 +153,6 @@ def _run_seed(cfg, prepared: Prepared, workdir: str, *, best_metric: str, eval_b
 def finetune(cfg, workdir: str, log: Callable[[str], None] = print) -> dict:
     """Runs every seed; returns the summary (also written to <workdir>/summary.json). On SIGTERM
     the current seed saves and this returns {"stopped_by_signal": True}."""
-    import jax
-
-    from bertjax.evaluate import writers
-
     cfg = copy.deepcopy(cfg)
     family = str(cfg.task.family)
     if family not in FAMILIES:
@@ -181,13 +178,32 @@ def finetune(cfg, workdir: str, log: Callable[[str], None] = print) -> dict:
         f"{sched['eval_every']}); best checkpoint by dev {best_metric}")
 
     vocab_dir = os.path.join(workdir, "vocab")
-    if jax.process_index() == 0:
+
+    def write_workdir_files():
+        # Called by the loop once state and input are set up (process 0), so a run refused for
+        # a bad checkpoint or input writes nothing a rerun would take for its own.
         from bertjax.files import write_atomic
 
         os.makedirs(workdir, exist_ok=True)
         source.tokenizer.save(vocab_dir)
         write_atomic(os.path.join(workdir, init_source.IDENTITY_FILE),
                      json.dumps(source.identity, indent=2))
+
+    from bertjax.train import workdir_lock
+
+    hold = workdir_lock.acquire(workdir)  # the seeds' loops lock their own directories too
+    try:
+        return _run_seeds(cfg, prepared, workdir, best_metric, eval_batch, vocab_dir, source,
+                          sched, write_workdir_files, log)
+    finally:
+        workdir_lock.release(hold)
+
+
+def _run_seeds(cfg, prepared, workdir, best_metric, eval_batch, vocab_dir, source, sched,
+               on_ready, log) -> dict:
+    import jax
+
+    from bertjax.evaluate import writers
 
     runs = []
     for k in range(int(cfg.seeds)):
@@ -197,7 +213,7 @@ def finetune(cfg, workdir: str, log: Callable[[str], None] = print) -> dict:
         log(f"--- seed {run_cfg.train.seed} ({k + 1}/{cfg.seeds}) in {seed_dir}")
         run = _run_seed(run_cfg, prepared, seed_dir, best_metric=best_metric,
                         eval_batch=eval_batch, vocab_dir=vocab_dir, identity=source.identity,
-                        log=log)
+                        log=log, on_ready=on_ready)
         if run is None:
             log("stopped by SIGTERM; rerun the same command to resume")
             return {"stopped_by_signal": True}

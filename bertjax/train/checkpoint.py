@@ -44,7 +44,7 @@ def absolute(path: str | epath.PathLike) -> epath.Path:
     return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
-def _one_line(e: BaseException, limit: int = 400) -> str:
+def one_line(e: BaseException, limit: int = 400) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
@@ -57,6 +57,25 @@ def _as_json(obj: Any, what: str) -> dict:
     except (TypeError, ValueError) as e:
         raise TypeError(f"{what} must be JSON-serialisable: {e}") from e
     return dict(obj)
+
+
+def _quiet_failed_save_noise() -> None:
+    """After a failed async save Orbax leaves one unretrieved future per array (each logged by
+    asyncio with the whole error) and, at exit, callbacks onto its closed event loop (printed as
+    ignored exceptions). The failure is reported once, by our UserError; this drops the echoes."""
+    import logging
+    import sys
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(
+                unraisable.exc_value):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def _barrier(name: str) -> None:
@@ -88,13 +107,16 @@ class Checkpointer:
         try:
             self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
         except OSError as e:
-            raise UserError(f"cannot use checkpoint directory {self.directory} ({_one_line(e)}); "
+            raise UserError(f"cannot use checkpoint directory {self.directory} ({one_line(e)}); "
                             "check the path and its write permission") from e
 
     def _failed(self, steps: str, e: BaseException) -> UserError:
+        _quiet_failed_save_noise()
         last = self.latest_step()
+        # TensorStore's messages put the cause last, past what one line can show: name it first.
+        full = "disk full (No space left on device); " if "No space left" in str(e) else ""
         return UserError(
-            f"checkpoint save of step {steps} in {self.directory} failed ({_one_line(e)}); the last "
+            f"checkpoint save of step {steps} in {self.directory} failed ({full}{one_line(e)}); the last "
             f"committed step is {last}. Check free space and write permission there, then rerun: "
             "training resumes from the last committed step")
 
@@ -158,7 +180,7 @@ class Checkpointer:
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(
                 f"checkpoint step {step} in {self.directory} does not fit this model "
-                f"({_one_line(e)}); resume with the model config it was saved with, or start a "
+                f"({one_line(e)}); resume with the model config it was saved with, or start a "
                 "new workdir with init_from to load its params only") from e
         return out.state, dict(out.data or {}), dict(out.config or {})
 

@@ -24,9 +24,8 @@ from bertjax.train import checkpoint as ckpt_lib
 from bertjax.train import flops as flops_lib
 from bertjax.train import mesh as mesh_lib
 from bertjax.train import metrics as metrics_lib
-from bertjax.train import objectives
+from bertjax.train import objectives, workdir_lock
 from bertjax.train.step import StepFns
-
 
 RUN_PLAN_FILE = "run_plan.json"
 
@@ -94,15 +93,25 @@ class _Preemption:
 
 
 def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
-          best_metric: str = "", best_mode: str = "max", log: Callable[[str], None] = print) -> Result:
+          best_metric: str = "", best_mode: str = "max", log: Callable[[str], None] = print,
+          on_ready: Callable[[], None] | None = None) -> Result:
+    """Trains (or resumes) in `workdir`. `on_ready` runs on process 0 once the state and the input
+    are set up, before the first step: the caller's workdir files go there, so a run refused for
+    bad input leaves nothing that a later run could take for its state."""
+    hold = workdir_lock.acquire(workdir)
+    try:
+        return _train(cfg, objective, model_fn, inputs, workdir, best_metric=best_metric,
+                      best_mode=best_mode, log=log, on_ready=on_ready)
+    finally:
+        workdir_lock.release(hold)
+
+
+def _train(cfg, objective, model_fn, inputs, workdir, *, best_metric, best_mode, log, on_ready):
     t_cfg = cfg.train
     if cfg.train.debug_nans:
         jax.config.update("jax_debug_nans", True)
     workdir_path = epath.Path(workdir)
     is_main = jax.process_index() == 0
-    if is_main:
-        workdir_path.mkdir(parents=True, exist_ok=True)
-        (workdir_path / "config.json").write_text(cfg.to_json_best_effort(indent=2))
 
     # --- mesh and steps
     mesh = mesh_lib.make_mesh(cfg.mesh)
@@ -113,10 +122,6 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
                                    inputs.seq_len, mesh.devices.flat[0].platform)
     log(f"attention: {attention['train']} while training (attention dropout "
         f"{attention['attention_dropout']}), {attention['eval']} in eval")
-    if is_main:
-        (workdir_path / RUN_PLAN_FILE).write_text(json.dumps(
-            {"attention": attention, "mesh": dict(mesh.shape), "num_steps": num_steps,
-             "devices": jax.device_count(), "processes": jax.process_count()}, indent=2))
     # The same construction `bertjax.plan` compiles for TPU slices ahead of time.
     steps, tx, schedule = aot.build_steps(cfg, objective, model_fn, mesh)
 
@@ -126,9 +131,13 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
     target = mesh_lib.with_shardings(steps.abstract_state, steps.state_shardings)
     latest = checkpointer.latest_step()
     data_state = None
+    best: dict | None = None
     if latest is not None:
         state, data_state, _ = checkpointer.restore(latest, target)
         log(f"resumed from step {latest} in {workdir}")
+        if best_metric:
+            # Without it the first eval after a resume would replace best/ whatever its score.
+            best = _read_best(workdir, best_metric)
     else:
         state = steps.init()
         if cfg.init_from:
@@ -147,6 +156,14 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
     # --- input
     shard, num_shards, local_batch = mesh_lib.host_batch_slice(mesh, int(t_cfg.batch_size))
     it = inputs.make_train(shard, num_shards, local_batch, data_state)
+    if is_main:
+        workdir_path.mkdir(parents=True, exist_ok=True)
+        _write_text_atomic(workdir_path / "config.json", cfg.to_json_best_effort(indent=2))
+        _write_text_atomic(workdir_path / RUN_PLAN_FILE, json.dumps(
+            {"attention": attention, "mesh": dict(mesh.shape), "num_steps": num_steps,
+             "devices": jax.device_count(), "processes": jax.process_count()}, indent=2))
+        if on_ready is not None:
+            on_ready()
 
     # --- metrics, flops
     # Process 0 alone writes metrics.jsonl and TensorBoard events; the progress line is ours.
@@ -161,7 +178,6 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
     last_log_time, last_log_step, data_wait = time.time(), start, 0.0
     train_metrics: dict = {}
     eval_metrics: dict = {}
-    best: dict | None = None
     stopped = False
     compiled = False
     step = start
@@ -267,14 +283,25 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
                     log(f"SIGTERM: saved step {step} and stopping; rerun the same command to resume")
                     stopped = True
                     break
-    except BaseException:
+    except BaseException as e:
         # Let pending async saves finish (or fail) before the error propagates, so the last good
         # checkpoint is committed and no background thread dies mid-write at interpreter exit.
         try:
             checkpointer.close()
         except Exception:  # the original error is the one to report
             pass
-        writer.close()
+        try:
+            writer.close()
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            # A full disk or a storage outage while writing metrics or events: as for a failed
+            # save, the user fixes the storage and reruns.
+            raise UserError(
+                f"storage error in {workdir} at step {step} ({ckpt_lib.one_line(e)}); the last "
+                f"committed step is {_latest_or_unknown(checkpointer)}. Check free space and "
+                "write permission there, then rerun: training resumes from the last committed "
+                "step") from e
         raise
 
     if not stopped:
@@ -298,6 +325,27 @@ def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
     return Result(step=step, train_metrics=train_metrics, eval_metrics=eval_metrics, best=best,
                   stopped_by_signal=stopped,
                   train_compilations=cache_size() if cache_size else -1)
+
+
+def _write_text_atomic(path: epath.Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _latest_or_unknown(checkpointer) -> str:
+    try:
+        return str(checkpointer.latest_step())
+    except Exception:  # the storage that just failed may fail again
+        return "unknown"
+
+
+def _read_best(workdir: str, name: str) -> dict | None:
+    path = epath.Path(workdir) / "best" / "best.json"
+    if not path.exists():
+        return None
+    best = json.loads(path.read_text())
+    return best if best.get("metric") == name else None
 
 
 def _progress(step: int, num_steps: int, m: dict, eta: str) -> str:

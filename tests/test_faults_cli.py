@@ -1,0 +1,153 @@
+"""Bad inputs to `python -m bertjax.pretrain` and `python -m bertjax.finetune` through real
+subprocesses (issue 14): each ends in exit 2 and exactly one `error:` line, and leaves no file in
+the workdir that a later run could take for its state. The cases run a few at a time, since each
+is mostly a process start-up."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import fault_support as fs
+import finetune_support as fts
+import pretrain_support as ps
+
+pytestmark = pytest.mark.slow
+
+
+def _start(module, args, cwd=ps.ROOT):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _run_all(cases, width=3):
+    """cases: {name: (module, args, workdir, needles)} -> {name: error line}; asserts each."""
+    names, out = list(cases), {}
+    for i in range(0, len(names), width):
+        procs = {n: _start(cases[n][0], cases[n][1]) for n in names[i:i + width]}
+        for n, p in procs.items():
+            stdout, stderr = p.communicate(timeout=300)
+            _, _, workdir, needles = cases[n]
+            errors = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+            assert p.returncode == 2, (n, p.returncode, stderr[-3000:])
+            assert len(errors) == 1 and "Traceback" not in stderr, (n, stderr[-3000:])
+            for needle in needles:
+                assert needle in errors[0], (n, needle, errors[0])
+            left = fs.workdir_files(workdir) if os.path.isdir(workdir) else []
+            assert left == [], (n, left)
+            out[n] = errors[0]
+    return out
+
+
+def _prepare_variant(root, **kw):
+    from bertjax.data import prepare as prep
+
+    os.makedirs(root, exist_ok=True)
+    ps.write_corpus(os.path.join(root, "c.txt"))
+    vocab = os.path.join(root, "vocab.txt")
+    words = kw.pop("extra_words", ())
+    ps.write_vocab(vocab)
+    if words:
+        with open(vocab, "a") as f:
+            f.write("\n".join(words) + "\n")
+    out = os.path.join(root, "data")
+    prep.prepare(prep.Options(input=os.path.join(root, "c.txt"), vocab=vocab, output_dir=out,
+                              max_seq_length=kw.get("seq", ps.SEQ),
+                              max_predictions_per_seq=ps.PREDS, masking="dynamic",
+                              dupe_factor=1, num_workers=1, seed=0))
+    return out
+
+
+def test_pretrain_bad_inputs(tmp_path):
+    data_dir, vocab = ps.prepare(str(tmp_path / "good"))
+    t = tmp_path
+    (t / "empty").mkdir()
+    foreign = t / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not prepared data\n")
+    (foreign / "metadata.json").write_text(json.dumps({"format": "tfrecord", "num_examples": 3}))
+    old = t / "old_version"
+    shutil.copytree(data_dir, old)
+    meta = json.loads((old / "metadata.json").read_text())
+    meta["format_version"] = 0
+    (old / "metadata.json").write_text(json.dumps(meta))
+    other_vocab = _prepare_variant(str(t / "other_vocab"), extra_words=("zeta", "eta"))
+    # A params-only checkpoint of a wider model (hidden 48) for init_from.
+    from bertjax.interop import model_io
+    from bertjax.model import BertConfig, build_model
+
+    wide = BertConfig(vocab_size=vocab, hidden_size=48, num_layers=2, num_heads=2,
+                      intermediate_size=64, max_position_embeddings=64)
+    model_io.save_checkpoint(str(t / "wide"), build_model("pretraining", wide), wide,
+                             "pretraining")
+
+    def case(name, needles, **over):
+        wd = str(t / f"wd-{name}")
+        args = ps.overrides(data_dir, vocab, **{"train.num_steps": 2, **over})
+        return name, ("bertjax.pretrain", ["--config=configs/bert_tiny.py", f"--workdir={wd}",
+                                           *args], wd, needles)
+
+    cases = dict([
+        case("missing_data", ["does not exist"], **{"data.train_dir": str(t / "nowhere")}),
+        case("empty_data", ["has no metadata.json"], **{"data.train_dir": str(t / "empty")}),
+        case("foreign_data", ["not bertjax prepared data"], **{"data.train_dir": str(foreign)}),
+        case("old_format_version", ["format version 1"], **{"data.train_dir": str(old)}),
+        case("seq_len_mismatch", ["max_seq_length=32"], **{"data.max_seq_length": 64}),
+        case("P_mismatch", ["max_predictions_per_seq=5"], **{"data.max_predictions_per_seq": 7}),
+        case("vocab_size_mismatch", ["model.vocab_size"], **{"model.vocab_size": vocab + 3}),
+        case("tokenizer_mismatch", ["tokenizer mismatch"], **{"data.eval_dir": other_vocab}),
+        case("init_from_other_shape", ["parameter shapes differ"],
+             **{"init_from": str(t / "wide")}),
+        case("wrong_override_type", ["train.num_steps"], **{"train.num_steps": "many"}),
+    ])
+    lines = _run_all(cases)
+    fs.record("cli_pretrain", trials=len(lines), cases=lines,
+              injected="bad data dirs, metadata of format version 0, S/P/vocab mismatches, "
+              "another tokenizer, an init_from of another width, a string for an int",
+              survived="each: exit 2, one error line, no file left in the workdir")
+
+
+def test_finetune_bad_inputs(tmp_path):
+    from bertjax.data.tasks import toy
+
+    path, _ = fts.make_checkpoint(str(tmp_path / "pre"))
+    t = tmp_path
+    toy.make_toy_glue_dir(str(t / "glue"), "sst2", n_train=32, n_dev=8)
+    (t / "empty").mkdir()
+    foreign = t / "foreign" / "SST-2"
+    foreign.mkdir(parents=True)
+    (foreign / "train.tsv").write_text("this\tis\tnot\ta\tglue\tfile\n1\n")
+    other = toy.toy_tokenizer(str(t / "other"), extra_words=("zeta",))
+    # The same weights under a model_config.json that claims another width.
+    bad = t / "bad_shape"
+    shutil.copytree(path, bad)
+    mc = json.loads((bad / "model_config.json").read_text())
+    mc["hidden_size"], mc["intermediate_size"] = 48, 96
+    (bad / "model_config.json").write_text(json.dumps(mc))
+
+    def case(name, needles, *extra, init=path, data=str(t / "glue")):
+        wd = str(t / f"wd-{name}")
+        args = ["--config=configs/glue.py:sst2", f"--config.init_from={init}", f"--workdir={wd}",
+                f"--config.task.data_dir={data}", "--config.data.max_seq_length=32",
+                "--config.train.batch_size=16", "--config.task.epochs=1", *extra]
+        return name, ("bertjax.finetune", args, wd, needles)
+
+    cases = dict([
+        case("missing_data", ["train file not found"], data=str(t / "nowhere")),
+        case("empty_data", ["train file not found"], data=str(t / "empty")),
+        case("foreign_data", ["train.tsv"], data=str(t / "foreign")),
+        case("missing_checkpoint", ["does not exist"], init=str(t / "nothing")),
+        case("vocab_mismatch", ["tokenizer mismatch"], f"--config.task.vocab={other.vocab_path}"),
+        case("checkpoint_other_shape", ["parameter shapes differ"], init=str(bad)),
+        case("seq_len_too_long", ["max_seq_length"], "--config.data.max_seq_length=128"),
+        case("wrong_override_type", ["task.epochs"], "--config.task.epochs=lots"),
+    ])
+    lines = _run_all(cases)
+    fs.record("cli_finetune", trials=len(lines), cases=lines,
+              injected="missing, empty and foreign GLUE dirs, a missing checkpoint, another "
+              "vocabulary, a checkpoint whose config claims another width, S past the position "
+              "table, a string for a float",
+              survived="each: exit 2, one error line, no file left in the workdir")
