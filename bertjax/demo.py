@@ -169,6 +169,8 @@ def fill_mask_examples(hf_dir: str, heldout_file: str, k: int = 4, top: int = 3)
     import torch
     import transformers
 
+    transformers.logging.set_verbosity_error()  # its loading bars would break the progress line
+    transformers.logging.disable_progress_bar()
     tok = transformers.BertTokenizerFast.from_pretrained(hf_dir)
     model = transformers.BertForPreTraining.from_pretrained(hf_dir).eval()
     vocab = tok.get_vocab()
@@ -364,7 +366,7 @@ def draw_report(jsonl: str, report: dict, png: str) -> None:
         if key in series:
             steps, values = series[key]
             ax.plot(steps, 100 * values, "o-", lw=1.5, label="held-out")
-        train_key = key.replace("eval/", "")
+        train_key = key.replace("eval/", "train/")
         if train_key in series:
             steps, values = series[train_key]
             ax.plot(steps, 100 * values, lw=0.8, alpha=0.5, label="training batches")
