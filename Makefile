@@ -6,24 +6,26 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup test demo lint clean
 
+# The install is timed on its own: the demo's own clock starts after it.
 $(STAMP): requirements.txt requirements-dev.txt
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements-dev.txt
-	touch $(STAMP)
+	@start=$$(date +%s); \
+	  { test -x $(BIN)/python || $(PY) -m venv $(VENV); } && \
+	  $(BIN)/pip install -q --upgrade pip && \
+	  $(BIN)/pip install -q -r requirements-dev.txt && \
+	  touch $(STAMP) && echo "install took $$(( $$(date +%s) - start )) s"
 
 setup: $(STAMP)
 
 test: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q -n 2 tests
 
-# The fine-tuning dataset comes from Debian's wordnet-base; without root/apt the demo falls back
-# to gensim's small movie-review set.
+# The demo's glosses and labelled definitions come from Debian's wordnet-base (installed here
+# when apt-get can; the demo stops with the command to run when it is missing).
 demo: $(STAMP)
 	@test -f /usr/share/wordnet/data.noun || { command -v apt-get >/dev/null && \
 	  { apt-get install -y -qq wordnet-base >/dev/null 2>&1 || \
 	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wordnet-base >/dev/null 2>&1; }; }; } || \
-	  echo "note: could not install wordnet-base; the demo will fine-tune on the movie-review set"
+	  echo "note: could not install wordnet-base (apt-get install wordnet-base, as root)"
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m bertjax.demo --workdir=demo_out
 
 lint: $(STAMP)

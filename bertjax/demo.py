@@ -1,17 +1,29 @@
-"""`make demo`: the whole product on an embedded default, from an empty directory.
+"""`make demo`: the whole product on an embedded default, from an empty directory, in minutes.
 
-Stages (each skipped when its output is complete, so a rerun continues where it stopped):
-corpus (gensim's Wikipedia sample) -> vocabulary -> prepared data -> pretraining (~10 min on CPU)
--> held-out MLM/NSP evaluation against the most-frequent-token baseline -> Hugging Face export ->
-fine-tuning on a real labelled dataset from the pretrained and from a random initialisation
-(3 seeds each) -> report.
+Stages (each one a bertjax command, its output in DIR/logs/<stage>.log; a rerun starts over):
+1. corpus: gensim's Wikipedia sample, and Debian wordnet-base's noun glosses (each synset's
+   definition and its example sentences as one unlabelled document; the fine-tuning dev
+   definitions are left out);
+2. a labelled set: WordNet noun definitions and their topic (25 lexicographer categories), few
+   labelled examples (where pretraining should matter most) and a larger dev set;
+3. vocabulary: WordPiece, `train_vocab --exact` (ties broken by text, so every clone gets the
+   same bytes);
+4. prepared data at sequence 64; 5. pretraining (configs/demo.py); 6. held-out MLM/NSP against
+   the most-frequent-token baseline and chance; 7. Hugging Face export, and fill-mask
+   completions on held-out sentences from the exported directory loaded in transformers;
+8. fine-tuning from the pretrained checkpoint and from a random initialisation, 5 seeds each;
+9. the report: DIR/report.json, DIR/report.png and a summary.
+One progress line with an ETA covers all of it.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import threading
 import time
 
 from absl import app, flags
@@ -19,31 +31,111 @@ from absl import app, flags
 from bertjax.errors import UserError, user_errors_exit
 
 flags.DEFINE_string("workdir", "demo_out", "Where everything goes.")
-flags.DEFINE_integer("pretrain_steps", 1200, "Pretraining steps (the 10-minute default).")
-flags.DEFINE_integer("finetune_seeds", 3, "Seeds per initialisation in the fine-tuning comparison.")
+flags.DEFINE_integer("pretrain_steps", 0, "Pretraining steps (0 = configs/demo.py's).")
+flags.DEFINE_integer("finetune_seeds", 5, "Seeds per initialisation in the fine-tuning comparison.")
+flags.DEFINE_integer("n_train", 500, "Labelled training definitions.")
+flags.DEFINE_integer("n_dev", 1000, "Dev definitions.")
+flags.DEFINE_float("finetune_epochs", 10.0, "Fine-tuning epochs per run.")
 flags.DEFINE_bool("skip_finetune", False, "Stop after pretraining and export.")
-flags.DEFINE_float("finetune_epochs", 3.0, "Fine-tuning epochs per run.")
 FLAGS = flags.FLAGS
 VOCAB_SIZE = 8000
-# Pairings per document pass. Five (each pair seen ~1.4 times instead of ~3.5) kept held-out NSP
-# above chance to the end (55.7% vs 50.5%) but its fine-tuning pay-off was not measurable at
-# 3 epochs (docs/benchmarks.md, runs A and B); the default stays at the run that showed both.
-DUPE_FACTOR = 2
+SEQ, PREDS = 64, 10
+FINETUNE_SEQ = 32
+# Expected seconds per stage on an idle 2-core box, measured (docs/benchmarks.md); only the ETA
+# uses them, scaled by how fast this machine turns out to be.
+STAGES = (("corpus", 8), ("labelled", 3), ("vocab", 8), ("prepare", 25), ("pretrain", 330),
+          ("evaluate", 6), ("export", 25), ("finetune", 300), ("report", 8))
+_STEP = re.compile(r"step\s+(\d+)/(\d+)")
 
 
-def _run(*args: str) -> str:
-    """Runs one bertjax command as a user would; its output streams through as it comes."""
-    cmd = [sys.executable, "-m", *args]
-    print("\n$ " + " ".join(cmd[2:]), flush=True)
-    lines = []
-    env = dict(os.environ, PYTHONUNBUFFERED="1")  # a pipe would otherwise hold lines back
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1, env=env) as proc:
-        for line in proc.stdout:
-            sys.stdout.write(line)
+class Progress:
+    """One line for the whole demo: stage, share done, elapsed and ETA. Rewritten in place on a
+    terminal; on a pipe a new line every 20 s so logs stay short."""
+
+    def __init__(self, seeds: int) -> None:
+        self.start = time.monotonic()
+        self.total = sum(w for _, w in STAGES)
+        self.done = 0.0
+        self.stage, self.frac, self.detail = "", 0.0, ""
+        # Fine-tuning trains 2 x seeds runs in two commands; each run counts its steps from the
+        # start again, which is how a new run is recognised.
+        self.runs, self.run, self._prev = 2 * seeds, 0, 0
+        self.tty = sys.stdout.isatty()
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def begin(self, stage: str) -> None:
+        self.stage, self.frac, self.detail = stage, 0.0, ""
+        self.show(force=True)
+
+    def end(self) -> None:
+        self.done += dict(STAGES)[self.stage]
+        self.frac = 0.0
+
+    def line(self, text: str) -> None:
+        m = _STEP.search(text)
+        if m:
+            x, y = int(m.group(1)), int(m.group(2))
+            if self.stage == "finetune":
+                if x < self._prev:
+                    self.run = min(self.run + 1, self.runs - 1)
+                self._prev = x
+                self.frac = min(1.0, (self.run + x / max(y, 1)) / self.runs)
+                self.detail = f"run {self.run + 1}/{self.runs} step {x}/{y}"
+            else:
+                self.frac, self.detail = x / max(y, 1), f"step {x}/{y}"
+        self.show()
+
+    def show(self, force: bool = False) -> None:
+        from bertjax.train.metrics import format_duration
+
+        now = time.monotonic()
+        if not force and now - self._last < (1.0 if self.tty else 20.0):
+            return
+        self._last = now
+        share = (self.done + dict(STAGES).get(self.stage, 0) * self.frac) / self.total
+        elapsed = now - self.start
+        eta = f"eta {format_duration(elapsed * (1 - share) / share)}" if share > 0.02 else "eta ?"
+        names = [n for n, _ in STAGES]
+        k = names.index(self.stage) + 1 if self.stage in names else 0
+        text = (f"demo {100 * share:3.0f}% | {k}/{len(STAGES)} {self.stage} {self.detail}".rstrip()
+                + f" | {format_duration(elapsed)} elapsed | {eta}")
+        with self._lock:
+            if self.tty:
+                sys.stdout.write("\r\033[K" + text)
+            else:
+                sys.stdout.write(text + "\n")
             sys.stdout.flush()
+
+    def say(self, text: str) -> None:
+        """A result worth its own line (the progress line is redrawn under it)."""
+        with self._lock:
+            sys.stdout.write(("\r\033[K" if self.tty else "") + text + "\n")
+            sys.stdout.flush()
+        self.show(force=True)
+
+
+def _run(progress: Progress, logs: str, name: str, *args: str) -> str:
+    """Runs one bertjax command as a user would, its output into logs/<name>.log."""
+    cmd = [sys.executable, "-m", *args]
+    os.makedirs(logs, exist_ok=True)
+    path = os.path.join(logs, f"{name}.log")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # a pipe would otherwise hold lines back
+    lines = []
+    with open(path, "w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                                  stderr=subprocess.STDOUT, text=True,
+                                                  bufsize=1, env=env) as proc:
+        log.write("$ " + " ".join(cmd[2:]) + "\n")
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
             lines.append(line)
+            progress.line(line)
     if proc.returncode != 0:
-        raise UserError(f"demo stage failed: {' '.join(args[:1])} exited {proc.returncode}")
+        tail = "".join(lines[-15:])
+        progress.say(f"--- last lines of {path} ---\n{tail}")
+        raise UserError(f"demo stage {name} failed: {args[0]} exited {proc.returncode}; "
+                        f"the whole log is {path}")
     return "".join(lines)
 
 
@@ -71,62 +163,152 @@ def most_frequent_token_baseline(data_dir: str) -> dict:
     return {"token_id": int(token), "accuracy": n / total, "masked_tokens": total}
 
 
+def fill_mask_examples(hf_dir: str, heldout_file: str, k: int = 4, top: int = 3) -> list[dict]:
+    """Masks one word in each of the first k suitable held-out sentences and asks the exported
+    directory, loaded by transformers itself, for its top completions."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # its loading bars would break the progress line
+    transformers.logging.disable_progress_bar()
+    tok = transformers.BertTokenizerFast.from_pretrained(hf_dir)
+    model = transformers.BertForPreTraining.from_pretrained(hf_dir).eval()
+    vocab = tok.get_vocab()
+    out = []
+    with open(heldout_file, encoding="utf-8") as f:
+        sentences = [s.strip() for s in f if 8 <= len(s.split()) <= 22]
+    for sentence in sentences:
+        words = sentence.split()
+        # The longest word the vocabulary holds whole (so one [MASK] stands for it), not the first.
+        cands = [i for i, w in enumerate(words[1:], 1) if w.isalpha() and len(w) >= 4
+                 and w.lower() in vocab]
+        if not cands:
+            continue
+        i = max(cands, key=lambda j: (len(words[j]), -j))
+        masked = " ".join(words[:i] + [tok.mask_token] + words[i + 1:])
+        enc = tok(masked, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**enc).prediction_logits[0]
+        pos = int((enc["input_ids"][0] == tok.mask_token_id).nonzero()[0, 0])
+        probs = torch.softmax(logits[pos], -1)
+        p, ids = probs.topk(top)
+        out.append({"text": masked, "answer": words[i].lower(),
+                    "top": [[tok.convert_ids_to_tokens(int(t)), round(float(q), 4)]
+                            for t, q in zip(ids, p)]})
+        if len(out) == k:
+            break
+    return out
+
+
+@user_errors_exit
 def main(argv):
     del argv
     w = FLAGS.workdir
+    logs = os.path.join(w, "logs")
+    progress = Progress(FLAGS.finetune_seeds)
+    t_start, cpu_start = time.time(), _cpu_seconds()
     corpus, data = os.path.join(w, "corpus"), os.path.join(w, "data")
-    t_start = time.time()
-    if not os.path.exists(os.path.join(corpus, "manifest.json")):
-        _run("bertjax.data.demo_corpus", f"--out={corpus}")
     labelled = os.path.join(w, "wordnet")
-    if not os.path.exists(os.path.join(labelled, "labels.txt")):
-        if os.path.exists("/usr/share/wordnet/data.noun"):
-            _run("bertjax.data.demo_wordnet", f"--out={labelled}", "--n_train=4000", "--n_dev=1000")
-        else:
-            print("wordnet-base is not installed; fine-tuning on the small movie-review set",
-                  flush=True)
-            labelled = os.path.join(corpus, "polarity")
+    if not os.path.exists("/usr/share/wordnet/data.noun"):
+        raise UserError("Debian's wordnet-base is not installed (/usr/share/wordnet/data.noun); "
+                        "`apt-get install wordnet-base`, or run `make demo` as root")
+
+    # A rerun starts over: these are the demo's own outputs, and a resumed half of them would
+    # not give the numbers of a fresh clone.
+    for sub in ("corpus", "wordnet", "vocab", "data", "pretrain", "pretrained", "export_hf",
+                "finetune", "logs"):
+        shutil.rmtree(os.path.join(w, sub), ignore_errors=True)
+    progress.begin("corpus")
+    _run(progress, logs, "corpus", "bertjax.data.demo_corpus", f"--out={corpus}")
+    progress.end()
+    progress.begin("labelled")
+    _run(progress, logs, "labelled", "bertjax.data.demo_wordnet", f"--out={labelled}",
+         f"--n_train={FLAGS.n_train}", f"--n_dev={FLAGS.n_dev}",
+         f"--gloss_out={corpus}/gloss")
+    progress.end()
+    texts = f"{corpus}/wiki-*.txt,{corpus}/gloss/gloss-*.txt"
+    progress.begin("vocab")
     vocab = os.path.join(w, "vocab")
-    if not os.path.exists(os.path.join(vocab, "vocab.txt")):
-        _run("bertjax.text.train_vocab", f"--input={corpus}/wiki-*.txt", "--kind=wordpiece",
-             f"--vocab_size={VOCAB_SIZE}", f"--out={vocab}")
-    common = [f"--vocab={vocab}", "--max_seq_length=128", "--max_predictions_per_seq=20"]
-    train_dir, heldout_dir = os.path.join(data, "train128"), os.path.join(data, "heldout128")
-    _run("bertjax.data.prepare", f"--input={corpus}/wiki-*.txt", f"--output_dir={train_dir}",
-         "--masking=dynamic", f"--dupe_factor={DUPE_FACTOR}", "--num_workers=2", *common)
-    _run("bertjax.data.prepare", f"--input={corpus}/heldout/*.txt", f"--output_dir={heldout_dir}",
-         "--masking=static", f"--dupe_factor={DUPE_FACTOR // 2}", "--num_workers=1", *common)
+    _run(progress, logs, "vocab", "bertjax.text.train_vocab", f"--input={texts}",
+         "--kind=wordpiece", "--exact", f"--vocab_size={VOCAB_SIZE}", f"--out={vocab}")
+    progress.end()
+
+    progress.begin("prepare")
+    common = [f"--vocab={vocab}", f"--max_seq_length={SEQ}", f"--max_predictions_per_seq={PREDS}",
+              "--seed=0"]
+    train_dir, heldout_dir = os.path.join(data, "train"), os.path.join(data, "heldout")
+    _run(progress, logs, "prepare_train", "bertjax.data.prepare", f"--input={texts}",
+         f"--output_dir={train_dir}", "--masking=dynamic", "--dupe_factor=1",
+         "--num_workers=2", *common)
+    _run(progress, logs, "prepare_heldout", "bertjax.data.prepare",
+         f"--input={corpus}/heldout/*.txt", f"--output_dir={heldout_dir}", "--masking=static",
+         "--dupe_factor=2", "--num_workers=1", *common)
+    progress.end()
     vocab_size = json.load(open(os.path.join(train_dir, "metadata.json")))["tokenizer"]["vocab_size"]
 
+    progress.begin("pretrain")
     pre = os.path.join(w, "pretrain")
-    out = _run("bertjax.pretrain", "--config=configs/demo.py", f"--workdir={pre}",
-               f"--config.data.train_dir={train_dir}", f"--config.data.eval_dir={heldout_dir}",
-               f"--config.model.vocab_size={vocab_size}",
-               f"--config.train.num_steps={FLAGS.pretrain_steps}")
+    steps = [f"--config.train.num_steps={FLAGS.pretrain_steps}"] if FLAGS.pretrain_steps else []
+    out = _run(progress, logs, "pretrain", "bertjax.pretrain", "--config=configs/demo.py",
+               f"--workdir={pre}", f"--config.data.train_dir={train_dir}",
+               f"--config.data.eval_dir={heldout_dir}", f"--config.model.vocab_size={vocab_size}",
+               f"--config.data.max_seq_length={SEQ}",
+               f"--config.data.max_predictions_per_seq={PREDS}", *steps)
     pretrain_summary = _last_json(out)
-    baseline = most_frequent_token_baseline(heldout_dir)
+    progress.end()
 
+    progress.begin("evaluate")
+    baseline = most_frequent_token_baseline(heldout_dir)
+    ev = pretrain_summary.get("eval", {})
+    progress.say(f"held-out MLM accuracy {100 * ev.get('mlm_accuracy', 0):.2f}% (most-frequent-"
+                 f"token baseline {100 * baseline['accuracy']:.2f}%), NSP accuracy "
+                 f"{100 * ev.get('nsp_accuracy', 0):.2f}% (chance 50%)")
+    progress.end()
+
+    progress.begin("export")
     # Params-only checkpoint with the vocabulary beside it: what fine-tuning and export start from.
     ckpt = os.path.join(w, "pretrained")
-    if not os.path.exists(os.path.join(ckpt, "model_config.json")):
-        _save_pretrained(pre, vocab, ckpt)
+    _save_pretrained(pre, vocab, ckpt)
     hf_out = os.path.join(w, "export_hf")
-    _run("bertjax.convert", f"--checkpoint={ckpt}", f"--to_hf={hf_out}")
+    _run(progress, logs, "export", "bertjax.convert", f"--checkpoint={ckpt}", f"--to_hf={hf_out}")
+    fills = fill_mask_examples(hf_out, os.path.join(corpus, "heldout", "wiki-heldout-00000.txt"))
+    for f in fills:
+        top = ", ".join(f"{t} {p:.2f}" for t, p in f["top"])
+        progress.say(f"fill-mask (exported model in transformers): {f['text']}\n"
+                     f"    -> {top}   (the word was: {f['answer']})")
+    progress.end()
 
     report = {
-        "pretrain_steps": FLAGS.pretrain_steps,
-        "heldout": pretrain_summary.get("eval", {}),
-        "train_last": pretrain_summary.get("train", {}),
-        "most_frequent_token_baseline": baseline,
-        "export": hf_out,
+        "pretrain_steps": pretrain_summary.get("step"),
+        "heldout": ev, "train_last": pretrain_summary.get("train", {}),
+        "most_frequent_token_baseline": baseline, "export": hf_out, "fill_mask": fills,
     }
+    progress.begin("finetune")
     if not FLAGS.skip_finetune:
         model_cfg = json.load(open(os.path.join(ckpt, "model_config.json")))
-        report["finetune"] = _finetune_comparison(w, ckpt, vocab, labelled, model_cfg)
-    report["wall_seconds"] = time.time() - t_start
+        report["finetune"] = _finetune_comparison(progress, logs, w, ckpt, vocab, labelled,
+                                                  model_cfg)
+        report["labelled"] = json.load(open(os.path.join(labelled, "stats.json")))
+    progress.end()
+
+    progress.begin("report")
+    report["wall_seconds"] = round(time.time() - t_start, 1)
+    report["cpu_seconds"] = round(_cpu_seconds() - cpu_start, 1)
+    report["payoff"] = payoff(report.get("finetune", {}))
+    png = os.path.join(w, "report.png")
+    draw_report(os.path.join(pre, "metrics.jsonl"), report, png)
     with open(os.path.join(w, "report.json"), "w") as f:
         json.dump(report, f, indent=2, sort_keys=True)
-    _print_summary(report, pre, w)
+    progress.end()
+    progress.say("")
+    _print_summary(report, pre, w, png)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children: on a shared box, the part of the wall
+    time that was ours."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _save_pretrained(workdir: str, vocab_dir: str, out_dir: str) -> None:
@@ -138,37 +320,106 @@ def _save_pretrained(workdir: str, vocab_dir: str, out_dir: str) -> None:
     model_io.save_checkpoint(out_dir, model, cfg, task, extra_files=extras)
 
 
-def _finetune_comparison(w: str, ckpt: str, vocab: str, labelled: str, model_cfg: dict) -> dict:
-    """The same architecture fine-tuned from the pretrained checkpoint and from scratch."""
+def _finetune_comparison(progress, logs, w, ckpt, vocab, labelled, model_cfg) -> dict:
+    """The same architecture and recipe fine-tuned from the pretrained checkpoint and from scratch."""
     shape = [f"--config.model.{k}={model_cfg[k]}" for k in
              ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size")]
     results = {}
     for name, init in (("pretrained", ckpt), ("random_init", "")):
-        out = _run("bertjax.finetune", f"--config=configs/text_classification.py:{labelled}",
-                   f"--workdir={os.path.join(w, 'finetune', name)}", f"--config.task.vocab={vocab}",
-                   f"--config.init_from={init}", f"--config.seeds={FLAGS.finetune_seeds}",
-                   f"--config.task.epochs={FLAGS.finetune_epochs}", *shape)
+        out = _run(progress, logs, f"finetune_{name}", "bertjax.finetune",
+                   f"--config=configs/text_classification.py:{labelled}",
+                   f"--workdir={os.path.join(w, 'finetune', name)}",
+                   f"--config.task.vocab={vocab}", f"--config.init_from={init}",
+                   f"--config.seeds={FLAGS.finetune_seeds}",
+                   f"--config.task.epochs={FLAGS.finetune_epochs}",
+                   f"--config.data.max_seq_length={FINETUNE_SEQ}", "--config.train.batch_size=16",
+                   *shape)
         results[name] = _last_json(out)
     return results
 
 
-def _print_summary(report: dict, pre: str, w: str) -> None:
+def payoff(finetune: dict) -> dict:
+    """The skeptic's test: does the worst pretrained seed beat the best random-init seed?"""
+    pre = [r["best"] for r in finetune.get("pretrained", {}).get("runs", [])]
+    rnd = [r["best"] for r in finetune.get("random_init", {}).get("runs", [])]
+    if not pre or not rnd:
+        return {}
+    return {"worst_pretrained": min(pre), "best_random_init": max(rnd),
+            "met": min(pre) > max(rnd), "margin": min(pre) - max(rnd)}
+
+
+def draw_report(jsonl: str, report: dict, png: str) -> None:
+    """Held-out MLM and NSP accuracy against their baselines, and every fine-tuning seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bertjax.train.metrics import read_jsonl
+
+    series = read_jsonl(jsonl) if os.path.exists(jsonl) else {}
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, key, base, label in (
+            (axes[0], "eval/mlm_accuracy", report["most_frequent_token_baseline"]["accuracy"],
+             "most frequent token"),
+            (axes[1], "eval/nsp_accuracy", 0.5, "chance")):
+        if key in series:
+            steps, values = series[key]
+            ax.plot(steps, 100 * values, "o-", lw=1.5, label="held-out")
+        train_key = key.replace("eval/", "train/")
+        if train_key in series:
+            steps, values = series[train_key]
+            ax.plot(steps, 100 * values, lw=0.8, alpha=0.5, label="training batches")
+        ax.axhline(100 * base, color="gray", ls="--", label=label)
+        ax.set_title(key.replace("eval/", "pretraining: ").replace("_", " ") + " (%)")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    ft = report.get("finetune", {})
+    for x, name in enumerate(("random_init", "pretrained")):
+        vals = [100 * r["best"] for r in ft.get(name, {}).get("runs", [])]
+        ax.plot([x] * len(vals), vals, "o", ms=7, alpha=0.7)
+        if vals:
+            ax.hlines(sum(vals) / len(vals), x - 0.2, x + 0.2, color="k")
+    ax.set_xticks([0, 1], ["random init", "pretrained"])
+    ax.set_xlim(-0.6, 1.6)
+    stats = report.get("labelled", {})
+    if stats:
+        ax.axhline(100 * stats["dev_majority_share"], color="gray", ls="--", label="majority class")
+        ax.legend(fontsize=8)
+    ax.set_title(f"fine-tuning: dev accuracy per seed (%), {stats.get('train', '?')} labels")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = png + ".tmp"
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)
+
+
+def _print_summary(report: dict, pre: str, w: str, png: str) -> None:
     ev, base = report["heldout"], report["most_frequent_token_baseline"]
-    print("\n== demo summary ==")
+    print("== demo summary ==")
     if ev:
-        print(f"held-out MLM accuracy {100 * ev.get('mlm_accuracy', 0):.1f}% "
-              f"(most-frequent-token baseline {100 * base['accuracy']:.1f}%), "
-              f"NSP accuracy {100 * ev.get('nsp_accuracy', 0):.1f}% (chance 50%)")
+        print(f"held-out MLM accuracy {100 * ev.get('mlm_accuracy', 0):.2f}% "
+              f"(most-frequent-token baseline {100 * base['accuracy']:.2f}%), "
+              f"NSP accuracy {100 * ev.get('nsp_accuracy', 0):.2f}% (chance 50%)")
     for name, res in report.get("finetune", {}).items():
         if res:
-            runs = ", ".join(f"{100 * r['best']:.1f}" for r in res.get("runs", []))
-            print(f"fine-tuned from {name}: dev accuracy {100 * res['mean']:.1f} +- "
-                  f"{100 * res['std']:.1f} over {res.get('seeds')} seeds ({runs})")
-    print(f"TensorBoard: tensorboard --logdir {os.path.join(pre, 'tensorboard')}")
-    print(f"plot: {os.path.join(pre, 'curves.png')}")
+            runs = ", ".join(f"{100 * r['best']:.2f}" for r in res.get("runs", []))
+            print(f"fine-tuned from {name}: dev accuracy {100 * res['mean']:.2f} +- "
+                  f"{100 * res['std']:.2f} over {res.get('seeds')} seeds ({runs})")
+    p = report.get("payoff")
+    if p:
+        verdict = "pretraining pays" if p["met"] else "NOT shown"
+        print(f"worst pretrained seed {100 * p['worst_pretrained']:.2f} vs best random-init seed "
+              f"{100 * p['best_random_init']:.2f}: {verdict}")
+    print(f"wall {report['wall_seconds']:.0f} s, CPU {report['cpu_seconds']:.0f} s "
+          f"(this process and its children)")
+    print(f"report: {png} and {os.path.join(w, 'report.json')}; logs: {os.path.join(w, 'logs')}")
     print(f"exported Hugging Face model: {report['export']}")
-    print(f"report: {os.path.join(w, 'report.json')}")
+    print(f"TensorBoard: tensorboard --logdir {os.path.join(pre, 'tensorboard')}")
 
 
 if __name__ == "__main__":
-    app.run(user_errors_exit(main))
+    app.run(main)

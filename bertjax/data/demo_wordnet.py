@@ -11,6 +11,7 @@ Nothing of it is committed; `make demo` installs wordnet-base and builds it.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import random
 import re
@@ -36,8 +37,8 @@ def lexnames(man_page: str = LEXNAMES_MAN) -> dict[int, str]:
     return names
 
 
-def noun_definitions(wordnet_dir: str) -> list[tuple[str, int]]:
-    """(definition, lexicographer file number) for every noun synset."""
+def noun_glosses(wordnet_dir: str) -> list[tuple[str, int, list[str]]]:
+    """(definition, lexicographer file number, example sentences) for every noun synset."""
     path = os.path.join(wordnet_dir, "data.noun")
     if not os.path.exists(path):
         raise UserError(f"{path} not found; install Debian's wordnet-base (apt-get install "
@@ -49,11 +50,49 @@ def noun_definitions(wordnet_dir: str) -> list[tuple[str, int]]:
                 continue  # the licence header lines start with two spaces
             head, gloss = line.split("|", 1)
             lex = int(head.split()[1])
-            # The gloss is "definition; "example"; ...": keep the definition only.
-            definition = gloss.split('; "')[0].strip().rstrip(";").strip()
-            if len(definition.split()) >= 3:
-                rows.append((definition, lex))
+            # The gloss is 'definition; "example"; "example"': the definition, then quotations.
+            parts = gloss.strip().split('; "')
+            definition = parts[0].strip().rstrip(";").strip()
+            examples = [" ".join(e.strip().rstrip(";").strip().strip('"').split())
+                        for e in parts[1:]]
+            rows.append((definition, lex, [e for e in examples if len(e.split()) >= 3]))
     return rows
+
+
+def noun_definitions(wordnet_dir: str) -> list[tuple[str, int]]:
+    """(definition, lexicographer file number) for every noun synset of three words or more."""
+    return [(d, lex) for d, lex, _ in noun_glosses(wordnet_dir) if len(d.split()) >= 3]
+
+
+def gloss_documents(wordnet_dir: str, exclude: set[str], per_document: int = 6,
+                    seed: int = 0) -> list[list[str]]:
+    """Unlabelled pretraining text from the noun glosses: each synset's definition followed by
+    its example sentences, synsets shuffled with a fixed seed and grouped `per_document` to a
+    document, so a 64-token sequence is full of text rather than padding. The shuffle keeps the
+    topic out of the text's order (consecutive synsets in data.noun share a category, which
+    next-sentence pairs would otherwise learn). Synsets whose definition is in `exclude` (the
+    fine-tuning dev set) are left out."""
+    units = []
+    for definition, _, examples in noun_glosses(wordnet_dir):
+        if definition.replace("\t", " ") in exclude or len(definition.split()) < 3:
+            continue
+        units.append([definition, *examples])
+    random.Random(seed).shuffle(units)
+    return [sum(units[i:i + per_document], []) for i in range(0, len(units), per_document)]
+
+
+def write_gloss_corpus(out_dir: str, dev_tsv: str, wordnet_dir: str = DEFAULT_DIR,
+                       shards: int = 2) -> dict:
+    """DIR/gloss-0000K.txt in the original pretraining format, the dev definitions excluded."""
+    with open(dev_tsv, encoding="utf-8") as f:
+        exclude = {line.rsplit("\t", 1)[0] for line in list(f)[1:]}
+    docs = gloss_documents(wordnet_dir, exclude)
+    os.makedirs(out_dir, exist_ok=True)
+    for k in range(shards):
+        body = "\n".join("".join(s + "\n" for s in doc) for doc in docs[k::shards])
+        write_atomic(os.path.join(out_dir, f"gloss-{k:05d}.txt"), body)
+    return {"documents": len(docs), "sentences": sum(len(d) for d in docs),
+            "excluded_dev_definitions": len(exclude)}
 
 
 def build(out_dir: str, wordnet_dir: str = DEFAULT_DIR, n_train: int = 8000, n_dev: int = 2000,
@@ -87,6 +126,13 @@ def main(argv):
     if not flags.FLAGS.out:
         raise UserError("--out is required")
     stats = build(flags.FLAGS.out, flags.FLAGS.wordnet_dir, flags.FLAGS.n_train, flags.FLAGS.n_dev)
+    write_atomic(os.path.join(flags.FLAGS.out, "stats.json"), json.dumps(stats, indent=2) + "\n")
+    if flags.FLAGS.gloss_out:
+        g = write_gloss_corpus(flags.FLAGS.gloss_out, os.path.join(flags.FLAGS.out, "dev.tsv"),
+                               flags.FLAGS.wordnet_dir)
+        print(f"wordnet glosses: {g['documents']} unlabelled documents, {g['sentences']} "
+              f"sentences, the {g['excluded_dev_definitions']} dev definitions left out "
+              f"({flags.FLAGS.gloss_out})")
     print(f"wordnet topics: {stats['train']} train / {stats['dev']} dev definitions, "
           f"{stats['labels']} labels, dev majority class {100 * stats['dev_majority_share']:.1f}% "
           f"({flags.FLAGS.out})")
@@ -97,4 +143,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("wordnet_dir", DEFAULT_DIR, "Where wordnet-base put data.noun.")
     flags.DEFINE_integer("n_train", 8000, "Training definitions.")
     flags.DEFINE_integer("n_dev", 2000, "Dev definitions.")
+    flags.DEFINE_string("gloss_out", "", "Also write the unlabelled gloss corpus here.")
     app.run(user_errors_exit(main))

@@ -80,6 +80,100 @@ def train_wordpiece(sentences: _Sentences, vocab_size: int, lower_case: bool,
     return ("\n".join(SPECIAL_TOKENS + learned) + "\n").encode("utf-8")
 
 
+def _word_counts(sentences, lower_case: bool):
+    """Pre-tokenized word -> count, with the normaliser and pre-tokenizer the trainer and
+    WordPieceTokenizer use (deterministic functions; only the Rust trainer's merging is not)."""
+    from collections import Counter
+
+    from tokenizers import normalizers, pre_tokenizers
+
+    norm = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                      strip_accents=lower_case, lowercase=lower_case)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: Counter = Counter()
+    for sentence in sentences:
+        counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(sentence)))
+    return counts
+
+
+def train_wordpiece_exact(sentences: _Sentences, vocab_size: int, lower_case: bool,
+                          min_frequency: int = 2, limit_alphabet: int = 1000) -> bytes:
+    """vocab.txt bytes from the same procedure as the Rust trainer (BPE merges over words split
+    into a first character and "##" continuation characters), with every tie broken by the
+    pieces' text. The Rust trainer breaks ties between equally frequent pairs by ids it hands out
+    in hash-map order, which changes from process to process; this one gives the same bytes on
+    every run. Pure Python: seconds for the demo corpus, minutes for a Wikipedia-sized one."""
+    import heapq
+    from collections import Counter, defaultdict
+
+    counts = _word_counts(sentences, lower_case)
+    sentences.check()
+    chars: Counter = Counter()
+    for word, n in counts.items():
+        for c in word:
+            chars[c] += n
+    alphabet = {c for c, _ in sorted(chars.items(), key=lambda kv: (-kv[1], kv[0]))[:limit_alphabet]}
+    # A word with a character outside the alphabet becomes [UNK] whole in WordPiece matching, so
+    # it takes no part in the merges.
+    words = [([w[0]] + ["##" + c for c in w[1:]], n) for w, n in sorted(counts.items())
+             if all(c in alphabet for c in w)]
+    vocab = list(SPECIAL_TOKENS)
+    seen = set(vocab)
+    for piece in sorted({p for symbols, _ in words for p in symbols},
+                        key=lambda t: (t.startswith("##"), t)):
+        if piece not in seen:
+            vocab.append(piece)
+            seen.add(piece)
+
+    pair_counts: dict = defaultdict(int)
+    where: dict = defaultdict(set)
+    for i, (symbols, n) in enumerate(words):
+        for pair in zip(symbols, symbols[1:]):
+            pair_counts[pair] += n
+            where[pair].add(i)
+    heap = [(-n, pair) for pair, n in pair_counts.items()]
+    heapq.heapify(heap)
+    while len(vocab) < vocab_size and heap:
+        neg, pair = heapq.heappop(heap)
+        if pair_counts.get(pair, 0) != -neg:
+            continue  # stale entry: the count changed since it was pushed
+        if -neg < min_frequency:
+            break
+        a, b = pair
+        merged = a + b[2:]
+        if merged not in seen:
+            vocab.append(merged)
+            seen.add(merged)
+        changed = set()
+        for i in sorted(where.pop(pair)):
+            symbols, n = words[i]
+            for old in zip(symbols, symbols[1:]):
+                pair_counts[old] -= n
+                changed.add(old)
+            out, k = [], 0
+            while k < len(symbols):
+                if k + 1 < len(symbols) and symbols[k] == a and symbols[k + 1] == b:
+                    out.append(merged)
+                    k += 2
+                else:
+                    out.append(symbols[k])
+                    k += 1
+            words[i] = (out, n)
+            for new in zip(out, out[1:]):
+                pair_counts[new] += n
+                where[new].add(i)
+                changed.add(new)
+        for p in changed:
+            if pair_counts.get(p, 0) <= 0:
+                pair_counts.pop(p, None)
+                where.pop(p, None)
+            elif p != pair:
+                heapq.heappush(heap, (-pair_counts[p], p))
+        pair_counts.pop(pair, None)
+    learned = sorted(vocab[len(SPECIAL_TOKENS):], key=lambda t: (t.startswith("##"), t))
+    return ("\n".join(SPECIAL_TOKENS + learned) + "\n").encode("utf-8")
+
+
 def train_sentencepiece(sentences: _Sentences, vocab_size: int, model_type: str = "unigram",
                         character_coverage: float = 0.9995,
                         max_sentences: int = 10_000_000) -> tuple[bytes, bytes]:
@@ -146,7 +240,6 @@ def train_vocab(input_spec: str, kind: str, vocab_size: int, out_dir: str, lower
     """Trains and writes a vocabulary; returns a summary (files, sizes, corpus counts)."""
     import json
 
-    from bertjax.text.sentencepiece_tok import SentencePieceTokenizer
     from bertjax.text.wordpiece import WordPieceTokenizer
 
     if kind not in KINDS:
@@ -169,13 +262,18 @@ def train_vocab(input_spec: str, kind: str, vocab_size: int, out_dir: str, lower
                         indent=2) + "\n"
     if kind == "wordpiece":
         sentences = _Sentences(docs, lower_case=False)
-        vocab = train_wordpiece(sentences, vocab_size, lower_case,
+        trainer = train_wordpiece_exact if options.get("exact") else train_wordpiece
+        vocab = trainer(sentences, vocab_size, lower_case,
                                 min_frequency=options.get("min_frequency", 2),
                                 limit_alphabet=options.get("limit_alphabet", 1000))
         files = {"vocab.txt": vocab, CONFIG_NAME: config.encode()}
         verify = lambda t: WordPieceTokenizer(t["vocab.txt"], lower_case=lower_case)
         load = lambda: WordPieceTokenizer(os.path.join(out_dir, "vocab.txt"), lower_case=lower_case)
     else:
+        # Imported only here: a WordPiece training must not depend on sentencepiece's protobuf
+        # module loading (it fails outright when the installed protobuf runtime is older).
+        from bertjax.text.sentencepiece_tok import SentencePieceTokenizer
+
         # SentencePiece has no lower-casing of its own; the tokenizer lower-cases before encoding.
         sentences = _Sentences(docs, lower_case=lower_case)
         model, vocab = train_sentencepiece(
@@ -214,6 +312,9 @@ def define_flags() -> None:
     flags.DEFINE_string("tfds_split", "train", "TFDS split for tfds:NAME inputs.")
     flags.DEFINE_integer("min_frequency", 2, "WordPiece: minimum count for a merge.")
     flags.DEFINE_integer("limit_alphabet", 1000, "WordPiece: most distinct characters kept.")
+    flags.DEFINE_bool("exact", False,
+                      "WordPiece: the pure-Python trainer, ties broken by text, so every run writes "
+                      "the same bytes (the Rust trainer's ties follow hash-map order); slower.")
     flags.DEFINE_string("model_type", "unigram", "SentencePiece: unigram | bpe")
     flags.DEFINE_float("character_coverage", 0.9995, "SentencePiece: share of characters covered.")
     flags.DEFINE_integer("max_sentences", 10_000_000,
@@ -231,7 +332,7 @@ def main(argv):
         FLAGS.input, FLAGS.kind, FLAGS.vocab_size, FLAGS.out, lower_case=FLAGS.lower_case,
         fmt=FLAGS.format, text_field=FLAGS.text_field, doc_unit=FLAGS.doc_unit,
         tfds_data_dir=FLAGS.tfds_data_dir, tfds_split=FLAGS.tfds_split,
-        min_frequency=FLAGS.min_frequency, limit_alphabet=FLAGS.limit_alphabet,
+        min_frequency=FLAGS.min_frequency, limit_alphabet=FLAGS.limit_alphabet, exact=FLAGS.exact,
         model_type=FLAGS.model_type, character_coverage=FLAGS.character_coverage,
         max_sentences=FLAGS.max_sentences)
     print(f"trained a {FLAGS.kind} vocabulary of {summary['vocab_size']} tokens "
