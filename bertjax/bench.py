@@ -101,7 +101,7 @@ def bench_bertjax(cfg, steps: int, warmup: int, batch_size: int | None = None,
     import jax
 
     from bertjax.model import BertConfig, build_model
-    from bertjax.model.attention import resolve_backend
+    from bertjax.model.attention import describe
     from bertjax.train import flops, mesh as mesh_lib, objectives, optim
     from bertjax.train.step import make_steps
 
@@ -142,7 +142,10 @@ def bench_bertjax(cfg, steps: int, warmup: int, batch_size: int | None = None,
     return {
         "impl": "bertjax", "model": f"L{model_cfg.num_layers}-H{model_cfg.hidden_size}",
         "seq_len": s, "batch": b, "dtype": model_cfg.dtype,
-        "attention": resolve_backend(model_cfg.attention_backend), "remat": model_cfg.remat,
+        # What the step really ran: "auto" keeps attention dropout with xla while training.
+        "attention": describe(model_cfg.attention_backend, model_cfg.attention_dropout, s,
+                              jax.default_backend()),
+        "remat": model_cfg.remat,
         "sequences_per_second": seqs, "tokens_per_second": seqs * s, "step_time_s": dt,
         "mfu": flops.mfu(seqs * s, fpt, jax.device_count(), dev.device_kind),
         "peak_memory_bytes": _peak_memory(dev), "compile_time_s": compile_s,

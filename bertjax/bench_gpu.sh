@@ -40,7 +40,11 @@ base=(--config=configs/bert_base.py)
 base512=(--config=configs/bert_base.py:512)
 large=(--config=configs/bert_large.py)
 run_hf() {
+  # BERT's recipe on both sides (attention dropout 0.1: "auto" runs xla attention while training),
+  # then ours with attention dropout off, which lets "auto" pick cuDNN's fused attention.
   bench base128_hf 240 "${base[@]}" --config.train.batch_size=256 --compare=hf --steps=20
+  bench base128_cudnn 90 "${base[@]}" --config.train.batch_size=256 \
+    --config.model.attention_dropout=0.0 --steps=20
   bench base512_hf 150 "${base512[@]}" --config.train.batch_size=32 --compare=hf \
     --hf_modes=compile --steps=20
   bench large128_hf 180 "${large[@]}" --config.train.batch_size=128 --compare=hf \
