@@ -22,6 +22,10 @@ FLAGS = flags.FLAGS
 
 
 def define_config(default: str | None = None, name: str = "config") -> None:
+    # Entrypoint modules each define it at import; importing two in one process (tests, the
+    # Python API) must not fail on a duplicate flag.
+    if name in FLAGS:
+        return
     config_flags.DEFINE_config_file(
         name, default, "Recipe file (configs/*.py[:arg]); override leaves with --config.a.b=v",
         lock_config=True,

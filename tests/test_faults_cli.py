@@ -111,7 +111,7 @@ def test_pretrain_bad_inputs(tmp_path):
 
 
 def test_finetune_bad_inputs(tmp_path):
-    from bertjax.data.tasks import toy
+    import toy_tasks as toy
 
     path, _ = fts.make_checkpoint(str(tmp_path / "pre"))
     t = tmp_path

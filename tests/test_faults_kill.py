@@ -98,7 +98,7 @@ def test_pretraining_survives_random_sigkills(tmp_path):
 
 
 def test_finetuning_survives_random_sigkills_with_its_best(tmp_path):
-    from bertjax.data.tasks import toy
+    import toy_tasks as toy
 
     rng = fs.rng("kill-finetune")
     path, _ = fts.make_checkpoint(str(tmp_path / "pre"))

@@ -150,10 +150,17 @@ def compile_train_step(steps: StepFns, objective, mesh, batch: int, seq: int,
     state = mesh_lib.with_shardings(steps.abstract_state, steps.state_shardings)
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
                                sharding=NamedSharding(mesh, PartitionSpec()))
-    t0 = time.perf_counter()
-    compiled = steps.train.lower(state, abstract_batch(objective, batch, seq, preds, mesh),
-                                 key).compile()
-    seconds = time.perf_counter() - t0
+    # A TPU executable compiled with no TPU client cannot be read back from JAX's persistent
+    # compilation cache (it warns and compiles again), so the cache is left out of these compiles.
+    cache_was = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        t0 = time.perf_counter()
+        compiled = steps.train.lower(state, abstract_batch(objective, batch, seq, preds, mesh),
+                                     key).compile()
+        seconds = time.perf_counter() - t0
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache_was)
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})

@@ -6,6 +6,7 @@ with nnx.merge, so nothing but arrays crosses the jit boundary and the state can
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -101,6 +102,7 @@ def make_steps(model_fn: Callable[[], nnx.Module], objective, tx: optax.Gradient
 
     def placed(fn):
         # Traced under the mesh so kernels XLA cannot partition (splash) run inside shard_map.
+        @functools.wraps(fn)  # keeps the jit's name (train_step, ...) in HLO and profiles
         def wrapped(*args):
             with attn_lib.on_mesh(mesh, mesh_lib.BATCH_AXES, "tensor"):
                 return fn(*args)
