@@ -326,3 +326,19 @@ def _serve_proxy(port_file: str, upstream_port: int, cert: str, key: str) -> Non
 
 if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "proxy":
     _serve_proxy(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
+
+
+def serve():
+    """A started server for a pytest fixture (`pytest.fixture(scope=...)(fake_gcs.serve)`),
+    stopped afterwards; the test is skipped where the server cannot run."""
+    import pytest
+
+    server = FakeGcs()
+    try:
+        server.start()
+    except ServerUnavailable as e:
+        pytest.skip(f"fake GCS server cannot run here: {e}")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -127,17 +127,7 @@ needs_gcs = pytest.mark.skipif(fake_gcs.unavailable_reason() is not None,
                                reason=str(fake_gcs.unavailable_reason()))
 
 
-@pytest.fixture(scope="module")
-def gcs():
-    server = fake_gcs.FakeGcs()
-    try:
-        server.start()
-    except fake_gcs.ServerUnavailable as e:
-        pytest.skip(f"fake GCS server cannot run here: {e}")
-    try:
-        yield server
-    finally:
-        server.stop()
+gcs = pytest.fixture(scope="module", name="gcs")(fake_gcs.serve)
 
 
 def _bucket_files(gcs, prefix):
