@@ -32,15 +32,20 @@ from absl import flags
 from bertjax import cli
 from bertjax.errors import UserError
 
-cli.define_config()
-flags.DEFINE_integer("steps", 20, "Timed steps per run.")
-flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
-flags.DEFINE_enum("compare", "none", ["none", "hf"], "Also run Hugging Face on the same shapes.")
-flags.DEFINE_list("hf_modes", ["eager", "compile"], "Hugging Face modes for --compare=hf.")
-flags.DEFINE_enum("hf_device", "cuda", ["cuda", "cpu"],
-                  "Where the HF side runs; cpu is for tests (bf16 autocast on the CPU).")
-flags.DEFINE_list("batch_sweep", [], "bertjax at each of these batch sizes (no --compare).")
-flags.DEFINE_string("profile_dir", "", "Write a jax.profiler trace of the timed bertjax steps here.")
+
+def define_flags() -> None:
+    """Called by the command only (see cli.run)."""
+    cli.define_config()
+    flags.DEFINE_integer("steps", 20, "Timed steps per run.")
+    flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+    flags.DEFINE_enum("compare", "none", ["none", "hf"], "Also run Hugging Face on the same shapes.")
+    flags.DEFINE_list("hf_modes", ["eager", "compile"], "Hugging Face modes for --compare=hf.")
+    flags.DEFINE_enum("hf_device", "cuda", ["cuda", "cpu"],
+                      "Where the HF side runs; cpu is for tests (bf16 autocast on the CPU).")
+    flags.DEFINE_list("batch_sweep", [], "bertjax at each of these batch sizes (no --compare).")
+    flags.DEFINE_string("profile_dir", "", "Write a jax.profiler trace of the timed bertjax steps here.")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -323,4 +328,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags)

@@ -75,8 +75,11 @@ def config_to_dict(cfg) -> dict:
     return json.loads(cfg.to_json_best_effort())
 
 
-def run(main) -> None:
-    """absl app.run with one-line errors for flags and UserError."""
+def run(main, define_flags=None) -> None:
+    """absl app.run with one-line errors for flags and UserError. `define_flags` defines the
+    command's flags first: entrypoints never define them at import."""
+    if define_flags is not None:
+        define_flags()
 
     def quiet_main(argv):
         # Orbax logs every save step at INFO through absl; our progress line says what matters.

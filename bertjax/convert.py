@@ -23,14 +23,19 @@ from bertjax import cli
 from bertjax.errors import UserError
 from bertjax.interop import model_io, params as interop
 
-flags.DEFINE_string("from_hf", None, "Hugging Face BERT directory to read.")
-flags.DEFINE_string("from_tf", None, "Original TF BERT directory to read (bert_config.json, "
-                    "vocab.txt, bert_model.ckpt.*).")
-flags.DEFINE_string("out", None, "bertjax checkpoint directory to write (with --from_hf or "
-                    "--from_tf).")
-flags.DEFINE_string("checkpoint", None, "bertjax checkpoint (params-only dir or run workdir).")
-flags.DEFINE_string("to_hf", None, "Hugging Face directory to write (with --checkpoint).")
-flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
+
+def define_flags() -> None:
+    """Called by the command only (see cli.run)."""
+    flags.DEFINE_string("from_hf", None, "Hugging Face BERT directory to read.")
+    flags.DEFINE_string("from_tf", None, "Original TF BERT directory to read (bert_config.json, "
+                        "vocab.txt, bert_model.ckpt.*).")
+    flags.DEFINE_string("out", None, "bertjax checkpoint directory to write (with --from_hf or "
+                        "--from_tf).")
+    flags.DEFINE_string("checkpoint", None, "bertjax checkpoint (params-only dir or run workdir).")
+    flags.DEFINE_string("to_hf", None, "Hugging Face directory to write (with --checkpoint).")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -68,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags)

@@ -30,13 +30,18 @@ from absl import app, flags
 
 from bertjax.errors import UserError, user_errors_exit
 
-flags.DEFINE_string("workdir", "demo_out", "Where everything goes.")
-flags.DEFINE_integer("pretrain_steps", 0, "Pretraining steps (0 = configs/demo.py's).")
-flags.DEFINE_integer("finetune_seeds", 5, "Seeds per initialisation in the fine-tuning comparison.")
-flags.DEFINE_integer("n_train", 500, "Labelled training definitions.")
-flags.DEFINE_integer("n_dev", 1000, "Dev definitions.")
-flags.DEFINE_float("finetune_epochs", 10.0, "Fine-tuning epochs per run.")
-flags.DEFINE_bool("skip_finetune", False, "Stop after pretraining and export.")
+
+def define_flags() -> None:
+    """Called by the command only (see cli.run)."""
+    flags.DEFINE_string("workdir", "demo_out", "Where everything goes.")
+    flags.DEFINE_integer("pretrain_steps", 0, "Pretraining steps (0 = configs/demo.py's).")
+    flags.DEFINE_integer("finetune_seeds", 5, "Seeds per initialisation in the fine-tuning comparison.")
+    flags.DEFINE_integer("n_train", 500, "Labelled training definitions.")
+    flags.DEFINE_integer("n_dev", 1000, "Dev definitions.")
+    flags.DEFINE_float("finetune_epochs", 10.0, "Fine-tuning epochs per run.")
+    flags.DEFINE_bool("skip_finetune", False, "Stop after pretraining and export.")
+
+
 FLAGS = flags.FLAGS
 VOCAB_SIZE = 8000
 SEQ, PREDS = 64, 10
@@ -422,4 +427,5 @@ def _print_summary(report: dict, pre: str, w: str, png: str) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -23,8 +23,11 @@ from absl import flags
 from bertjax import api, cli
 from bertjax.train import distributed
 
-cli.define_config()
-flags.DEFINE_string("workdir", None, "Where checkpoints, predictions and the summary go.")
+
+def define_flags() -> None:
+    """Called by the command only (see cli.run)."""
+    cli.define_config()
+    flags.DEFINE_string("workdir", None, "Where checkpoints, predictions and the summary go.")
 
 
 def main(argv):
@@ -39,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags)

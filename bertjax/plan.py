@@ -22,13 +22,18 @@ from absl import flags
 from bertjax import cli
 from bertjax.errors import UserError
 
-cli.define_config()
-flags.DEFINE_string("topology", None, "TPU slice to compile for: FAMILY:SHAPE, e.g. v5e:2x2, "
-                    "v5e:4x4 (4 hosts), v4:2x2x1, v5p:2x2x2, v6e:2x2.")
-flags.DEFINE_integer("num_slices", 1, "Slices joined over the data-center network (multi-slice).")
-flags.DEFINE_list("sweep", [], "batch: the largest per-chip batch that fits; remat: for each "
-                  "remat policy (none, dots, full).")
-flags.DEFINE_integer("batch_step", 8, "Per-chip batch granularity of --sweep=batch.")
+
+def define_flags() -> None:
+    """Called by the command only (see cli.run)."""
+    cli.define_config()
+    flags.DEFINE_string("topology", None, "TPU slice to compile for: FAMILY:SHAPE, e.g. v5e:2x2, "
+                        "v5e:4x4 (4 hosts), v4:2x2x1, v5p:2x2x2, v6e:2x2.")
+    flags.DEFINE_integer("num_slices", 1, "Slices joined over the data-center network (multi-slice).")
+    flags.DEFINE_list("sweep", [], "batch: the largest per-chip batch that fits; remat: for each "
+                      "remat policy (none, dots, full).")
+    flags.DEFINE_integer("batch_step", 8, "Per-chip batch granularity of --sweep=batch.")
+
+
 FLAGS = flags.FLAGS
 
 REMAT_POLICIES = ("none", "dots", "full")
@@ -244,4 +249,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags)

@@ -17,8 +17,11 @@ from absl import flags
 from bertjax import cli
 from bertjax.errors import UserError
 
-cli.define_config()
-flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the plot go (local path or URL).")
+
+def define_flags() -> None:
+    """Called by the command only (see cli.run)."""
+    cli.define_config()
+    flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the plot go (local path or URL).")
 
 
 def identity_path(workdir: str) -> str:
@@ -154,4 +157,4 @@ def pretrain(cfg, workdir: str):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags)

@@ -6,7 +6,10 @@ import json
 
 from bertjax import cli
 
-cli.define_config()
+
+def define_flags() -> None:
+    """Called by the command only (see cli.run)."""
+    cli.define_config()
 
 
 def main(argv):
@@ -15,4 +18,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags)

@@ -44,6 +44,18 @@ def test_every_command_module_exists():
         assert importlib.util.find_spec(module) is not None, module
 
 
+def test_importing_every_command_together_defines_no_flags():
+    """Tests and the Python API import several entrypoints into one process; a flag defined at
+    import (CI once failed on `--workdir` from both demo and pretrain) would clash."""
+    code = ("import importlib; from absl import app, flags, logging; from bertjax import cli\n"
+            "from bertjax.__main__ import COMMANDS\n"
+            "for m, _ in COMMANDS.values(): importlib.import_module(m)\n"
+            "print(sorted(m for m in flags.FLAGS.flags_by_module_dict() if 'bertjax' in m))")
+    r = _run("-c", code)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"
+
+
 def test_the_package_builds_with_the_console_script(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                         "--no-build-isolation", "-w", str(tmp_path), REPO],
