@@ -80,7 +80,7 @@ def as_dataset(self, split, *args, **kwargs):
 sys.argv = ["bertjax.finetune"] + sys.argv[1:]
 with tfds.testing.mock_data(as_dataset_fn=as_dataset):
     finetune_main = finetune.main
-    cli.run(finetune_main)
+    cli.run(finetune_main, finetune.define_flags)
 """
 
 
