@@ -12,6 +12,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	  { test -x $(BIN)/python || $(PY) -m venv $(VENV); } && \
 	  $(BIN)/pip install -q --upgrade pip && \
 	  $(BIN)/pip install -q -r requirements-dev.txt && \
+	  $(BIN)/pip install -q --no-deps --no-build-isolation -e . && \
 	  touch $(STAMP) && echo "install took $$(( $$(date +%s) - start )) s"
 
 setup: $(STAMP)
@@ -26,7 +27,7 @@ demo: $(STAMP)
 	  { apt-get install -y -qq wordnet-base >/dev/null 2>&1 || \
 	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wordnet-base >/dev/null 2>&1; }; }; } || \
 	  echo "note: could not install wordnet-base (apt-get install wordnet-base, as root)"
-	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m bertjax.demo --workdir=demo_out
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/bertjax demo --workdir=demo_out
 
 lint: $(STAMP)
 	$(BIN)/ruff check bertjax launch tests configs

@@ -25,7 +25,8 @@ import ml_collections as mlc
 import numpy as np
 from flax import nnx
 
-from bertjax import embed as embed_lib, fill_mask as fill_lib
+from bertjax.tools import embed as embed_lib
+from bertjax.tools import fill_mask as fill_lib
 from bertjax.config import check_choices
 from bertjax.errors import UserError
 from bertjax.finetuning import run as finetune_run

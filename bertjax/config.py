@@ -118,7 +118,7 @@ FINETUNE_FAMILIES = {
 
 
 def finetune_config(preset: str = "base", family: str = "glue") -> mlc.ConfigDict:
-    """base_config plus a `task` section and `seeds`, for `python -m bertjax.finetune`.
+    """base_config plus a `task` section and `seeds`, for `bertjax finetune`.
 
     The model's shape comes from `init_from` when given (the recipe's preset only matters when
     training from scratch); data.max_seq_length is the task's sequence length. num_steps,

@@ -1,10 +1,10 @@
 """Fine-tuning entrypoint: GLUE, SQuAD v1.1/v2.0 and CoNLL NER from a pretrained checkpoint.
 
-python -m bertjax.finetune --config=configs/glue.py:mnli --config.init_from=CKPT --workdir=DIR \
+bertjax finetune --config=configs/glue.py:mnli --config.init_from=CKPT --workdir=DIR \
     --config.task.data_dir=GLUE_DIR [--config.seeds=5] [--config.task.predict_test=true]
-python -m bertjax.finetune --config=configs/squad.py:v2 --config.init_from=CKPT --workdir=DIR \
+bertjax finetune --config=configs/squad.py:v2 --config.init_from=CKPT --workdir=DIR \
     --config.task.train_file=train-v2.0.json --config.task.predict_file=dev-v2.0.json
-python -m bertjax.finetune --config=configs/ner.py --config.init_from=CKPT --workdir=DIR \
+bertjax finetune --config=configs/ner.py --config.init_from=CKPT --workdir=DIR \
     --config.task.data_dir=CONLL_DIR
 
 CKPT is a bertjax params-only checkpoint, a pretraining workdir or a Hugging Face BERT directory;

@@ -1,6 +1,6 @@
 """Pretraining entrypoint.
 
-python -m bertjax.pretrain --config=configs/bert_tiny.py --workdir=DIR \
+bertjax pretrain --config=configs/bert_tiny.py --workdir=DIR \
     --config.data.train_dir=PREPARED [--config.data.eval_dir=PREPARED_HELDOUT] [--config.a.b=v ...]
 
 Starting in a workdir that holds a committed checkpoint resumes from it; --config.init_from loads

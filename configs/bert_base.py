@@ -1,6 +1,6 @@
 """BERT-Base, the paper's phase-1 recipe: sequence 128, batch 256, lr 1e-4, 10k warmup steps.
 
-python -m bertjax.pretrain --config=configs/bert_base.py --workdir=gs://BUCKET/runs/base \
+bertjax pretrain --config=configs/bert_base.py --workdir=gs://BUCKET/runs/base \
     --config.data.train_dir=gs://BUCKET/data/seq128 --config.model.dtype=bfloat16
 Pass ":512" for phase 2 (sequence 512, 80 predictions per sequence).
 """

@@ -1,6 +1,6 @@
 """BERT-Large (24 layers, hidden 1024): sequence 128, batch 256, lr 1e-4.
 
-python -m bertjax.pretrain --config=configs/bert_large.py --workdir=gs://BUCKET/runs/large \
+bertjax pretrain --config=configs/bert_large.py --workdir=gs://BUCKET/runs/large \
     --config.data.train_dir=gs://BUCKET/data/seq128
 """
 from bertjax.config import base_config

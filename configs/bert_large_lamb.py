@@ -3,9 +3,9 @@ at sequence 512 and batch 32,768, initialised from phase 1 (params only, a new o
 schedule).
 
 Phase 1, then phase 2 from its last checkpoint:
-  python -m bertjax.pretrain --config=configs/bert_large_lamb.py:1 \\
+  bertjax pretrain --config=configs/bert_large_lamb.py:1 \\
       --workdir=gs://BUCKET/runs/large-lamb-1 --config.data.train_dir=gs://BUCKET/data/seq128
-  python -m bertjax.pretrain --config=configs/bert_large_lamb.py:2 \\
+  bertjax pretrain --config=configs/bert_large_lamb.py:2 \\
       --workdir=gs://BUCKET/runs/large-lamb-2 --config.data.train_dir=gs://BUCKET/data/seq512 \\
       --config.init_from=gs://BUCKET/runs/large-lamb-1
 

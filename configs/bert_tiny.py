@@ -1,6 +1,6 @@
 """BERT-Tiny (2 layers, hidden 128): CPU runs, tests and the demo.
 
-python -m bertjax.pretrain --config=configs/bert_tiny.py --workdir=/tmp/tiny \
+bertjax pretrain --config=configs/bert_tiny.py --workdir=/tmp/tiny \
     --config.data.train_dir=DATA --config.train.num_steps=2000
 """
 from bertjax.config import base_config

@@ -2,7 +2,7 @@
 at sequence 64 (the demo's text is Wikipedia sentences and WordNet glosses; the fine-tuning
 definitions fit in 32 tokens).
 
-python -m bertjax.pretrain --config=configs/demo.py --workdir=demo_out/pretrain \
+bertjax pretrain --config=configs/demo.py --workdir=demo_out/pretrain \
     --config.data.train_dir=demo_out/data/train --config.data.eval_dir=demo_out/data/heldout \
     --config.model.vocab_size=8000
 """

@@ -1,7 +1,7 @@
 """GLUE fine-tuning, one task per run: --config=configs/glue.py:TASK with TASK one of cola, sst2,
 mrpc, stsb (regression), qqp, mnli (scored on matched and mismatched dev), qnli, rte, wnli.
 
-python -m bertjax.finetune --config=configs/glue.py:rte --config.init_from=CKPT --workdir=DIR \
+bertjax finetune --config=configs/glue.py:rte --config.init_from=CKPT --workdir=DIR \
     --config.task.data_dir=GLUE_DIR --config.seeds=5
 
 The recipe of the BERT paper: AdamW (weight decay 0.01, no bias correction as in the original),

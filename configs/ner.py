@@ -1,7 +1,7 @@
 """Named-entity recognition on CoNLL-2003-style column files (token ... tag per line, blank lines
 between sentences; IOB1 or IOB2 tags).
 
-python -m bertjax.finetune --config=configs/ner.py --config.init_from=CKPT --workdir=DIR \
+bertjax finetune --config=configs/ner.py --config.init_from=CKPT --workdir=DIR \
     --config.task.data_dir=CONLL_DIR [--config.task.train_file=eng.train \
     --config.task.dev_file=eng.testa --config.task.test_file=eng.testb]
 

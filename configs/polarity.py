@@ -1,7 +1,7 @@
 """Sentence polarity for the demo: the GLUE SST-2 task read from the demo corpus's
 DIR/polarity/{train,dev}.tsv (a "sentence<TAB>label" header, labels 0/1: the SST-2 layout).
 
-python -m bertjax.finetune --config=configs/polarity.py:DEMO_DIR/polarity \
+bertjax finetune --config=configs/polarity.py:DEMO_DIR/polarity \
     --config.init_from=PRETRAINED --workdir=DIR
 
 The argument (or --config.task.data_dir) is the polarity directory. With only ~180 training

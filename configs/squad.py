@@ -1,6 +1,6 @@
 """SQuAD fine-tuning: --config=configs/squad.py:v1 (SQuAD 1.1) or :v2 (SQuAD 2.0).
 
-python -m bertjax.finetune --config=configs/squad.py:v1 --config.init_from=CKPT --workdir=DIR \
+bertjax finetune --config=configs/squad.py:v1 --config.init_from=CKPT --workdir=DIR \
     --config.task.train_file=train-v1.1.json --config.task.predict_file=dev-v1.1.json
 
 The original run_squad settings: [CLS] question [SEP] passage window [SEP] with

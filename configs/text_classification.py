@@ -2,7 +2,7 @@
 (DIR/train.tsv, DIR/dev.tsv with a `sentence<TAB>label` header; DIR/labels.txt optional). The demo
 fine-tunes on WordNet topics with it.
 
-python -m bertjax.finetune --config=configs/text_classification.py:DIR \
+bertjax finetune --config=configs/text_classification.py:DIR \
     --config.init_from=PRETRAINED --workdir=DIR --config.seeds=3
 """
 from bertjax.config import finetune_config

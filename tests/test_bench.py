@@ -1,4 +1,4 @@
-"""`bertjax.bench` on CPU with the tiny config: the real step, the Hugging Face comparison (eager,
+"""`bertjax.bench.step` on CPU with the tiny config: the real step, the Hugging Face comparison (eager,
 on the CPU), failures named in the output and the exit status, the work each side does, and the
 profile summary. Not a timing: throughput numbers live in docs/benchmarks.md."""
 import importlib.util
@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from bertjax import bench, bench_profile
+from bertjax.bench import step as bench
+from bertjax.bench import profile_summary as bench_profile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +21,7 @@ def report():
     print('TF_MODULES=' + ','.join(tf), file=sys.stderr)
 atexit.register(report)
 sys.argv = ['bench'] + sys.argv[1:]
-runpy.run_module('bertjax.bench', run_name='__main__')
+runpy.run_module('bertjax.bench.step', run_name='__main__')
 """
 TINY = ["--config=configs/bert_tiny.py", "--config.train.batch_size=8",
         "--config.model.vocab_size=512", "--config.data.max_seq_length=32",

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_print_config(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "bertjax.print_config", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "bertjax.tools.print_config", *args], cwd=ROOT,
                           capture_output=True, text=True, env=env, timeout=120)
 
 

@@ -1,4 +1,4 @@
-"""`python -m bertjax.convert` both ways, through real files, and its one-line failures."""
+"""`python -m bertjax.tools.convert` both ways, through real files, and its one-line failures."""
 import json
 import os
 import subprocess
@@ -16,7 +16,7 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range
 
 
 def convert(*args):
-    return subprocess.run([sys.executable, "-m", "bertjax.convert", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "bertjax.tools.convert", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
 

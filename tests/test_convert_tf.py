@@ -1,4 +1,4 @@
-"""`python -m bertjax.convert --from_tf=DIR` on a checkpoint in the original google-research/bert
+"""`python -m bertjax.tools.convert --from_tf=DIR` on a checkpoint in the original google-research/bert
 layout, written here by TensorFlow from a randomly initialised Hugging Face BertForPreTraining:
 every head's logits equal the HF model's, and bad checkpoints fail in one line naming variables."""
 import json
@@ -87,7 +87,7 @@ def hf_model():
 
 
 def convert(*args):
-    r = subprocess.run([sys.executable, "-m", "bertjax.convert", *args], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "bertjax.tools.convert", *args], cwd=ROOT,
                        capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2"))
     r.stderr = "\n".join(ln for ln in r.stderr.splitlines() if not _TF_NATIVE.match(ln))

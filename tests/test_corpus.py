@@ -202,7 +202,7 @@ def test_tfds_source(tmp_path):
 
 def test_demo_corpus(tmp_path):
     pytest.importorskip("gensim")
-    from bertjax.data.demo_corpus import build_demo_corpus
+    from bertjax.demo.corpus import build_demo_corpus
 
     out = str(tmp_path / "demo")
     m = build_demo_corpus(out, shards=2, heldout_every=5, max_articles=20)

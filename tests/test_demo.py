@@ -2,8 +2,8 @@
 corpus (no dev definition and no label order in it), and the whole-demo progress line."""
 import io
 
-from bertjax import demo
-from bertjax.data import demo_wordnet
+from bertjax.demo import run as demo
+from bertjax.demo import wordnet as demo_wordnet
 
 # Three synsets in data.noun's layout: offset, lex file number, ..., "| gloss".
 DATA_NOUN = """  1 This software and database is being provided to you, the LICENSEE, by

@@ -1,4 +1,4 @@
-"""bertjax.embed and bertjax.fill_mask on a checkpoint converted from a Hugging Face directory agree
+"""bertjax.tools.embed and bertjax.tools.fill_mask on a checkpoint converted from a Hugging Face directory agree
 with transformers: [CLS] and mean embeddings equal HF's last hidden states, and the fill-mask
 candidates are HF's top tokens with HF's probabilities."""
 import json
@@ -13,7 +13,8 @@ from hf_support import save_hf
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from bertjax import embed as embed_lib, fill_mask as fill_lib  # noqa: E402
+from bertjax.tools import embed as embed_lib  # noqa: E402
+from bertjax.tools import fill_mask as fill_lib  # noqa: E402
 from bertjax.errors import UserError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +43,7 @@ def run_module(tmp_path_factory):
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory, run_module):
     """A random BertForPreTraining saved with its vocabulary, and its bertjax conversion made by
-    `python -m bertjax.convert`; plus a BertForMaskedLM and a token classifier sharing its weights."""
+    `python -m bertjax.tools.convert`; plus a BertForMaskedLM and a token classifier sharing its weights."""
     root = tmp_path_factory.mktemp("hf")
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
@@ -53,7 +54,7 @@ def hf(tmp_path_factory, run_module):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     save_hf(model, root / "pretraining")
-    r = run_module("bertjax.convert", f"--from_hf={root / 'pretraining'}", f"--out={root / 'ckpt'}")
+    r = run_module("bertjax.tools.convert", f"--from_hf={root / 'pretraining'}", f"--out={root / 'ckpt'}")
     assert r.returncode == 0, r.stderr
     state = model.state_dict()
     others = {}
@@ -182,14 +183,14 @@ def test_fill_mask_refusals(hf):
 
 def test_command_lines(hf, tmp_path, run_module):
     src = write_texts(tmp_path / "in.txt", TEXTS)
-    r = run_module("bertjax.embed", f"--checkpoint={hf['ckpt']}", f"--input={src}",
+    r = run_module("bertjax.tools.embed", f"--checkpoint={hf['ckpt']}", f"--input={src}",
                    "--pooling=mean", f"--output={tmp_path / 'emb.npy'}")
     assert r.returncode == 0, r.stderr
     assert f"wrote {len(TEXTS)} x 32" in r.stdout
     diff = np.max(np.abs(np.load(tmp_path / "emb.npy") - hf_embeddings(hf, TEXTS)["mean"]))
     assert diff < TOL
 
-    r = run_module("bertjax.fill_mask", f"--checkpoint={hf['ckpt']}", "--top_k=4", "--json",
+    r = run_module("bertjax.tools.fill_mask", f"--checkpoint={hf['ckpt']}", "--top_k=4", "--json",
                    *PROMPTS)
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]

@@ -1,4 +1,4 @@
-"""bertjax.export: Hugging Face exports of every head load cleanly in transformers and give bertjax's
+"""bertjax.tools.export: Hugging Face exports of every head load cleanly in transformers and give bertjax's
 logits; safetensors and msgpack exports re-load to identical params; incomplete or mismatched
 checkpoints are refused and a failed export leaves nothing behind."""
 import json
@@ -13,7 +13,7 @@ from hf_support import write_vocab
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from bertjax import export as export_lib  # noqa: E402
+from bertjax.tools import export as export_lib  # noqa: E402
 from bertjax.errors import UserError  # noqa: E402
 from bertjax.interop import model_io, params as interop  # noqa: E402
 from bertjax.model import BertConfig, build_model  # noqa: E402
@@ -224,7 +224,7 @@ def test_failed_export_leaves_old_output_and_no_debris(tmp_path, vocab_dir, monk
 
 
 def run_export(*args):
-    return subprocess.run([sys.executable, "-m", "bertjax.export", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "bertjax.tools.export", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2"))
 

@@ -13,7 +13,7 @@ import fake_gcs
 import fault_support as fs
 import pretrain_support as ps
 from bertjax.errors import UserError
-from bertjax.train import workdir_lock
+from bertjax.store import lock as workdir_lock
 
 
 def _dead_pid() -> int:

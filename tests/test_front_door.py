@@ -28,7 +28,7 @@ def test_help_lists_every_command_with_one_line():
 def test_subcommand_is_the_module_program_and_unknown_ones_fail_in_one_line():
     args = ["--config=configs/bert_tiny.py", "--config.train.batch_size=8"]
     a = _run("-m", "bertjax", "print-config", *args)
-    b = _run("-m", "bertjax.print_config", *args)
+    b = _run("-m", "bertjax.tools.print_config", *args)
     assert a.returncode == 0 and a.stdout == b.stdout and '"batch_size": 8' in a.stdout
     bad = _run("-m", "bertjax", "print-config", "--config=configs/bert_tiny.py",
                "--config.train.batch_size=eight")

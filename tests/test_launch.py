@@ -600,7 +600,7 @@ def test_remote_commands_work_in_a_shell_like_a_worker(tmp_path):
     assert (home / "bertjax" / "launch" / "worker.sh").exists()
     assert sh(remote.alive()).strip() == f"bertjax-worker 0 none tree={sync_id}"
 
-    job = remote.job_argv("bertjax.print_config", ["--config=configs/tpu.py:v4-8"], WORKDIR)
+    job = remote.job_argv("bertjax.tools.print_config", ["--config=configs/tpu.py:v4-8"], WORKDIR)
     env_cpu = dict(remote.job_env({"MARK_ENV": "1"}), JAX_PLATFORMS="cpu")
     assert "started" in sh(remote.start(job, str(tmp_path / "gcs"), env_cpu))
     for _ in range(300):

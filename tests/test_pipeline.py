@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from bertjax.bench_data import synthetic_corpus
+from bertjax.bench.data import synthetic_corpus
 from bertjax.data import masking, pipeline, prepare, records
 from bertjax.errors import UserError
 

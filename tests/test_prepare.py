@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from bertjax.bench_data import synthetic_corpus
+from bertjax.bench.data import synthetic_corpus
 from bertjax.data import prepare, records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import fake_gcs
-from bertjax.bench_data import synthetic_corpus
+from bertjax.bench.data import synthetic_corpus
 from bertjax.data import prepare, storage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,6 +1,6 @@
 """The TPU path without a TPU: splash attention's numbers (Pallas interpret mode on the CPU), the
 real train steps compiled ahead of time for single- and multi-host TPU slices with libtpu, the
-multi-host batch placement, and `bertjax.plan`.
+multi-host batch placement, and `bertjax.tools.plan`.
 
 The compiles use the tiny model, so each takes seconds to a minute on 2 cores; a Mosaic kernel
 that is not inside shard_map fails at `.compile()` ("Mosaic kernels cannot be automatically
@@ -161,7 +161,7 @@ def test_host_batch_slices_cover_the_batch_on_multi_host_and_multi_slice_topolog
 
 def _plan(*args, timeout=600):
     env = {**os.environ, "JAX_PLATFORMS": ""}  # plan runs on whatever host it is given
-    return subprocess.run([sys.executable, "-m", "bertjax.plan", "--config=configs/bert_tiny.py",
+    return subprocess.run([sys.executable, "-m", "bertjax.tools.plan", "--config=configs/bert_tiny.py",
                            "--config.model.dtype=bfloat16", "--config.model.attention_dropout=0.0",
                            "--config.model.attention_backend=splash", *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

@@ -36,7 +36,7 @@ def test_a_tie_goes_to_the_pair_that_sorts_first(tmp_path):
 def test_same_bytes_in_fresh_processes(tmp_path):
     """Two trainings in separate interpreters with different string-hash seeds write the same
     file: set and dict orders differ between them, so only a tie rule that ignores them passes."""
-    from bertjax.bench_data import synthetic_corpus
+    from bertjax.bench.data import synthetic_corpus
 
     corpus_glob, _ = synthetic_corpus(str(tmp_path / "c"), files=2, docs_per_file=40,
                                       vocab_words=300, continuation_share=0.5, seed=3)

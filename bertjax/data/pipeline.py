@@ -60,10 +60,10 @@ def read_metadata(data_dir: str) -> dict:
     if not tf.io.gfile.exists(path):
         if tf.io.gfile.isdir(data_dir):
             raise UserError(f"{data_dir} has no metadata.json: it is not prepared data, or its "
-                            "prepare run did not finish; run `python -m bertjax.data.prepare` "
+                            "prepare run did not finish; run `bertjax prepare` "
                             f"--output_dir={data_dir} (again: finished shards are kept)")
         raise UserError(f"data directory {data_dir} does not exist; pass the --output_dir of "
-                        "`python -m bertjax.data.prepare`")
+                        "`bertjax prepare`")
     try:
         with tf.io.gfile.GFile(path, "r") as f:
             meta = json.load(f)
@@ -369,7 +369,7 @@ def _batch_stage(meta: dict, seq_length: int, predictions: int, spec, epoch_mask
         top = tf.reduce_max(tokens)
         with tf.control_dependencies([tf.debugging.assert_less(
                 top, vocab_size, message=f"{_BAD_SHARD}a token id in the prepared data is outside "
-                f"the vocabulary of {vocab_size}; run `python -m bertjax.data.prepare --verify "
+                f"the vocabulary of {vocab_size}; run `bertjax prepare --verify "
                 "--output_dir=DATA` to find the shard, and prepare it again|")]):
             tokens = tf.identity(tokens)
         if s > data_seq_length:

@@ -1,6 +1,6 @@
 """Corpus -> pretraining record shards + metadata.json, in parallel, streaming and resumable.
 
-    python -m bertjax.data.prepare --input='corpus/*.txt' --vocab=vocab.txt --output_dir=data128 \\
+    bertjax prepare --input='corpus/*.txt' --vocab=vocab.txt --output_dir=data128 \\
         --max_seq_length=128 --max_predictions_per_seq=20 --masking=static --dupe_factor=10 \\
         --num_workers=8
 

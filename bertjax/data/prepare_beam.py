@@ -1,6 +1,6 @@
 """prepare's Beam runner: the units of work of prepare.py as an Apache Beam pipeline.
 
-    python -m bertjax.data.prepare --runner=beam --input='gs://B/corpus/*.txt' --vocab=vocab.txt \\
+    bertjax prepare --runner=beam --input='gs://B/corpus/*.txt' --vocab=vocab.txt \\
         --output_dir=gs://B/data128 [--beam_options="--runner=DataflowRunner --project=P ..."]
 
 The main process plans (prepare.plan: options, vocabulary, the shards still to build) and finishes
@@ -73,7 +73,7 @@ class VocabFiles:
             h.update(name.encode() + b"\0" + data)
         directory = os.path.join(tempfile.gettempdir(), f"bertjax-vocab-{h.hexdigest()[:16]}")
         os.makedirs(directory, exist_ok=True)
-        from bertjax.files import write_atomic
+        from bertjax.store.files import write_atomic
 
         for name, data in self.files:
             target = os.path.join(directory, name)

@@ -241,7 +241,7 @@ def write_atomic(path: str, data: bytes | str) -> str:
     """All or nothing: locally a temporary file renamed into place; on GCS one upload, which makes
     no object until it has all the bytes."""
     if not is_remote(path):
-        from bertjax.files import write_atomic as local_write
+        from bertjax.store.files import write_atomic as local_write
 
         return local_write(path, data)
     if isinstance(data, str):

@@ -9,7 +9,7 @@ import os
 
 from bertjax.data.tasks.glue import GlueTask, get_task, resolve_split
 from bertjax.errors import UserError
-from bertjax.files import write_atomic
+from bertjax.store.files import write_atomic
 
 
 def atomic_write_text(path: str, text: str) -> str:

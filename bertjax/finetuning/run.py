@@ -1,4 +1,4 @@
-"""The fine-tuning driver behind `python -m bertjax.finetune`: resolve the checkpoint and
+"""The fine-tuning driver behind `bertjax finetune`: resolve the checkpoint and
 vocabulary, prepare the task's data, derive the schedule from the data size, then train one run
 per seed with the shared training loop and report the spread of their best dev metric.
 
@@ -74,7 +74,7 @@ def summarize(task: str, metric: str, runs: list[dict]) -> dict:
 
 def _copy_tokenizer_files(dst: str, vocab_dir: str, identity: dict, extra: dict) -> None:
     """Makes a best checkpoint self-contained: usable by convert/export without the workdir."""
-    from bertjax.files import write_atomic
+    from bertjax.store.files import write_atomic
 
     for p in sorted(epath.Path(vocab_dir).iterdir()):
         write_atomic(os.path.join(dst, p.name), p.read_bytes())
@@ -182,14 +182,14 @@ def finetune(cfg, workdir: str, log: Callable[[str], None] = print) -> dict:
     def write_workdir_files():
         # Called by the loop once state and input are set up (process 0), so a run refused for
         # a bad checkpoint or input writes nothing a rerun would take for its own.
-        from bertjax.files import write_atomic
+        from bertjax.store.files import write_atomic
 
         os.makedirs(workdir, exist_ok=True)
         source.tokenizer.save(vocab_dir)
         write_atomic(os.path.join(workdir, init_source.IDENTITY_FILE),
                      json.dumps(source.identity, indent=2))
 
-    from bertjax.train import workdir_lock
+    from bertjax.store import lock as workdir_lock
 
     hold = workdir_lock.acquire(workdir)  # the seeds' loops lock their own directories too
     try:

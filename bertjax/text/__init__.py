@@ -34,7 +34,7 @@ def resolve_tokenizer_file(path: str) -> tuple[str, str]:
             raise UserError(f"tokenizer directory {path} holds several .model files ({names}); "
                             "pass the one to use")
         raise UserError(f"tokenizer directory {path} holds no vocab.txt and no .model file; train "
-                        "one with `python -m bertjax.text.train_vocab` or pass the vocabulary file")
+                        "one with `bertjax train-vocab` or pass the vocabulary file")
     if path.endswith(".model"):
         return "sentencepiece", path
     return "wordpiece", path

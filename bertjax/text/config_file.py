@@ -6,7 +6,7 @@ import json
 import os
 
 from bertjax.errors import UserError
-from bertjax.files import write_atomic
+from bertjax.store.files import write_atomic
 
 CONFIG_NAME = "tokenizer_config.json"
 

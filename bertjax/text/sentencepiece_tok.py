@@ -18,7 +18,7 @@ from sentencepiece import sentencepiece_model_pb2
 from bertjax.errors import UserError
 from bertjax.text.base import VocabTable
 from bertjax.text.config_file import write_tokenizer_config
-from bertjax.files import sha256_file, write_atomic
+from bertjax.store.files import sha256_file, write_atomic
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")

@@ -1,6 +1,6 @@
 r"""Trains a WordPiece or SentencePiece vocabulary on a corpus.
 
-    python -m bertjax.text.train_vocab --input='corpus/*.txt' --kind=wordpiece \
+    bertjax train-vocab --input='corpus/*.txt' --kind=wordpiece \
         --vocab_size=30522 --out=vocab_dir [--lower_case=true]
 
 Writes DIR/vocab.txt (WordPiece) or DIR/spiece.model + DIR/spiece.vocab (SentencePiece), and

@@ -19,7 +19,7 @@ from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizer
 from bertjax.errors import UserError
 from bertjax.text.base import VocabTable
 from bertjax.text.config_file import write_tokenizer_config
-from bertjax.files import sha256_file, write_atomic
+from bertjax.store.files import sha256_file, write_atomic
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CONTINUATION_PREFIX = "##"

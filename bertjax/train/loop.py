@@ -24,7 +24,8 @@ from bertjax.train import checkpoint as ckpt_lib
 from bertjax.train import flops as flops_lib
 from bertjax.train import mesh as mesh_lib
 from bertjax.train import metrics as metrics_lib
-from bertjax.train import objectives, workdir_lock
+from bertjax.train import objectives
+from bertjax.store import lock as workdir_lock
 from bertjax.train.step import StepFns
 
 RUN_PLAN_FILE = "run_plan.json"
@@ -122,7 +123,7 @@ def _train(cfg, objective, model_fn, inputs, workdir, *, best_metric, best_mode,
                                    inputs.seq_len, mesh.devices.flat[0].platform)
     log(f"attention: {attention['train']} while training (attention dropout "
         f"{attention['attention_dropout']}), {attention['eval']} in eval")
-    # The same construction `bertjax.plan` compiles for TPU slices ahead of time.
+    # The same construction `bertjax.tools.plan` compiles for TPU slices ahead of time.
     steps, tx, schedule = aot.build_steps(cfg, objective, model_fn, mesh)
 
     # --- state: resume > init_from > fresh

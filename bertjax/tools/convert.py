@@ -1,8 +1,8 @@
 """Converting between Hugging Face BERT directories and bertjax checkpoints.
 
-python -m bertjax.convert --from_hf=HF_DIR --out=CKPT_DIR
-python -m bertjax.convert --from_tf=TF_DIR --out=CKPT_DIR
-python -m bertjax.convert --checkpoint=CKPT_DIR --to_hf=HF_DIR
+bertjax convert --from_hf=HF_DIR --out=CKPT_DIR
+bertjax convert --from_tf=TF_DIR --out=CKPT_DIR
+bertjax convert --checkpoint=CKPT_DIR --to_hf=HF_DIR
 
 HF -> bertjax reads config.json and model.safetensors or pytorch_model.bin (BertForPreTraining,
 BertModel, and the sequence/token classification and QA variants) and writes a params-only Orbax

@@ -1,6 +1,6 @@
 """Exporting a checkpoint, heads and vocabulary included, for use outside bertjax.
 
-python -m bertjax.export --checkpoint=DIR --format=hf|safetensors|msgpack --out=DIR [--overwrite]
+bertjax export --checkpoint=DIR --format=hf|safetensors|msgpack --out=DIR [--overwrite]
 
 The checkpoint may be a params-only bertjax checkpoint, a training workdir (its latest committed
 step) or a Hugging Face BERT directory. Formats:
@@ -52,7 +52,7 @@ def export(checkpoint: str, fmt: str, out: str, vocab: str | None = None,
     """Writes `checkpoint` to `out` in format `fmt`; returns the task of the exported model."""
     # Reading checkpoints brings in Orbax (through model_io); imported here, not at the top, so
     # that load_export, what the users of an export run, works without Orbax installed.
-    from bertjax.embed import checkpoint_tokenizer
+    from bertjax.tools.embed import checkpoint_tokenizer
     from bertjax.interop import model_io
 
     if fmt not in FORMATS:
@@ -211,7 +211,7 @@ def _read_params(path: str) -> dict[tuple[str, ...], np.ndarray]:
         raise UserError(f"cannot read the parameters in {path} ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:200]}); export the checkpoint again") from None
     raise UserError(f"{path} holds neither {PARAMS_FILES['safetensors']} nor "
-                    f"{PARAMS_FILES['msgpack']}; pass a directory written by bertjax.export")
+                    f"{PARAMS_FILES['msgpack']}; pass a directory written by bertjax.tools.export")
 
 
 def load_export(path: str):
@@ -272,7 +272,7 @@ def main(argv):
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.checkpoint:
-        raise UserError("--checkpoint is required: python -m bertjax.export --checkpoint=DIR "
+        raise UserError("--checkpoint is required: bertjax export --checkpoint=DIR "
                         "--format=hf --out=DIR")
     task = export(FLAGS.checkpoint, FLAGS.format, FLAGS.out, FLAGS.vocab, FLAGS.overwrite)
     print(f"wrote {task} model as {FLAGS.format} to {FLAGS.out}")

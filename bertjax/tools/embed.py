@@ -1,6 +1,6 @@
 """Sentence embeddings from any BERT checkpoint: one vector per input line, saved as .npy.
 
-python -m bertjax.embed --checkpoint=DIR --input=texts.txt --pooling=cls|mean --output=emb.npy
+bertjax embed --checkpoint=DIR --input=texts.txt --pooling=cls|mean --output=emb.npy
 
 The checkpoint may be a bertjax checkpoint of any task (its encoder is used), a training workdir or
 a Hugging Face BERT directory. Row i of the output is line i of the input (empty lines included, so
@@ -25,7 +25,7 @@ from flax import nnx
 
 from bertjax import cli
 from bertjax.errors import UserError
-from bertjax.files import write_atomic
+from bertjax.store.files import write_atomic
 from bertjax.interop import hf_dir, hf_layout, model_io
 from bertjax.text import check_identity, load_tokenizer
 
@@ -264,7 +264,7 @@ def main(argv):
         raise UserError(f"unexpected arguments {' '.join(argv[1:])}; texts go in the --input file")
     for name in ("checkpoint", "input", "output"):
         if not getattr(FLAGS, name):
-            raise UserError(f"--{name} is required: python -m bertjax.embed --checkpoint=DIR "
+            raise UserError(f"--{name} is required: bertjax embed --checkpoint=DIR "
                             "--input=texts.txt --output=emb.npy")
     emb = embed_file(FLAGS.checkpoint, FLAGS.input, FLAGS.output, FLAGS.pooling, FLAGS.batch_size,
                      FLAGS.max_seq_length, FLAGS.vocab)

@@ -1,6 +1,6 @@
 r"""Tokenization throughput: bertjax WordPiece against Hugging Face on the same text, same run.
 
-    python -m bertjax.bench_tokenize --corpus=demo_out/corpus [--vocab=DIR_or_vocab.txt]
+    bertjax bench-tokenize --corpus=demo_out/corpus [--vocab=DIR_or_vocab.txt]
 
 Reads every sentence of the corpus (original format by default), then times, best of --repeats:
   - bertjax WordPieceTokenizer.encode, one sentence per call, and encode_batch;
@@ -48,7 +48,7 @@ def run_benchmark(corpus: str, fmt: str, vocab: str, vocab_size: int, lower_case
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_tokenize_")
     if not corpus:
-        from bertjax.data.demo_corpus import build_demo_corpus
+        from bertjax.demo.corpus import build_demo_corpus
 
         corpus = os.path.join(tmp.name, "corpus")
         build_demo_corpus(corpus)

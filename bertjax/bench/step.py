@@ -1,7 +1,7 @@
 """Throughput benchmark of the real pretraining step (train/step.py, the code bertjax.pretrain runs)
 on synthetic batches of the batch contract. Never imports TensorFlow.
 
-python -m bertjax.bench --config=configs/bert_base.py --config.train.batch_size=256 [--compare=hf]
+bertjax bench --config=configs/bert_base.py --config.train.batch_size=256 [--compare=hf]
 
 Prints one JSON line per run: sequences/s, tokens/s, step time, MFU, peak device memory, compile
 time, backend and device kind. --compare=hf also runs Hugging Face BertForPreTraining (PyTorch,
@@ -18,7 +18,7 @@ exit status is 1 when any requested run failed.
 
     --batch_sweep=256,512,1024   bertjax only, one row per batch, stops at the first that fails
     --profile_dir=DIR            a jax.profiler trace of the timed bertjax steps, then a summary of
-                                 device time per op class (bertjax/bench_profile.py)
+                                 device time per op class (bertjax/bench/profile_summary.py)
 """
 from __future__ import annotations
 
@@ -288,7 +288,7 @@ def run_all(cfg, compare: str, modes, steps: int, warmup: int, hf_device: str = 
     try:
         ours = bench_bertjax(cfg, steps, warmup, profile_dir=profile_dir)
         if profile_dir:
-            from bertjax import bench_profile
+            from bertjax.bench import profile_summary as bench_profile
 
             ours["profile"] = bench_profile.summarize(profile_dir, steps)
     except Exception as e:

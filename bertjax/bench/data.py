@@ -1,11 +1,11 @@
 r"""Benchmarks of the data path: `prepare` throughput and peak memory, pipeline throughput.
 
-    python -m bertjax.bench_data --what=prepare --corpus='demo_out/corpus/wiki-*.txt' \
+    bertjax bench-data --what=prepare --corpus='demo_out/corpus/wiki-*.txt' \
         --vocab=demo_out/vocab --workdir=/tmp/bench_data --scale=10
-    python -m bertjax.bench_data --what=pipeline --workdir=/tmp/bench_data --cores=1
-    python -m bertjax.bench_data --what=prepare ... --runners=local,beam
+    bertjax bench-data --what=pipeline --workdir=/tmp/bench_data --cores=1
+    bertjax bench-data --what=prepare ... --runners=local,beam
 
-prepare: runs `python -m bertjax.data.prepare` as a child process on the corpus and on the corpus
+prepare: runs `bertjax prepare` as a child process on the corpus and on the corpus
 copied `scale` times, sampling the resident memory of the whole process tree (psutil, every 20 ms),
 and reports MB of raw text per second per worker and the peak memory of both runs; with
 --runners=local,beam the Beam DirectRunner does the same two runs, and its shards' hashes are

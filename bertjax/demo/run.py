@@ -224,10 +224,10 @@ def main(argv):
                 "finetune", "logs"):
         shutil.rmtree(os.path.join(w, sub), ignore_errors=True)
     progress.begin("corpus")
-    _run(progress, logs, "corpus", "bertjax.data.demo_corpus", f"--out={corpus}")
+    _run(progress, logs, "corpus", "bertjax.demo.corpus", f"--out={corpus}")
     progress.end()
     progress.begin("labelled")
-    _run(progress, logs, "labelled", "bertjax.data.demo_wordnet", f"--out={labelled}",
+    _run(progress, logs, "labelled", "bertjax.demo.wordnet", f"--out={labelled}",
          f"--n_train={FLAGS.n_train}", f"--n_dev={FLAGS.n_dev}",
          f"--gloss_out={corpus}/gloss")
     progress.end()
@@ -275,7 +275,7 @@ def main(argv):
     ckpt = os.path.join(w, "pretrained")
     _save_pretrained(pre, vocab, ckpt)
     hf_out = os.path.join(w, "export_hf")
-    _run(progress, logs, "export", "bertjax.convert", f"--checkpoint={ckpt}", f"--to_hf={hf_out}")
+    _run(progress, logs, "export", "bertjax.tools.convert", f"--checkpoint={ckpt}", f"--to_hf={hf_out}")
     fills = fill_mask_examples(hf_out, os.path.join(corpus, "heldout", "wiki-heldout-00000.txt"))
     for f in fills:
         top = ", ".join(f"{t} {p:.2f}" for t, p in f["top"])

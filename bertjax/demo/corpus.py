@@ -1,6 +1,6 @@
 r"""Builds the demo corpus offline from the test data that ships with the `gensim` package.
 
-    python -m bertjax.data.demo_corpus --out=demo_out/corpus
+    python -m bertjax.demo.corpus --out=demo_out/corpus
 
 - Pretraining text: the shortened English Wikipedia dump (about a hundred articles, CC BY-SA).
   Markup is stripped with gensim's wikicorpus helpers; headings, lists, tables, captions and the
@@ -28,7 +28,7 @@ from absl import app, flags
 
 from bertjax.data.corpus import split_sentences
 from bertjax.errors import UserError, user_errors_exit
-from bertjax.files import AtomicTextWriter, sha256_file, write_atomic
+from bertjax.store.files import AtomicTextWriter, sha256_file, write_atomic
 
 # Sections after which an article holds lists of links and citations, not prose.
 _TAIL_SECTIONS = {"see also", "references", "external links", "further reading", "notes",

@@ -1,6 +1,6 @@
 """Top candidates for each [MASK] in a text, from a checkpoint's masked-LM head.
 
-python -m bertjax.fill_mask --checkpoint=DIR [--top_k=5] [--json] "the [MASK] sat on the mat ." ...
+bertjax fill-mask --checkpoint=DIR [--top_k=5] [--json] "the [MASK] sat on the mat ." ...
 
 Needs a model with its MLM head: a bertjax pretraining checkpoint or training workdir, or a Hugging
 Face BertForPreTraining / BertForMaskedLM directory. Probabilities are a softmax over the whole
@@ -16,7 +16,7 @@ from absl import flags
 from flax import nnx
 
 from bertjax import cli
-from bertjax.embed import ENCODER, bucket_length, checkpoint_tokenizer, load_checkpoint
+from bertjax.tools.embed import ENCODER, bucket_length, checkpoint_tokenizer, load_checkpoint
 from bertjax.errors import UserError
 
 MASK = "[MASK]"
@@ -150,7 +150,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     texts = argv[1:]
     if not FLAGS.checkpoint:
-        raise UserError(f'--checkpoint is required: python -m bertjax.fill_mask --checkpoint=DIR '
+        raise UserError(f'--checkpoint is required: bertjax fill-mask --checkpoint=DIR '
                         f'"the {MASK} sat down ."')
     if not texts:
         raise UserError(f'give at least one text containing {MASK} after the flags, e.g. '

@@ -1,4 +1,4 @@
-"""Prints the resolved config as JSON: `python -m bertjax.print_config --config=configs/x.py --config.a=b`.
+"""Prints the resolved config as JSON: `bertjax print-config --config=configs/x.py --config.a=b`.
 
 Shows what a run would use after every override, without starting it.
 """

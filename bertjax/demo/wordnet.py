@@ -3,7 +3,7 @@ each noun synset's definition, labelled with its WordNet lexicographer category 
 noun.artifact, noun.food, ...: 25 classes). Tens of thousands of real sentences, so "does
 pretraining pay" can be measured without the noise of a 200-example set.
 
-    python -m bertjax.data.demo_wordnet --out=DIR [--wordnet_dir=/usr/share/wordnet]
+    python -m bertjax.demo.wordnet --out=DIR [--wordnet_dir=/usr/share/wordnet]
 
 Writes DIR/train.tsv, DIR/dev.tsv (`sentence\\tlabel`, label names) and DIR/labels.txt.
 Nothing of it is committed; `make demo` installs wordnet-base and builds it.
@@ -19,7 +19,7 @@ import re
 from absl import app, flags
 
 from bertjax.errors import UserError, user_errors_exit
-from bertjax.files import write_atomic
+from bertjax.store.files import write_atomic
 
 DEFAULT_DIR = "/usr/share/wordnet"
 LEXNAMES_MAN = "/usr/share/man/man5/lexnames.5WN.gz"

@@ -1,6 +1,6 @@
 """Will it fit? Compiles a run's train step for a TPU slice on any machine, with no TPU.
 
-python -m bertjax.plan --config=configs/tpu.py:v5e-4:large --topology=v5e:2x2 \
+bertjax plan --config=configs/tpu.py:v5e-4:large --topology=v5e:2x2 \
     [--num_slices=N] [--sweep=batch,remat] [--config.a.b=v ...]
 
 The step is the one `bertjax.pretrain` (or `bertjax.finetune`, for a fine-tuning config) would run:

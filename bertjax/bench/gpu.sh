@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements owed by issue 15, one prepared script (docs/benchmarks.md, "owed").
 #
-#   bash bertjax/bench_gpu.sh hf|sweep|profile|all OUT_DIR
+#   bash bertjax/bench/gpu.sh hf|sweep|profile|all OUT_DIR
 #
 # hf:      bench --compare=hf for Base 128 x 256 (HF eager and torch.compile), Base 512 x 32 and
 #          Large 128 x 128 (torch.compile).
@@ -30,7 +30,7 @@ bench() {  # bench NAME TIMEOUT_S ARGS...: one bench call, its rows kept whateve
   local name="$1" limit="$2"
   shift 2
   echo "{\"call\": \"$name\", \"args\": \"$*\", \"utc\": \"$(date -u +%FT%TZ)\"}" >>"$out/bench.jsonl"
-  timeout "$limit" python3 -m bertjax.bench "$@" 2>"$out/$name.log" | tee -a "$out/bench.jsonl"
+  timeout "$limit" python3 -m bertjax bench "$@" 2>"$out/$name.log" | tee -a "$out/bench.jsonl"
   local rc=${PIPESTATUS[0]}
   echo "{\"call\": \"$name\", \"exit\": $rc}" >>"$out/bench.jsonl"
   [ "$rc" -eq 0 ] || tail -n 3 "$out/$name.log"
@@ -72,6 +72,6 @@ case "$stage" in
   sweep) run_sweep ;;
   profile) run_profile ;;
   all) run_hf; run_profile; run_sweep ;;
-  *) echo "usage: bash bertjax/bench_gpu.sh hf|sweep|profile|all OUT_DIR" >&2; exit 2 ;;
+  *) echo "usage: bash bertjax/bench/gpu.sh hf|sweep|profile|all OUT_DIR" >&2; exit 2 ;;
 esac
 echo "rows in $out/bench.jsonl"

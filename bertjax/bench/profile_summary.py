@@ -19,7 +19,7 @@ instruction is, so its time goes to one class:
 The classes follow HLO names and op metadata, so they are a reading aid, not an exact ledger: a
 fusion that holds a dot and its bias add counts as matmul.
 
-    python -m bertjax.bench_profile DIR [--steps=N]
+    python -m bertjax.bench.profile_summary DIR [--steps=N]
 """
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def summarize(profile_dir: str, steps: int = 1) -> dict:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
-        print("usage: python -m bertjax.bench_profile DIR [--steps=N]", file=sys.stderr)
+        print("usage: python -m bertjax.bench.profile_summary DIR [--steps=N]", file=sys.stderr)
         return 2
     steps = 1
     for a in argv[2:]:
