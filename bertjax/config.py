@@ -117,6 +117,49 @@ FINETUNE_FAMILIES = {
 }
 
 
+# Every family's task section: what the driver reads for all of them.
+_TASK_COMMON = dict(
+    # GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli), "v1"/"v2" for SQuAD, a free
+    # name for NER.
+    name="",
+    # GLUE: a GLUE directory (or one task's directory) or a TFDS data_dir holding glue/<task>;
+    # SQuAD and NER: the directory the *_file names are relative to.
+    data_dir="",
+    vocab="",  # "" = the vocabulary stored with init_from
+    epochs=3.0,
+    warmup_fraction=0.1,
+    eval_batch_size=0,  # 0 = train.batch_size
+    eval_every=0,  # steps; 0 = once per epoch
+    best_metric="",  # "" = the task's main dev metric
+)
+# What only one family reads; another family's key is an unknown key (refused at parse).
+_TASK_FAMILY = {
+    "glue": dict(
+        source="auto",  # tsv | tfds | auto (TSV files when present)
+        predict_test=False,  # write submission TSVs for the test split(s)
+    ),
+    "squad": dict(
+        train_file="",  # SQuAD JSON; relative to data_dir unless absolute
+        predict_file="",  # the JSON to predict and score (the dev set)
+        doc_stride=128,
+        max_query_length=64,
+        n_best=20,
+        max_answer_length=30,
+        version_2=False,
+        # SQuAD 2.0: "no answer" where null odds (null score - best span score) exceed this,
+        # until a threshold is tuned on dev. 1.0 is the official evaluate-v2.0.py
+        # --na-prob-thresh default, applied to null_odds as the original BERT README feeds them
+        # to it (run_squad.py's own default margin was 0.0).
+        null_threshold=1.0,
+    ),
+    "ner": dict(
+        train_file="",  # CoNLL column files, relative to data_dir unless absolute
+        dev_file="",
+        test_file="",  # "" = none
+    ),
+}
+
+
 def finetune_config(preset: str = "base", family: str = "glue") -> mlc.ConfigDict:
     """base_config plus a `task` section and `seeds`, for `bertjax finetune`.
 
@@ -124,7 +167,8 @@ def finetune_config(preset: str = "base", family: str = "glue") -> mlc.ConfigDic
     training from scratch); data.max_seq_length is the task's sequence length. num_steps,
     warmup_steps and eval_every are derived from the training-set size (task.epochs,
     task.warmup_fraction, task.eval_every), and checkpoint_every is capped at eval_every, so the
-    values here are placeholders that the entrypoint overwrites (and records in config.json)."""
+    values here are placeholders: the run plan holds what a run uses (run_plan.json). The task
+    section holds the keys every family reads plus its own family's."""
     if family not in FINETUNE_FAMILIES:
         raise ValueError(f"unknown fine-tuning family {family!r}; choose one of "
                          f"{sorted(FINETUNE_FAMILIES)}")
@@ -133,42 +177,9 @@ def finetune_config(preset: str = "base", family: str = "glue") -> mlc.ConfigDic
         # N > 1 trains N runs (seeds train.seed .. train.seed + N - 1) in <workdir>/seed-K and
         # reports the mean and spread of their best dev metric.
         c.seeds = 1
-        c.task = mlc.ConfigDict(
-            dict(
-                family=family,
-                # GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli), "v1"/"v2" for
-                # SQuAD, a free name for NER.
-                name="",
-                model_task=FINETUNE_FAMILIES[family],
-                # GLUE: a GLUE directory (or one task's directory) or a TFDS data_dir holding
-                # glue/<task>; NER: the directory the *_file names are relative to.
-                data_dir="",
-                source="auto",  # GLUE: tsv | tfds | auto (TSV files when present)
-                # "" = the vocabulary stored with init_from.
-                vocab="",
-                epochs=3.0,
-                warmup_fraction=0.1,
-                eval_batch_size=0,  # 0 = train.batch_size
-                eval_every=0,  # steps; 0 = once per epoch
-                best_metric="",  # "" = the task's main dev metric
-                predict_test=False,  # GLUE: write submission TSVs for the test split(s)
-                # Training file (SQuAD JSON or NER columns); relative to data_dir unless absolute.
-                train_file="",
-                predict_file="",  # SQuAD: the JSON to predict and score (the dev set)
-                dev_file="",  # NER: dev and test column files; test "" = none
-                test_file="",
-                doc_stride=128,
-                max_query_length=64,
-                n_best=20,
-                max_answer_length=30,
-                version_2=False,
-                # SQuAD 2.0: "no answer" where null odds (null score - best span score) exceed
-                # this, until a threshold is tuned on dev. 1.0 is the official evaluate-v2.0.py
-                # --na-prob-thresh default, applied to null_odds as the original BERT README
-                # feeds them to it (run_squad.py's own default margin was 0.0).
-                null_threshold=1.0,
-            )
-        )
+        c.task = mlc.ConfigDict({**_TASK_COMMON, "family": family,
+                                 "model_task": FINETUNE_FAMILIES[family],
+                                 **_TASK_FAMILY[family]})
         c.train.batch_size = 32
         c.train.log_every = 50
         c.train.keep_checkpoints = 1

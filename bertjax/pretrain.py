@@ -16,27 +16,13 @@ from absl import flags
 
 from bertjax import cli
 from bertjax.errors import UserError
+from bertjax.store import workdir as wd
 
 
 def define_flags() -> None:
     """Called by the command only (see cli.run)."""
     cli.define_config()
     flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the plot go (local path or URL).")
-
-
-def identity_path(workdir: str) -> str:
-    return os.path.join(workdir, "tokenizer_identity.json")
-
-
-def check_workdir_identity(workdir: str, identity: dict) -> None:
-    """A workdir (and so its checkpoints) belongs to one tokenizer; refuse data of another."""
-    from etils import epath
-
-    from bertjax.text import check_identity
-
-    path = epath.Path(identity_path(workdir))
-    if path.exists():
-        check_identity(json.loads(path.read_text()), identity, f"data vs checkpoints in {workdir}")
 
 
 def _copy_vocab(src: str, dst: str) -> None:
@@ -78,8 +64,9 @@ def main(argv):
 def pretrain(cfg, workdir: str):
     """Runs (or resumes) pretraining for a resolved config; returns the loop's Result."""
     from bertjax.data import pipeline
-    from bertjax.model import BertConfig, build_model
+    from bertjax.model import build_model
     from bertjax.train import loop, objectives
+    from bertjax.train.run_plan import RunPlan
 
     if not cfg.data.train_dir:
         raise UserError("set --config.data.train_dir to a directory made by bertjax.data.prepare")
@@ -90,16 +77,10 @@ def pretrain(cfg, workdir: str):
             f"the data was tokenized with a vocabulary of {ident['vocab_size']} entries but "
             f"model.vocab_size is {cfg.model.vocab_size}; pass "
             f"--config.model.vocab_size={ident['vocab_size']}")
-    check_workdir_identity(workdir, ident)
+    # A workdir (and so its checkpoints) belongs to one tokenizer; refuse data of another.
+    wd.check_identity(workdir, ident, f"data vs checkpoints in {workdir}")
     if cfg.init_from:
-        from etils import epath
-
-        init_ident = epath.Path(identity_path(cfg.init_from))  # init_from may be a gs:// URL
-        if init_ident.exists():
-            from bertjax.text import check_identity
-
-            check_identity(json.loads(init_ident.read_text()), ident,
-                           f"data vs --config.init_from={cfg.init_from}")
+        wd.check_identity(cfg.init_from, ident, f"data vs --config.init_from={cfg.init_from}")
     if cfg.data.eval_dir:
         pipeline.check_tokenizer(pipeline.read_metadata(cfg.data.eval_dir), ident)
     seq_len = int(meta["max_seq_length"])
@@ -112,15 +93,11 @@ def pretrain(cfg, workdir: str):
     def write_workdir_files():
         # Only once the loop has checked the data, the state and init_from (on_ready): a refused
         # run must not leave an identity that makes the workdir refuse the right data later.
-        from etils import epath
+        wd.write_identity(workdir, ident)
+        _copy_vocab(os.path.join(cfg.data.train_dir, wd.VOCAB_DIR), os.path.join(workdir, wd.VOCAB_DIR))
 
-        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-        tmp = epath.Path(identity_path(workdir) + ".tmp")
-        tmp.write_text(json.dumps(ident, indent=2))
-        tmp.replace(identity_path(workdir))
-        _copy_vocab(os.path.join(cfg.data.train_dir, "vocab"), os.path.join(workdir, "vocab"))
-
-    model_cfg = BertConfig.from_dict(cfg.model.to_dict())
+    plan = RunPlan.from_config(cfg)
+    model_cfg = plan.model_config()
     objective = objectives.Pretraining(use_nsp=bool(meta.get("nsp", True)))
     masking = cfg.data.masking or None
 
@@ -151,8 +128,8 @@ def pretrain(cfg, workdir: str):
 
     inputs = loop.Inputs(make_train=make_train, evaluate=evaluate, seq_len=seq_len,
                          predictions_per_seq=preds)
-    return loop.train(cfg, objective,
-                      lambda: build_model("pretraining", model_cfg, seed=cfg.train.seed),
+    return loop.train(cfg, plan, objective,
+                      lambda: build_model("pretraining", model_cfg, seed=plan.seed),
                       inputs, workdir, on_ready=write_workdir_files)
 
 

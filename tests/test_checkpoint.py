@@ -71,7 +71,8 @@ def saved_run(tmp_path_factory):
     with ckptlib.Checkpointer(workdir, keep=2) as ck:
         for step in (1, 2, 3):
             state = {**state, "step": jnp.array(step, jnp.int32)}
-            assert ck.save(step, state, {"epoch": 0, "batches": step * 10}, {"model": {"hidden_size": 16}})
+            assert ck.save(step, state, {"epoch": 0, "batches": step * 10},
+                           {"plan": {"model": {"hidden_size": 16}}})
     return workdir, state
 
 
@@ -82,7 +83,7 @@ def test_round_trip_and_keep_last_k(saved_run):
     _, target = _state_on(_mesh(2, 2, 2))
     restored, data, config = ck.restore(None, target)
     _assert_same(restored, state)
-    assert data == {"epoch": 0, "batches": 30} and config == {"model": {"hidden_size": 16}}
+    assert data == {"epoch": 0, "batches": 30} and config == {"plan": {"model": {"hidden_size": 16}}}
     assert restored["params"]["dense"]["kernel"].get_value().sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     with pytest.raises(UserError, match="available: \\[2, 3\\]"):
         ck.restore(1, target)
@@ -198,7 +199,9 @@ def test_params_only_checkpoint_round_trip(tmp_path):
 
 
 def test_completed_marker_is_written_whole(tmp_path):
-    ckptlib.write_completed_marker(tmp_path / "run", 123)
+    from bertjax.store import workdir
+
+    workdir.write_completed(tmp_path / "run", 123)
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["COMPLETED"]
     assert json.loads((tmp_path / "run" / "COMPLETED").read_text())["step"] == 123
 

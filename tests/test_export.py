@@ -16,6 +16,7 @@ transformers = pytest.importorskip("transformers")
 from bertjax.tools import export as export_lib  # noqa: E402
 from bertjax.errors import UserError  # noqa: E402
 from bertjax.interop import model_io, params as interop  # noqa: E402
+from bertjax.store import workdir  # noqa: E402
 from bertjax.model import BertConfig, build_model  # noqa: E402
 from bertjax.text import load_tokenizer  # noqa: E402
 from bertjax.train import checkpoint as ckpt_lib  # noqa: E402
@@ -159,7 +160,7 @@ def test_own_formats_reload_identical_params(fmt, hf_exports, tmp_path):
     assert export_lib.export(hf_path, fmt, str(out)) == "sequence_classification"
     names = set(os.listdir(out))
     assert {export_lib.PARAMS_FILES[fmt], "model_config.json", "vocab.txt",
-            "tokenizer_config.json", model_io.IDENTITY_FILE} <= names, names
+            "tokenizer_config.json", workdir.IDENTITY_FILE} <= names, names
     config = json.loads((out / "model_config.json").read_text())
     assert config["task"] == "sequence_classification" and config["hidden_size"] == 32
     assert config["id2label"] == {str(i): name for i, name in enumerate(LABELS)}
@@ -220,7 +221,7 @@ def test_failed_export_leaves_old_output_and_no_debris(tmp_path, vocab_dir, monk
     export_lib.export(ckpt, "safetensors", str(tmp_path / "out"), overwrite=True)
     assert sorted(os.listdir(tmp_path / "out")) == sorted(
         ["params.safetensors", "model_config.json", "vocab.txt", "tokenizer_config.json",
-         model_io.IDENTITY_FILE])
+         workdir.IDENTITY_FILE])
 
 
 def run_export(*args):
@@ -233,7 +234,9 @@ def test_training_workdir_exports_its_latest_step(tmp_path, vocab_dir):
     """A run's workdir exports with the vocabulary passed by --vocab (runs keep none beside the
     checkpoints); the HF result holds exactly the params of the latest committed step."""
     model = random_model("token_classification", seed=7)
-    run_cfg = {"model": tiny_cfg().to_dict(), "task": {"model_task": "token_classification"}}
+    # What the loop saves with each step: the user's config and the run plan (store/workdir.py).
+    run_cfg = {"config": {}, "plan": {"model": tiny_cfg().to_dict(),
+                                      "task_model": "token_classification"}}
     state = {"step": np.int32(5), "params": pure_params(model), "opt_state": {"count": np.int32(5)}}
     with ckpt_lib.Checkpointer(tmp_path / "run", async_=False) as ck:
         ck.save(5, state, {"position": 0}, run_cfg)

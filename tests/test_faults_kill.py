@@ -157,7 +157,9 @@ def test_resumed_finetuning_keeps_the_better_of_old_and_new_best(tmp_path):
     from bertjax.config import base_config
     from bertjax.data import pipeline
     from bertjax.model import BertConfig, build_model
+    from bertjax.finetuning.best import BestCheckpoint
     from bertjax.train import loop, objectives
+    from bertjax.train.run_plan import RunPlan
 
     data_dir, vocab = ps.prepare(str(tmp_path / "data"))
     scores = {2: 0.9, 4: 0.5, 6: 0.6, 8: 0.95, 10: 0.7}  # step -> dev accuracy
@@ -174,19 +176,21 @@ def test_resumed_finetuning_keeps_the_better_of_old_and_new_best(tmp_path):
             evaluate=lambda steps, params, mesh: {"accuracy": scores[int(seen.pop(0))]},
             seq_len=ps.SEQ, predictions_per_seq=ps.PREDS)
         seen = [s for s in sorted(scores) if s <= num_steps and s > done[0]]
-        r = loop.train(cfg, objectives.Pretraining(), lambda: build_model("pretraining", model_cfg),
-                       inputs, str(tmp_path / "run"), best_metric="accuracy", best_mode="max",
-                       log=lambda _: None)
+        # A new hook per run, as a rerun of the command makes: it reads the old best back.
+        best = BestCheckpoint(str(tmp_path / "run"), "accuracy", "max")
+        loop.train(cfg, RunPlan.from_config(cfg), objectives.Pretraining(),
+                   lambda: build_model("pretraining", model_cfg), inputs, str(tmp_path / "run"),
+                   eval_hooks=[best], log=lambda _: None)
         done[0] = num_steps
-        return r
+        return best.best
 
     done = [0]
-    assert run(4).best == {"step": 2, "value": 0.9, "metric": "accuracy"}
-    r = run(6)  # resumes at 4; its first eval (0.6) must not replace the 0.9 of step 2
-    assert r.best["step"] == 2
+    assert run(4) == {"step": 2, "value": 0.9, "metric": "accuracy"}
+    best = run(6)  # resumes at 4; its first eval (0.6) must not replace the 0.9 of step 2
+    assert best["step"] == 2
     assert json.load(open(tmp_path / "run" / "best" / "best.json"))["step"] == 2
-    r = run(10)  # and a better one after a resume does replace it
-    assert r.best["step"] == 8 and r.best["value"] == 0.95
+    best = run(10)  # and a better one after a resume does replace it
+    assert best["step"] == 8 and best["value"] == 0.95
     assert json.load(open(tmp_path / "run" / "best" / "best.json"))["step"] == 8
     fs.record("best_after_resume", trials=2, injected="scripted dev scores 0.9, 0.5, a resume, then "
               "0.6, 0.95, 0.7", survived="best stays step 2 (0.9) across the resume, then step 8")

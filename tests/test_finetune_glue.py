@@ -72,10 +72,11 @@ def test_batches_resume_exactly_and_shards_split_the_global_batch():
 def test_schedule_follows_data_size_epochs_and_batch():
     cfg = recipe("glue", "rte")
     cfg.task.epochs = 2.5
+    before = cfg.to_json_best_effort()
     sched = ft_run.derive_schedule(cfg, num_examples=1000)  # batch 32: 31 steps per epoch
-    assert sched == {"steps_per_epoch": 31, "num_steps": 78, "warmup_steps": 8, "eval_every": 31}
-    assert (cfg.train.num_steps, cfg.optim.warmup_steps, cfg.train.eval_every,
-            cfg.train.checkpoint_every) == (78, 8, 31, 31)
+    assert sched == {"steps_per_epoch": 31, "num_steps": 78, "warmup_steps": 8, "eval_every": 31,
+                     "checkpoint_every": 31}
+    assert cfg.to_json_best_effort() == before  # derived values go to the run plan only
     with pytest.raises(UserError, match="fewer than one batch"):
         ft_run.derive_schedule(cfg, num_examples=20)
 
@@ -125,9 +126,11 @@ def test_mnli_two_seeds_both_dev_sets_and_submissions(tmp_path, ckpt, capsys):
             assert {r[1] for r in rows} <= set(glue.get_task("mnli").labels)
     # Different seeds are different runs (initialisation of the head, data order, dropout).
     assert summary["runs"][0]["dev"]["matched/loss"] != summary["runs"][1]["dev"]["matched/loss"]
-    resolved = json.loads((work / "seed-0" / "config.json").read_text())
-    assert resolved["train"]["num_steps"] == 40 and resolved["train"]["eval_every"] == 20
-    assert resolved["optim"]["warmup_steps"] == 4
+    plan = json.loads((work / "seed-0" / "run_plan.json").read_text())
+    assert plan["num_steps"] == 40 and plan["eval_every"] == 20 and plan["warmup_steps"] == 4
+    assert plan["model"]["num_labels"] == 3 and plan["seed"] == 0
+    given = json.loads((work / "seed-0" / "config.json").read_text())
+    assert given == json.loads(cfg.to_json_best_effort())  # the user's config, as given
     assert "mnli dev matched/score over 2 seed(s)" in capsys.readouterr().out
 
     # Rerunning the finished command trains nothing and reports the same results.

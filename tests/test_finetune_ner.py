@@ -114,16 +114,19 @@ def test_a_pretraining_workdir_gives_the_model_shape_and_vocabulary(tmp_path):
     pre = base_config("tiny")
     pre.model.vocab_size = tok.vocab_size
     pre.model.num_layers = 3
-    (work / "config.json").write_text(pre.to_json_best_effort())
+    (work / "model_config.json").write_text(json.dumps({**pre.model.to_dict(),
+                                                        "task": "pretraining"}))
     (work / "tokenizer_identity.json").write_text(json.dumps(tok.identity()))
     cfg = recipe("ner")
     cfg.init_from = str(work)
     source = init_source.resolve(cfg, str(tmp_path / "ft"), log=lambda _: None)
     assert source.vocab_path == str(work / "vocab")
     assert source.model["num_layers"] == 3 and source.model["hidden_size"] == 128
-    init_source.apply_model(cfg, source, num_labels=5, log=lambda _: None)
-    assert (cfg.model.num_layers, cfg.model.vocab_size, cfg.model.num_labels) == (
+    recipe_model = cfg.model.to_dict()
+    model = init_source.model_for(cfg, source, num_labels=5, log=lambda _: None)
+    assert (model["num_layers"], model["vocab_size"], model["num_labels"]) == (
         3, tok.vocab_size, 5)
+    assert cfg.model.to_dict() == recipe_model  # the run plan takes them; the config stays as given
 
     (work / "tokenizer_identity.json").write_text(json.dumps({**tok.identity(),
                                                              "lower_case": False}))

@@ -29,6 +29,7 @@ import time
 from absl import app, flags
 
 from bertjax.errors import UserError, user_errors_exit
+from bertjax.store import workdir as wd
 
 
 def define_flags() -> None:
@@ -321,7 +322,7 @@ def _save_pretrained(workdir: str, vocab_dir: str, out_dir: str) -> None:
 
     model, cfg, task, _, _ = model_io.load_model(workdir)
     extras = {n: os.path.join(vocab_dir, n) for n in os.listdir(vocab_dir)}
-    extras[model_io.IDENTITY_FILE] = open(os.path.join(workdir, "tokenizer_identity.json"), "rb").read()
+    extras[wd.IDENTITY_FILE] = open(os.path.join(workdir, "tokenizer_identity.json"), "rb").read()
     model_io.save_checkpoint(out_dir, model, cfg, task, extra_files=extras)
 
 

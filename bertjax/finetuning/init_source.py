@@ -12,7 +12,6 @@ was trained with: a stored tokenizer identity that differs from the vocabulary i
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Callable
 
@@ -22,10 +21,10 @@ from flax import nnx
 from bertjax.errors import UserError
 from bertjax.interop import model_io
 from bertjax.text import check_identity, load_tokenizer
+from bertjax.store import workdir as wd
 from bertjax.text.base import Tokenizer
 from bertjax.train import checkpoint as ckpt_lib
 
-IDENTITY_FILE = "tokenizer_identity.json"
 # The fields that fix the shape and function of the pretrained weights; dropout, dtype, attention
 # backend and remat stay as the recipe says.
 ARCH_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -44,7 +43,7 @@ class Source:
 def convert_hf(src: str, dst: str, model_task: str, log: Callable[[str], None]) -> str:
     """Writes the encoder of an HF BERT directory as a params-only checkpoint at dst (with its
     vocabulary files and tokenizer identity); reuses dst when a previous run already wrote it."""
-    if epath.Path(dst, ckpt_lib.MODEL_CONFIG_FILE).exists():
+    if epath.Path(dst, wd.MODEL_CONFIG_FILE).exists():
         return dst
     model, mcfg, _, report, _ = model_io.load_model(src, task=model_task, allow_missing=True)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
@@ -59,25 +58,11 @@ def convert_hf(src: str, dst: str, model_task: str, log: Callable[[str], None]) 
     return dst
 
 
-def read_model_config(path: str) -> dict:
-    """The model section stored with a params-only checkpoint or a training workdir."""
-    p = epath.Path(path)
-    if (p / "model_config.json").exists():
-        return json.loads((p / "model_config.json").read_text())
-    if (p / "config.json").exists():
-        run = json.loads((p / "config.json").read_text())
-        if isinstance(run.get("model"), dict):
-            return dict(run["model"])
-    raise UserError(f"{path} holds no model_config.json (params-only checkpoint) and no config.json "
-                    "(training workdir); point --config.init_from at a bertjax checkpoint, a "
-                    "pretraining workdir or a Hugging Face model directory")
-
-
 def _vocab_path(cfg, init_dir: str) -> str:
     if cfg.task.vocab:
         return cfg.task.vocab
     if init_dir:
-        found = model_io.vocab_source(init_dir)
+        found = wd.vocab_dir(init_dir)
         if found:
             return found
         raise UserError(f"no vocabulary (vocab.txt or *.model) found with --config.init_from="
@@ -91,10 +76,10 @@ def _expected_identity(init_dir: str, vocab_path: str) -> dict | None:
     """The tokenizer identity a checkpoint was trained with, when it can be known."""
     if not init_dir:
         return None
-    stored = epath.Path(init_dir, IDENTITY_FILE)
-    if stored.exists():
-        return json.loads(stored.read_text())
-    beside = model_io.vocab_source(init_dir)
+    stored = wd.read_identity(init_dir)
+    if stored is not None:
+        return stored
+    beside = wd.vocab_dir(init_dir)
     if beside and os.path.abspath(beside) != os.path.abspath(vocab_path):
         return load_tokenizer(beside).identity()
     return None
@@ -110,7 +95,7 @@ def resolve(cfg, workdir: str, log: Callable[[str], None] = print) -> Source:
             raise UserError(f"--config.init_from={init} does not exist; pass a bertjax checkpoint, "
                             "a pretraining workdir or a Hugging Face model directory")
         init_dir = init
-        if model_io.is_hf_dir(init) and not epath.Path(init, "model_config.json").exists():
+        if wd.is_hf_dir(init) and not epath.Path(init, wd.MODEL_CONFIG_FILE).exists():
             init_dir = convert_hf(init, os.path.join(workdir, "init"), str(cfg.task.model_task), log)
     vocab = _vocab_path(cfg, init_dir)
     tokenizer = load_tokenizer(vocab)
@@ -121,12 +106,10 @@ def resolve(cfg, workdir: str, log: Callable[[str], None] = print) -> Source:
     elif init_dir:
         log(f"warning: {init} stores no tokenizer identity; make sure {vocab} is the vocabulary "
             "it was pretrained with")
-    previous = epath.Path(workdir, IDENTITY_FILE)
-    if previous.exists():
-        check_identity(json.loads(previous.read_text()), identity, f"the earlier run in {workdir}")
+    wd.check_identity(workdir, identity, f"the earlier run in {workdir}")
     model = {}
     if init_dir:
-        stored = read_model_config(init_dir)
+        stored = wd.inspect(init_dir).model
         model = {k: stored[k] for k in ARCH_FIELDS if k in stored}
     if identity["vocab_size"] > model.get("vocab_size", identity["vocab_size"]):
         raise UserError(f"the vocabulary {vocab} has {identity['vocab_size']} entries but the "
@@ -139,17 +122,20 @@ def resolve(cfg, workdir: str, log: Callable[[str], None] = print) -> Source:
                   identity=identity)
 
 
-def apply_model(cfg, source: Source, num_labels: int, log: Callable[[str], None] = print) -> None:
-    """Writes the checkpoint's architecture and the task's label count into cfg.model."""
+def model_for(cfg, source: Source, num_labels: int, log: Callable[[str], None] = print) -> dict:
+    """The model section a run uses: the recipe's, with the checkpoint's architecture and the
+    task's label count (for the run plan; cfg.model is left as given)."""
+    model = cfg.model.to_dict()
     changed = []
     for k, v in source.model.items():
-        if cfg.model[k] != v:
+        if model[k] != v:
             changed.append(f"{k}={v}")
-            cfg.model[k] = type(cfg.model[k])(v)
+            model[k] = type(model[k])(v)
     if changed and source.init_from:
         log(f"model shape from {cfg.init_from}: {', '.join(changed)}")
-    cfg.model.num_labels = int(num_labels)
+    model["num_labels"] = int(num_labels)
     seq = int(cfg.data.max_seq_length)
-    if seq > cfg.model.max_position_embeddings:
+    if seq > model["max_position_embeddings"]:
         raise UserError(f"data.max_seq_length {seq} exceeds the model's max_position_embeddings "
-                        f"{cfg.model.max_position_embeddings}; lower --config.data.max_seq_length")
+                        f"{model['max_position_embeddings']}; lower --config.data.max_seq_length")
+    return model

@@ -13,8 +13,6 @@ Rerunning the same command resumes unfinished seeds and re-reports finished ones
 """
 from __future__ import annotations
 
-import copy
-import json
 import math
 import os
 from typing import Callable
@@ -24,9 +22,13 @@ from etils import epath
 
 from bertjax.errors import UserError
 from bertjax.finetuning import glue_task, init_source, ner_task, squad_task
+from bertjax.finetuning.best import BestCheckpoint
 from bertjax.finetuning.batches import EpochBatches, num_rows, steps_per_epoch
 from bertjax.finetuning.family import Prepared
 from bertjax.finetuning.predict import make_predict_fn
+from bertjax.store import lock as workdir_lock
+from bertjax.store import workdir as wd
+from bertjax.train.run_plan import RunPlan
 
 FAMILIES = {"glue": glue_task.prepare, "squad": squad_task.prepare, "ner": ner_task.prepare}
 SUMMARY_FILE = "summary.json"
@@ -34,8 +36,8 @@ SUMMARY_FILE = "summary.json"
 
 def derive_schedule(cfg, num_examples: int) -> dict:
     """num_steps from epochs over the training rows, warmup as a fraction of it, eval once per
-    epoch unless task.eval_every says otherwise, a checkpoint at least as often. Written into
-    cfg."""
+    epoch unless task.eval_every says otherwise, a checkpoint at least as often. Returned as run
+    plan fields (the config is left as the user gave it), with steps_per_epoch."""
     t = cfg.task
     if not t.epochs > 0:
         raise UserError(f"task.epochs must be positive, got {t.epochs}")
@@ -44,13 +46,11 @@ def derive_schedule(cfg, num_examples: int) -> dict:
     per_epoch = steps_per_epoch(num_examples, int(cfg.train.batch_size))
     num_steps = max(1, math.ceil(float(t.epochs) * per_epoch))
     eval_every = int(t.eval_every) if t.eval_every > 0 else per_epoch
-    cfg.train.num_steps = num_steps
-    cfg.optim.warmup_steps = int(round(float(t.warmup_fraction) * num_steps))
-    cfg.train.eval_every = eval_every
     # Saved at least at every eval, so a resumed run repeats at most one eval interval.
-    cfg.train.checkpoint_every = min(int(cfg.train.checkpoint_every), eval_every)
     return {"steps_per_epoch": per_epoch, "num_steps": num_steps,
-            "warmup_steps": int(cfg.optim.warmup_steps), "eval_every": eval_every}
+            "warmup_steps": int(round(float(t.warmup_fraction) * num_steps)),
+            "eval_every": eval_every,
+            "checkpoint_every": min(int(cfg.train.checkpoint_every), eval_every)}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -74,86 +74,62 @@ def summarize(task: str, metric: str, runs: list[dict]) -> dict:
 
 def _copy_tokenizer_files(dst: str, vocab_dir: str, identity: dict, extra: dict) -> None:
     """Makes a best checkpoint self-contained: usable by convert/export without the workdir."""
-    from bertjax.store.files import write_atomic
-
     for p in sorted(epath.Path(vocab_dir).iterdir()):
-        write_atomic(os.path.join(dst, p.name), p.read_bytes())
-    write_atomic(os.path.join(dst, init_source.IDENTITY_FILE), json.dumps(identity, indent=2))
+        wd.write_atomic(epath.Path(dst) / p.name, p.read_bytes())
+    wd.write_identity(dst, identity)
     for name, data in extra.items():
-        write_atomic(os.path.join(dst, name), data)
+        wd.write_atomic(epath.Path(dst) / name, data)
 
 
-def _run_seed(cfg, prepared: Prepared, workdir: str, *, best_metric: str, eval_batch: int,
-              vocab_dir: str, identity: dict, log: Callable[[str], None],
+def _run_seed(cfg, plan, prepared: Prepared, workdir: str, *, best_metric: str,
+              eval_batch: int, vocab_dir: str, identity: dict, log: Callable[[str], None],
               on_ready: Callable[[], None] | None = None) -> dict | None:
     import jax
 
-    from bertjax.model import BertConfig, build_model
+    from bertjax.model import build_model
     from bertjax.train import checkpoint as ckpt_lib
     from bertjax.train import loop
     from bertjax.train import mesh as mesh_lib
 
-    seed = int(cfg.train.seed)
-    model_task = str(cfg.task.model_task)
-    model_cfg = BertConfig.from_dict(cfg.model.to_dict())
-    model_fn = lambda: build_model(model_task, model_cfg, seed=seed)  # noqa: E731
-    seen = {}
+    model_cfg = plan.model_config()
+    model_fn = lambda: build_model(plan.task_model, model_cfg, seed=plan.seed)  # noqa: E731
 
     def make_train(shard, num_shards, local_batch, state):
         return EpochBatches(prepared.train, local_batch=local_batch, shard=shard,
-                            num_shards=num_shards, seed=seed,
+                            num_shards=num_shards, seed=plan.seed,
                             start_batch=int(state["batches"]) if state else 0)
 
     def evaluate(steps, params, mesh):
-        # The loop's jitted predict is kept for the final pass with the best params.
-        seen["steps"], seen["mesh"] = steps, mesh
         return prepared.evaluate(make_predict_fn(steps.predict, params, mesh, eval_batch))
 
     inputs = loop.Inputs(make_train=make_train, evaluate=evaluate,
                          seq_len=int(cfg.data.max_seq_length), predictions_per_seq=0)
-    mode = "min" if best_metric.endswith("loss") else "max"
-    marker = epath.Path(workdir, ckpt_lib.COMPLETED_FILE)
-    finished = marker.exists() and json.loads(marker.read_text())["step"] >= cfg.train.num_steps
-    if finished:
-        # Skips restoring the train state only to find nothing to do.
-        log(f"{workdir} already finished training; reporting its best checkpoint")
-    else:
-        result = loop.train(cfg, prepared.objective, model_fn, inputs, workdir,
-                            best_metric=best_metric, best_mode=mode, log=log, on_ready=on_ready)
-        if result.stopped_by_signal:
-            return None
-
-    best_dir = os.path.join(workdir, "best")
-    best_file = epath.Path(best_dir, "best.json")
-    if not best_file.exists():
-        raise UserError(f"{workdir} finished training but has no best checkpoint ({best_file}); "
-                        "remove the seed directory and rerun")
-    best = json.loads(best_file.read_text())
-    steps, mesh = seen.get("steps"), seen.get("mesh")
-    if steps is None:  # nothing was trained in this call (the seed had already finished)
-        import optax
-
-        from bertjax.train.step import make_steps
-
-        mesh = mesh_lib.make_mesh(cfg.mesh)
-        steps = make_steps(model_fn, prepared.objective, optax.identity(), mesh)
+    best = BestCheckpoint(workdir, best_metric, "min" if best_metric.endswith("loss") else "max")
+    # A finished seed runs no step: the loop restores it and hands back its compiled steps.
+    result = loop.train(cfg, plan, prepared.objective, model_fn, inputs, workdir,
+                        eval_hooks=[best], log=log, on_ready=on_ready)
+    if result.stopped_by_signal:
+        return None
+    if best.best is None:
+        raise UserError(f"{workdir} finished training but has no best checkpoint "
+                        f"({best.directory / wd.BEST_FILE}); remove the seed directory and rerun")
+    steps, mesh = result.steps, result.mesh
     target = mesh_lib.with_shardings(steps.abstract_state, steps.state_shardings)["params"]
-    params, _ = ckpt_lib.load_params(best_dir, target)
+    params, _ = ckpt_lib.load_params(str(best.directory), target)
     write = jax.process_index() == 0
     out = prepared.write_outputs(make_predict_fn(steps.predict, params, mesh, eval_batch),
                                  os.path.join(workdir, "predictions"), write)
     if write:
-        _copy_tokenizer_files(best_dir, vocab_dir, identity, prepared.extra_files)
-    value = out["metrics"].get(best_metric, best["value"])
-    log(f"seed {seed}: best {best_metric}={value:.4f} at step {best['step']}")
-    return {"seed": seed, "workdir": workdir, "best_step": int(best["step"]), "best": float(value),
-            "dev": out["metrics"], "files": [str(f) for f in out["files"]]}
+        _copy_tokenizer_files(str(best.directory), vocab_dir, identity, prepared.extra_files)
+    value = out["metrics"].get(best_metric, best.best["value"])
+    log(f"seed {plan.seed}: best {best_metric}={value:.4f} at step {best.best['step']}")
+    return {"seed": plan.seed, "workdir": workdir, "best_step": int(best.best["step"]),
+            "best": float(value), "dev": out["metrics"], "files": [str(f) for f in out["files"]]}
 
 
 def finetune(cfg, workdir: str, log: Callable[[str], None] = print) -> dict:
     """Runs every seed; returns the summary (also written to <workdir>/summary.json). On SIGTERM
     the current seed saves and this returns {"stopped_by_signal": True}."""
-    cfg = copy.deepcopy(cfg)
     family = str(cfg.task.family)
     if family not in FAMILIES:
         raise UserError(f"unknown task.family {family!r}; choose one of {', '.join(FAMILIES)}")
@@ -164,13 +140,17 @@ def finetune(cfg, workdir: str, log: Callable[[str], None] = print) -> dict:
 
     source = init_source.resolve(cfg, workdir, log)
     prepared = FAMILIES[family](cfg, source.tokenizer, log)
-    init_source.apply_model(cfg, source, prepared.num_labels, log)
-    cfg.init_from = source.init_from
+    model = init_source.model_for(cfg, source, prepared.num_labels, log)
     best_metric = str(cfg.task.best_metric) or prepared.default_best
     if best_metric not in prepared.metric_names:
         raise UserError(f"task.best_metric {best_metric!r} is not a dev metric of "
                         f"{prepared.name}; choose one of {', '.join(prepared.metric_names)}")
     sched = derive_schedule(cfg, num_rows(prepared.train))
+    plan = RunPlan.from_config(
+        cfg, model=model, init_from=source.init_from,
+        **{k: sched[k] for k in ("num_steps", "warmup_steps", "eval_every", "checkpoint_every")},
+        derived={"steps_per_epoch": sched["steps_per_epoch"], "train_rows":
+                 num_rows(prepared.train), "best_metric": best_metric})
     eval_batch = int(cfg.task.eval_batch_size) or int(cfg.train.batch_size)
     log(f"{prepared.name}: {num_rows(prepared.train)} training rows, batch {cfg.train.batch_size}, "
         f"{cfg.task.epochs:g} epochs = {sched['num_steps']} steps "
@@ -182,24 +162,19 @@ def finetune(cfg, workdir: str, log: Callable[[str], None] = print) -> dict:
     def write_workdir_files():
         # Called by the loop once state and input are set up (process 0), so a run refused for
         # a bad checkpoint or input writes nothing a rerun would take for its own.
-        from bertjax.store.files import write_atomic
-
         os.makedirs(workdir, exist_ok=True)
         source.tokenizer.save(vocab_dir)
-        write_atomic(os.path.join(workdir, init_source.IDENTITY_FILE),
-                     json.dumps(source.identity, indent=2))
-
-    from bertjax.store import lock as workdir_lock
+        wd.write_identity(workdir, source.identity)
 
     hold = workdir_lock.acquire(workdir)  # the seeds' loops lock their own directories too
     try:
-        return _run_seeds(cfg, prepared, workdir, best_metric, eval_batch, vocab_dir, source,
-                          sched, write_workdir_files, log)
+        return _run_seeds(cfg, plan, prepared, workdir, best_metric, eval_batch, vocab_dir,
+                          source, sched, write_workdir_files, log)
     finally:
         workdir_lock.release(hold)
 
 
-def _run_seeds(cfg, prepared, workdir, best_metric, eval_batch, vocab_dir, source, sched,
+def _run_seeds(cfg, plan, prepared, workdir, best_metric, eval_batch, vocab_dir, source, sched,
                on_ready, log) -> dict:
     import jax
 
@@ -207,11 +182,10 @@ def _run_seeds(cfg, prepared, workdir, best_metric, eval_batch, vocab_dir, sourc
 
     runs = []
     for k in range(int(cfg.seeds)):
-        run_cfg = copy.deepcopy(cfg)
-        run_cfg.train.seed = int(cfg.train.seed) + k
-        seed_dir = os.path.join(workdir, f"seed-{run_cfg.train.seed}")
-        log(f"--- seed {run_cfg.train.seed} ({k + 1}/{cfg.seeds}) in {seed_dir}")
-        run = _run_seed(run_cfg, prepared, seed_dir, best_metric=best_metric,
+        seed_plan = plan.replace(seed=plan.seed + k)
+        seed_dir = os.path.join(workdir, f"seed-{seed_plan.seed}")
+        log(f"--- seed {seed_plan.seed} ({k + 1}/{cfg.seeds}) in {seed_dir}")
+        run = _run_seed(cfg, seed_plan, prepared, seed_dir, best_metric=best_metric,
                         eval_batch=eval_batch, vocab_dir=vocab_dir, identity=source.identity,
                         log=log, on_ready=on_ready)
         if run is None:

@@ -124,7 +124,7 @@ def tokenizer_extras(directory: str) -> dict:
     if not os.path.isfile(vocab):
         raise UserError(f"{directory} has no {VOCAB_FILE}; the original BERT releases ship it "
                         f"beside bert_config.json")
-    from bertjax.interop.model_io import IDENTITY_FILE
+    from bertjax.store.workdir import IDENTITY_FILE
     from bertjax.text import load_tokenizer
 
     tok = load_tokenizer(directory)

@@ -28,6 +28,7 @@ from bertjax.errors import UserError
 from bertjax.store.files import write_atomic
 from bertjax.interop import hf_dir, hf_layout, model_io
 from bertjax.text import check_identity, load_tokenizer
+from bertjax.store import workdir as wd
 
 POOLINGS = ("cls", "mean")
 # Batches are padded to a power-of-two length no shorter than this, so a file of mixed lengths
@@ -48,7 +49,7 @@ def load_checkpoint(path: str, needs: tuple[str, ...], with_untrained: bool = Fa
     of parameter path prefixes such as ("bert/encoder", "mlm"). with_untrained adds a fourth
     item: the paths of the parameters left at their fresh initialisation."""
     untrained: list[str] = []
-    if model_io.is_hf_dir(path):
+    if wd.is_hf_dir(path):
         archs = hf_dir.read_config(path).get("architectures") or ["BertModel"]
         if not any(a in hf_layout.ARCHITECTURES for a in archs):
             model, cfg, task, report, _ = model_io.load_model(path, task="pretraining",
@@ -67,12 +68,12 @@ def checkpoint_tokenizer(checkpoint: str, vocab_size: int, vocab: str | None = N
     """The tokenizer a checkpoint was trained with: --vocab if given, else the vocabulary files
     stored with it. A tokenizer_identity.json stored with the checkpoint must match, and the
     vocabulary must fit the model's embedding table."""
-    src = model_io.vocab_source(checkpoint)
+    src = wd.vocab_dir(checkpoint)
     if vocab is None and src is None:
         raise UserError(f"no vocabulary (vocab.txt or a SentencePiece .model) found with "
                         f"{checkpoint}; pass --vocab=PATH to the vocabulary it was trained with")
     tok = load_tokenizer(vocab or src)
-    stored = os.path.join(src, model_io.IDENTITY_FILE) if src else None
+    stored = os.path.join(src, wd.IDENTITY_FILE) if src else None
     if stored and os.path.isfile(stored):
         with open(stored, encoding="utf-8") as f:
             check_identity(json.load(f), tok.identity(), f"checkpoint {checkpoint}")

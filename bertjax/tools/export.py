@@ -37,6 +37,7 @@ from bertjax.errors import UserError
 from bertjax.interop import params as interop
 from bertjax.model.bert import TASK_MODELS, build_model
 from bertjax.model.encoder import BertConfig
+from bertjax.store import workdir as wd
 
 FORMATS = ("hf", "safetensors", "msgpack")
 # The name bertjax.train.checkpoint uses; repeated so load_export works without importing Orbax.
@@ -122,12 +123,11 @@ def _install(built: str, out: str, stage: str) -> None:
 
 
 def _write_tokenizer(tokenizer, directory: str, hf: bool, max_length: int) -> list[str]:
-    from bertjax.interop import model_io  # Orbax: see export()
 
     os.makedirs(directory)
     paths = tokenizer.save(directory)
     identity = tokenizer.identity()
-    paths.append(_write_json(os.path.join(directory, model_io.IDENTITY_FILE), identity))
+    paths.append(_write_json(os.path.join(directory, wd.IDENTITY_FILE), identity))
     if not hf:
         return paths
     config_path = os.path.join(directory, "tokenizer_config.json")
@@ -153,9 +153,9 @@ def _write_json(path: str, body: dict) -> str:
 
 def _id2label(checkpoint: str, num_labels: int) -> dict[int, str] | None:
     """Label names stored with the checkpoint (HF config.json or model_config.json "id2label")."""
-    from bertjax.interop import hf_dir, model_io  # Orbax: see export()
+    from bertjax.interop import hf_dir  # Orbax: see export()
 
-    if model_io.is_hf_dir(checkpoint):
+    if wd.is_hf_dir(checkpoint):
         labels = hf_dir.read_config(checkpoint).get("id2label")
     else:
         path = os.path.join(checkpoint, MODEL_CONFIG_FILE)

@@ -21,6 +21,7 @@ from absl import flags
 
 from bertjax import cli
 from bertjax.errors import UserError
+from bertjax.train.run_plan import RunPlan
 
 
 def define_flags() -> None:
@@ -92,7 +93,7 @@ class Planner:
         accum = int(cfg.train.grad_accum_steps)
         if batch % accum:
             raise UserError(f"batch {batch} is not divisible by train.grad_accum_steps {accum}")
-        steps, _, _ = aot.build_steps(cfg, self.objective,
+        steps, _, _ = aot.build_steps(cfg, RunPlan.from_config(cfg), self.objective,
                                    lambda: build_model(self.task, model_cfg, seed=0), self.mesh)
         row = {
             "topology": self.topology, "num_slices": self.num_slices, "chips": len(self.devices),

@@ -3,8 +3,8 @@
 Layout of a run's workdir:
     <workdir>/checkpoints/<step>/state    train state {"step", "params", "opt_state"} (Orbax PyTree)
     <workdir>/checkpoints/<step>/data     input-pipeline position (JSON)
-    <workdir>/checkpoints/<step>/config   resolved run config (JSON)
-    <workdir>/COMPLETED                   written last, when training finished
+    <workdir>/checkpoints/<step>/config   {"config": the user's config, "plan": the run plan}
+(the rest of a workdir, and every file name: store/workdir.py)
 Layout of a params-only checkpoint (written by `save_params`, e.g. by the converters):
     <dir>/params              Orbax PyTree of the parameters (plain nested dicts)
     <dir>/model_config.json   the model section of the config
@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,12 +28,9 @@ from etils import epath
 from flax import nnx
 
 from bertjax.errors import UserError
+from bertjax.store.workdir import CHECKPOINT_SUBDIR, MODEL_CONFIG_FILE, PARAMS_ITEM
 
 ITEMS = ("state", "data", "config")
-CHECKPOINT_SUBDIR = "checkpoints"
-PARAMS_ITEM = "params"
-MODEL_CONFIG_FILE = "model_config.json"
-COMPLETED_FILE = "COMPLETED"
 _ORBAX_TREE_FILE = "_METADATA"
 
 
@@ -198,26 +194,6 @@ class Checkpointer:
         self.close()
 
 
-def write_completed_marker(workdir: str | epath.PathLike, step: int) -> None:
-    """Writes <workdir>/COMPLETED (process 0 only, via a temporary name) for launchers to poll."""
-    if jax.process_index() != 0:
-        return
-    workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = workdir / f"{COMPLETED_FILE}.tmp"
-    tmp.write_text(json.dumps({"step": int(step), "time": time.time()}) + "\n")
-    tmp.replace(workdir / COMPLETED_FILE)
-
-
-def clear_completed_marker(workdir: str | epath.PathLike) -> None:
-    """A run continued past its old last step (num_steps raised) is not complete any more."""
-    if jax.process_index() != 0:
-        return
-    marker = epath.Path(workdir) / COMPLETED_FILE
-    if marker.exists():
-        marker.unlink()
-
-
 # --------------------------------------------------------------------------- params only
 
 
@@ -316,7 +292,7 @@ def _resolve_source(ckpt_dir: epath.Path) -> tuple[epath.Path, tuple[str, ...], 
     cfg = None
     cfg_file = step_dir / "config" / "metadata"
     if cfg_file.exists():
-        cfg = json.loads(cfg_file.read_text()).get("model")
+        cfg = json.loads(cfg_file.read_text()).get("plan", {}).get("model")
     return step_dir / "state", ("params",), cfg
 
 

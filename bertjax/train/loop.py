@@ -1,17 +1,19 @@
 """The one training loop. Pretraining and every fine-tuning task call `train()`.
 
-Sections: mesh -> state (init / resume / init_from) -> input -> compile -> steps with metrics,
-eval, checkpoints and preemption handling -> final save, marker and plot.
+Two parts, as in big_vision's and MaxText's trainers:
+- setup (`_setup`): mesh and compiled steps, state (resume > init_from > fresh), input, and the
+  run's files;
+- the step loop (`_steps`): one step, then the periodic hooks in order: log, eval, checkpoint,
+  profile, preemption. A caller adds its own eval hooks (fine-tuning's best checkpoint).
+`train()` returns what callers need after it (the compiled steps, the mesh, the final state), so
+nothing is rebuilt to predict.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
-import signal
 import time
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import jax
 import numpy as np
@@ -19,16 +21,16 @@ from etils import epath
 
 from bertjax.errors import UserError
 from bertjax.model.attention import describe as describe_attention
-from bertjax.train import aot
+from bertjax.store import lock as workdir_lock
+from bertjax.store import workdir as wd
+from bertjax.train import aot, objectives
 from bertjax.train import checkpoint as ckpt_lib
 from bertjax.train import flops as flops_lib
 from bertjax.train import mesh as mesh_lib
 from bertjax.train import metrics as metrics_lib
-from bertjax.train import objectives
-from bertjax.store import lock as workdir_lock
+from bertjax.train.hooks import Checkpoint, Evaluate, LogMetrics, Preemption, Profile
+from bertjax.train.run_plan import RunPlan
 from bertjax.train.step import StepFns
-
-RUN_PLAN_FILE = "run_plan.json"
 
 
 class DataIterator(Protocol):
@@ -54,158 +56,64 @@ class Result:
     step: int
     train_metrics: dict
     eval_metrics: dict
-    best: dict | None
+    steps: StepFns
+    mesh: Any
+    state: Any
+    plan: RunPlan
     stopped_by_signal: bool = False
     train_compilations: int = -1  # distinct compiled train steps (1 = never recompiled)
 
 
-class _Preemption:
-    """SIGTERM (the preemption notice on Cloud VMs) sets a flag; the loop saves and exits 0."""
+@dataclasses.dataclass
+class Run:
+    """What setup built and the hooks share. Only the loop and its hooks change it."""
 
-    def __init__(self):
-        self.flag = False
-        self._old = None
+    cfg: Any
+    plan: RunPlan
+    workdir: str
+    inputs: Inputs
+    log: Callable[[str], None]
+    mesh: Any
+    steps: StepFns
+    schedule: Callable
+    checkpointer: ckpt_lib.Checkpointer
+    state: Any
+    it: DataIterator
+    writer: Any
+    start: int
+    step: int = 0
+    pending: list = dataclasses.field(default_factory=list)
+    train_metrics: dict = dataclasses.field(default_factory=dict)
+    eval_metrics: dict = dataclasses.field(default_factory=dict)
+    stopped: bool = False
+    # Throughput is measured from this mark: moved after the compile, each log line and each eval.
+    mark_time: float = 0.0
+    mark_step: int = 0
+    data_wait: float = 0.0
+    _saved: set = dataclasses.field(default_factory=set)
 
-    def __enter__(self):
-        def handler(signum, frame):
-            del signum, frame
-            self.flag = True
+    def restart_clock(self) -> None:
+        self.mark_time, self.mark_step, self.data_wait = time.time(), self.step, 0.0
 
-        try:
-            self._old = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread (e.g. a test harness): no handler
-            self._old = None
-        return self
+    def due(self, every: int) -> bool:
+        """Every `every` steps, and at the last step."""
+        return self.step == self.plan.num_steps or (every > 0 and self.step % every == 0)
 
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+    def drain(self) -> None:
+        """Fetches the metrics of the steps since the last fetch (raising on a non-finite one)."""
+        if self.pending:
+            self.train_metrics = {**self.train_metrics, **self._fetch()}
 
-    def requested(self, step: int, every: int) -> bool:
-        if jax.process_count() == 1:
-            return self.flag
-        # Saving is collective, so every process must agree to stop at the same step; agreeing
-        # costs a host round trip, paid only every `every` steps (the log interval).
-        if step % every:
-            return False
-        from jax.experimental import multihost_utils
-
-        return bool(np.any(multihost_utils.process_allgather(np.array(self.flag))))
-
-
-def train(cfg, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
-          best_metric: str = "", best_mode: str = "max", log: Callable[[str], None] = print,
-          on_ready: Callable[[], None] | None = None) -> Result:
-    """Trains (or resumes) in `workdir`. `on_ready` runs on process 0 once the state and the input
-    are set up, before the first step: the caller's workdir files go there, so a run refused for
-    bad input leaves nothing that a later run could take for its state."""
-    hold = workdir_lock.acquire(workdir)
-    try:
-        return _train(cfg, objective, model_fn, inputs, workdir, best_metric=best_metric,
-                      best_mode=best_mode, log=log, on_ready=on_ready)
-    finally:
-        workdir_lock.release(hold)
-
-
-def _train(cfg, objective, model_fn, inputs, workdir, *, best_metric, best_mode, log, on_ready):
-    t_cfg = cfg.train
-    if cfg.train.debug_nans:
-        jax.config.update("jax_debug_nans", True)
-    workdir_path = epath.Path(workdir)
-    is_main = jax.process_index() == 0
-
-    # --- mesh and steps
-    mesh = mesh_lib.make_mesh(cfg.mesh)
-    num_steps = int(t_cfg.num_steps)
-    # What the attention really is on this platform (never a silent change of BERT's recipe):
-    # printed, and saved beside config.json.
-    attention = describe_attention(cfg.model.attention_backend, float(cfg.model.attention_dropout),
-                                   inputs.seq_len, mesh.devices.flat[0].platform)
-    log(f"attention: {attention['train']} while training (attention dropout "
-        f"{attention['attention_dropout']}), {attention['eval']} in eval")
-    # The same construction `bertjax.tools.plan` compiles for TPU slices ahead of time.
-    steps, tx, schedule = aot.build_steps(cfg, objective, model_fn, mesh)
-
-    # --- state: resume > init_from > fresh
-    checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(t_cfg.keep_checkpoints),
-                                         async_=bool(t_cfg.async_checkpointing))
-    target = mesh_lib.with_shardings(steps.abstract_state, steps.state_shardings)
-    latest = checkpointer.latest_step()
-    data_state = None
-    best: dict | None = None
-    if latest is not None:
-        state, data_state, _ = checkpointer.restore(latest, target)
-        log(f"resumed from step {latest} in {workdir}")
-        if best_metric:
-            # Without it the first eval after a resume would replace best/ whatever its score.
-            best = _read_best(workdir, best_metric)
-    else:
-        state = steps.init()
-        if cfg.init_from:
-            params, report = ckpt_lib.load_params(cfg.init_from, target["params"],
-                                                  fallback=state["params"])
-            state = {**state, "params": params}
-            state["opt_state"] = jax.jit(tx.init, out_shardings=steps.state_shardings["opt_state"])(
-                state["params"])
-            log(f"init_from {cfg.init_from}: " + report.summary().replace("\n", "; "))
-    start = int(jax.device_get(state["step"]))
-    if start >= num_steps:
-        log(f"already at step {start} >= train.num_steps {num_steps}; nothing to do")
-    else:
-        ckpt_lib.clear_completed_marker(workdir)
-
-    # --- input
-    shard, num_shards, local_batch = mesh_lib.host_batch_slice(mesh, int(t_cfg.batch_size))
-    it = inputs.make_train(shard, num_shards, local_batch, data_state)
-    if is_main:
-        workdir_path.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(workdir_path / "config.json", cfg.to_json_best_effort(indent=2))
-        _write_text_atomic(workdir_path / RUN_PLAN_FILE, json.dumps(
-            {"attention": attention, "mesh": dict(mesh.shape), "num_steps": num_steps,
-             "devices": jax.device_count(), "processes": jax.process_count()}, indent=2))
-        if on_ready is not None:
-            on_ready()
-
-    # --- metrics, flops
-    # Process 0 alone writes metrics.jsonl and TensorBoard events; the progress line is ours.
-    writer = metrics_lib.make_writers(workdir, num_steps, stdout=False)
-    # Fine-tuning passes predictions_per_seq=0: no MLM head, so the vocabulary term is zero.
-    flops_per_token = flops_lib.model_flops_per_token(cfg.model.to_dict(), inputs.seq_len,
-                                                      inputs.predictions_per_seq)
-    device_kind = jax.devices()[0].device_kind
-
-    base_key = jax.random.key(int(t_cfg.seed))
-    pending: list[dict] = []
-    last_log_time, last_log_step, data_wait = time.time(), start, 0.0
-    train_metrics: dict = {}
-    eval_metrics: dict = {}
-    stopped = False
-    compiled = False
-    step = start
-
-    saved_steps: set[int] = set()
-
-    def save(step_now: int, force: bool = False):
-        # A preemption or the end can land on a step the periodic save already wrote.
-        if step_now in saved_steps:
-            return
-        checkpointer.save(step_now, state, it.state(), json.loads(cfg.to_json_best_effort()),
-                          force=force)
-        saved_steps.add(step_now)
-
-    def flush() -> dict:
-        nonlocal pending
-        fetched = jax.device_get(pending)
-        pending = []
+    def _fetch(self) -> dict:
+        fetched, self.pending = jax.device_get(self.pending), []
         bad = [m for m in fetched if m["nonfinite"]]
         if bad:
-            checkpointer.wait()  # the newest good save may still be committing
-            last_good = checkpointer.latest_step()
+            self.checkpointer.wait()  # the newest good save may still be committing
             raise UserError(
                 f"non-finite loss or gradient norm at step {bad[0]['step']} (loss={bad[0]['loss']}, "
                 f"grad_norm={bad[0]['grad_norm']}); stopped without saving. The last good "
-                f"checkpoint is step {last_good} in {workdir}; lower optim.learning_rate or set "
-                "train.debug_nans=true to find the first bad op")
+                f"checkpoint is step {self.checkpointer.latest_step()} in {self.workdir}; lower "
+                "optim.learning_rate or set train.debug_nans=true to find the first bad op")
         sums = None
         for m in fetched:
             sums = objectives.add_sums(sums, m["sums"])
@@ -213,125 +121,201 @@ def _train(cfg, objective, model_fn, inputs, workdir, *, best_metric, best_mode,
         out["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
         return out
 
+    def save(self, force: bool = False) -> None:
+        # A preemption or the end can land on a step the periodic save already wrote; a save
+        # never follows an unchecked step.
+        if self.step in self._saved:
+            return
+        self.drain()
+        self.checkpointer.save(self.step, self.state, self.it.state(), checkpoint_meta(self),
+                               force=force)
+        self._saved.add(self.step)
+
+
+def checkpoint_meta(run: Run) -> dict:
+    """Saved with every step: the user's config and the plan (what model the state is)."""
+    return {"config": json.loads(run.cfg.to_json_best_effort()), "plan": run.plan.to_dict()}
+
+
+def train(cfg, plan: RunPlan, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
+          eval_hooks: Sequence[Callable[[Run, dict], None]] = (),
+          log: Callable[[str], None] = print,
+          on_ready: Callable[[], None] | None = None) -> Result:
+    """Trains (or resumes) in `workdir` for `plan`. `eval_hooks` run after each eval with its
+    metrics. `on_ready` runs on process 0 once the state and the input are set up, before the
+    first step: the caller's workdir files go there, so a run refused for bad input leaves
+    nothing that a later run could take for its state."""
+    hold = workdir_lock.acquire(workdir)
     try:
-        with _Preemption() as preempt:
-            t_compile = time.time()
-            while step < num_steps:
+        if cfg.train.debug_nans:
+            jax.config.update("jax_debug_nans", True)
+        run = _setup(cfg, plan, objective, model_fn, inputs, workdir, log, on_ready)
+        _steps(run, _hooks(run, eval_hooks))
+        return _result(run)
+    finally:
+        workdir_lock.release(hold)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def _setup(cfg, plan, objective, model_fn, inputs, workdir, log, on_ready) -> Run:
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    # What the attention really is on this platform (never a silent change of BERT's recipe):
+    # printed, and saved in the run plan.
+    attention = describe_attention(plan.model["attention_backend"],
+                                   float(plan.model["attention_dropout"]), inputs.seq_len,
+                                   mesh.devices.flat[0].platform)
+    log(f"attention: {attention['train']} while training (attention dropout "
+        f"{attention['attention_dropout']}), {attention['eval']} in eval")
+    # The same construction `bertjax plan` compiles for TPU slices ahead of time.
+    steps, tx, schedule = aot.build_steps(cfg, plan, objective, model_fn, mesh)
+    checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(cfg.train.keep_checkpoints),
+                                         async_=bool(cfg.train.async_checkpointing))
+    state, data_state = _initial_state(plan, steps, tx, checkpointer, workdir, log)
+    start = int(jax.device_get(state["step"]))
+    if start >= plan.num_steps:
+        log(f"already at step {start} >= {plan.num_steps} steps; nothing to do")
+    elif jax.process_index() == 0:
+        wd.clear_completed(workdir)  # continuing past an old last step: not complete any more
+    shard, num_shards, local_batch = mesh_lib.host_batch_slice(mesh, int(cfg.train.batch_size))
+    it = inputs.make_train(shard, num_shards, local_batch, data_state)
+    if jax.process_index() == 0:
+        _write_run_files(cfg, plan, attention, mesh, workdir, log)
+        if on_ready is not None:
+            on_ready()
+    # Process 0 alone writes metrics.jsonl and TensorBoard events; the progress line is ours.
+    writer = metrics_lib.make_writers(workdir, plan.num_steps, stdout=False)
+    return Run(cfg=cfg, plan=plan, workdir=workdir, inputs=inputs, log=log, mesh=mesh,
+               steps=steps, schedule=schedule, checkpointer=checkpointer, state=state, it=it,
+               writer=writer, start=start, step=start, mark_time=time.time(), mark_step=start)
+
+
+def _initial_state(plan, steps, tx, checkpointer, workdir, log):
+    """Resume (everything) > init_from (params only, a fresh optimizer) > a fresh init."""
+    target = mesh_lib.with_shardings(steps.abstract_state, steps.state_shardings)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state, data_state, _ = checkpointer.restore(latest, target)
+        log(f"resumed from step {latest} in {workdir}")
+        return state, data_state
+    state = steps.init()
+    if plan.init_from:
+        params, report = ckpt_lib.load_params(plan.init_from, target["params"],
+                                              fallback=state["params"])
+        opt_state = jax.jit(tx.init, out_shardings=steps.state_shardings["opt_state"])(params)
+        state = {**state, "params": params, "opt_state": opt_state}
+        log(f"init_from {plan.init_from}: " + report.summary().replace("\n", "; "))
+    return state, None
+
+
+def _write_run_files(cfg, plan, attention, mesh, workdir, log) -> None:
+    run_plan = {**plan.to_dict(), "attention": attention, "mesh": dict(mesh.shape),
+                "devices": jax.device_count(), "processes": jax.process_count()}
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    wd.write_atomic(epath.Path(workdir) / wd.CONFIG_FILE, cfg.to_json_best_effort(indent=2))
+    wd.write_atomic(epath.Path(workdir) / wd.RUN_PLAN_FILE, json.dumps(run_plan, indent=2))
+    derived = {k: v for k, v in plan.to_dict().items() if k not in ("model", "derived")}
+    log(f"run plan: {json.dumps(derived, sort_keys=True)} (all of it in "
+        f"{epath.Path(workdir) / wd.RUN_PLAN_FILE})")
+
+
+def _hooks(run: Run, eval_hooks) -> list:
+    t = run.cfg.train
+    flops_per_token = flops_lib.model_flops_per_token(run.plan.model, run.inputs.seq_len,
+                                                      run.inputs.predictions_per_seq)
+    hooks = [LogMetrics(int(t.log_every), int(t.batch_size), flops_per_token)]
+    if run.inputs.evaluate is not None:
+        hooks.append(Evaluate(run.plan.eval_every, eval_hooks))
+    hooks.append(Checkpoint(run.plan.checkpoint_every))
+    if int(t.profile_start_step) >= 0:
+        hooks.append(Profile(int(t.profile_start_step), int(t.profile_num_steps),
+                             str(epath.Path(run.workdir) / "profile")))
+    hooks.append(Preemption(int(t.log_every)))
+    return hooks
+
+
+# --------------------------------------------------------------------------- the step loop
+
+
+def _steps(run: Run, hooks: list) -> None:
+    base_key = jax.random.key(run.plan.seed)
+    preemption = next(h for h in hooks if isinstance(h, Preemption))
+    try:
+        with preemption:  # the SIGTERM handler is installed for the steps only
+            t_start = time.time()
+            while run.step < run.plan.num_steps and not run.stopped:
                 t0 = time.time()
-                local = next(it)
-                data_wait += time.time() - t0
-                batch = mesh_lib.make_global_batch(local, mesh)
-                state, m = steps.train(state, batch, base_key)
-                m["step"] = step + 1
-                pending.append(m)
-                step += 1
-                if not compiled:
-                    compiled = True
+                local = next(run.it)
+                run.data_wait += time.time() - t0
+                batch = mesh_lib.make_global_batch(local, run.mesh)
+                run.state, m = run.steps.train(run.state, batch, base_key)
+                run.step += 1
+                m["step"] = run.step
+                run.pending.append(m)
+                if run.step == run.start + 1:
                     jax.block_until_ready(m["loss"])
-                    log(f"compiled and ran the first step in {time.time() - t_compile:.1f}s")
-                    last_log_time, last_log_step, data_wait = time.time(), step, 0.0
-
-                if step % t_cfg.log_every == 0 or step == num_steps:
-                    train_metrics = flush()
-                    now = time.time()
-                    elapsed = max(now - last_log_time, 1e-9)
-                    n = max(step - last_log_step, 1)
-                    seqs = n * t_cfg.batch_size / elapsed
-                    train_metrics.update(
-                        learning_rate=float(schedule(step)),
-                        sequences_per_second=seqs,
-                        tokens_per_second=seqs * inputs.seq_len,
-                        data_wait_fraction=data_wait / elapsed,
-                        step_time=elapsed / n)
-                    mfu = flops_lib.mfu(seqs * inputs.seq_len, flops_per_token, jax.device_count(),
-                                        device_kind)
-                    if mfu is not None:
-                        train_metrics["mfu"] = mfu
-                    writer.write_scalars(step, {f"train/{k}": v for k, v in train_metrics.items()})
-                    eta = metrics_lib.format_duration((num_steps - step) * elapsed / n)
-                    log(_progress(step, num_steps, train_metrics, eta))
-                    last_log_time, last_log_step, data_wait = time.time(), step, 0.0
-
-                if inputs.evaluate is not None and (step % t_cfg.eval_every == 0 or step == num_steps):
-                    if pending:
-                        train_metrics = {**train_metrics, **flush()}
-                    eval_metrics = inputs.evaluate(steps, state["params"], mesh)
-                    writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-                    log(f"eval @ {step}: " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
-                    if best_metric:
-                        best = _track_best(best, eval_metrics, best_metric, best_mode, step, state,
-                                           workdir, cfg)
-                    last_log_time, last_log_step, data_wait = time.time(), step, 0.0
-
-                if step % t_cfg.checkpoint_every == 0 and step < num_steps:
-                    if pending:
-                        train_metrics = {**train_metrics, **flush()}  # never save after a bad step
-                    save(step)
-
-                if t_cfg.profile_start_step >= 0:
-                    if step == t_cfg.profile_start_step:
-                        jax.profiler.start_trace(str(workdir_path / "profile"))
-                    elif step == t_cfg.profile_start_step + t_cfg.profile_num_steps:
-                        jax.block_until_ready(state["step"])
-                        jax.profiler.stop_trace()
-                        log(f"profile written to {workdir_path / 'profile'}")
-
-                if preempt.requested(step, int(t_cfg.log_every)):
-                    if pending:
-                        train_metrics = {**train_metrics, **flush()}
-                    save(step, force=True)
-                    checkpointer.wait()
-                    log(f"SIGTERM: saved step {step} and stopping; rerun the same command to resume")
-                    stopped = True
-                    break
+                    run.log(f"compiled and ran the first step in {time.time() - t_start:.1f}s")
+                    run.restart_clock()
+                for hook in hooks:
+                    hook(run)
+        if not run.stopped:
+            _finish(run)
     except BaseException as e:
-        # Let pending async saves finish (or fail) before the error propagates, so the last good
-        # checkpoint is committed and no background thread dies mid-write at interpreter exit.
+        _abort(run, hooks, e)
+        raise
+    _close(run, hooks)
+
+
+def _finish(run: Run) -> None:
+    run.drain()
+    if run.step > run.start or run.checkpointer.latest_step() is None:
+        run.save(force=True)
+    run.checkpointer.wait()
+    if jax.process_index() != 0:
+        return
+    wd.write_completed(run.workdir, run.step)
+    curves = epath.Path(run.workdir) / "metrics.jsonl"
+    if run.cfg.train.plot and curves.exists():
+        path = metrics_lib.plot_curves(curves, epath.Path(run.workdir) / "curves.png")
+        if path:
+            run.log(f"plot: {path}; TensorBoard: tensorboard --logdir "
+                    f"{epath.Path(run.workdir) / 'tensorboard'}")
+
+
+def _close(run: Run, hooks: list) -> None:
+    for hook in hooks:
+        hook.close(run)
+    run.writer.close()
+    run.checkpointer.close()
+    if hasattr(run.it, "close"):
+        run.it.close()
+
+
+def _abort(run: Run, hooks: list, e: BaseException) -> None:
+    """On any error: stop the profiler, let pending async saves finish (or fail) so the last good
+    checkpoint is committed and no thread dies mid-write, then report storage errors in one line."""
+    for hook in hooks:
         try:
-            checkpointer.close()
+            hook.close(run)
         except Exception:  # the original error is the one to report
             pass
-        try:
-            writer.close()
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            # A full disk or a storage outage while writing metrics or events: as for a failed
-            # save, the user fixes the storage and reruns.
-            raise UserError(
-                f"storage error in {workdir} at step {step} ({ckpt_lib.one_line(e)}); the last "
-                f"committed step is {_latest_or_unknown(checkpointer)}. Check free space and "
-                "write permission there, then rerun: training resumes from the last committed "
-                "step") from e
-        raise
-
-    if not stopped:
-        if pending:
-            train_metrics = {**train_metrics, **flush()}
-        if step > start or checkpointer.latest_step() is None:
-            save(step, force=True)
-        checkpointer.wait()
-        if is_main:
-            ckpt_lib.write_completed_marker(workdir, step)
-            if t_cfg.plot and (workdir_path / "metrics.jsonl").exists():
-                path = metrics_lib.plot_curves(workdir_path / "metrics.jsonl",
-                                               workdir_path / "curves.png")
-                if path:
-                    log(f"plot: {path}; TensorBoard: tensorboard --logdir {workdir_path / 'tensorboard'}")
-    writer.close()
-    checkpointer.close()
-    if hasattr(it, "close"):
-        it.close()
-    cache_size = getattr(steps.train, "_cache_size", None)
-    return Result(step=step, train_metrics=train_metrics, eval_metrics=eval_metrics, best=best,
-                  stopped_by_signal=stopped,
-                  train_compilations=cache_size() if cache_size else -1)
-
-
-def _write_text_atomic(path: epath.Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        run.checkpointer.close()
+    except Exception:
+        pass
+    try:
+        run.writer.close()
+    except OSError:
+        pass
+    if isinstance(e, OSError):
+        # A full disk or a storage outage while writing metrics or events: as for a failed save,
+        # the user fixes the storage and reruns.
+        raise UserError(
+            f"storage error in {run.workdir} at step {run.step} ({ckpt_lib.one_line(e)}); the "
+            f"last committed step is {_latest_or_unknown(run.checkpointer)}. Check free space and "
+            "write permission there, then rerun: training resumes from the last committed "
+            "step") from e
 
 
 def _latest_or_unknown(checkpointer) -> str:
@@ -341,45 +325,12 @@ def _latest_or_unknown(checkpointer) -> str:
         return "unknown"
 
 
-def _read_best(workdir: str, name: str) -> dict | None:
-    path = epath.Path(workdir) / "best" / "best.json"
-    if not path.exists():
-        return None
-    best = json.loads(path.read_text())
-    return best if best.get("metric") == name else None
-
-
-def _progress(step: int, num_steps: int, m: dict, eta: str) -> str:
-    keys = ["loss", "mlm_loss", "mlm_accuracy", "nsp_accuracy", "accuracy", "token_accuracy"]
-    parts = [f"{k}={m[k]:.4f}" for k in keys if k in m]
-    parts.append(f"lr={m['learning_rate']:.2e}")
-    parts.append(f"gnorm={m['grad_norm']:.3f}")
-    parts.append(f"{m['sequences_per_second']:.0f} seq/s")
-    if "mfu" in m:
-        parts.append(f"mfu={100 * m['mfu']:.1f}%")
-    parts.append(f"data {100 * m['data_wait_fraction']:.0f}%")
-    width = len(str(num_steps))
-    return f"step {step:>{width}}/{num_steps} | " + " ".join(parts) + f" | ETA {eta}"
-
-
-def _track_best(best, metrics, name, mode, step, state, workdir, cfg):
-    if name not in metrics:
-        raise UserError(f"best metric {name!r} is not among the eval metrics {sorted(metrics)}")
-    value = metrics[name]
-    better = best is None or (value > best["value"] if mode == "max" else value < best["value"])
-    if better or math.isnan(best["value"] if best else 0.0):
-        best = {"step": step, "value": value, "metric": name}
-        # The best params live apart from the rolling resume checkpoints so keep-last-N never
-        # evicts them (orbax #526).
-        ckpt_lib.save_params(os.path.join(workdir, "best"), state["params"],
-                             {**json.loads(cfg.model.to_json_best_effort()), "task": cfg_task(cfg)},
-                             extra_files={"best.json": json.dumps(best).encode()}, overwrite=True)
-    return best
-
-
-def cfg_task(cfg) -> str:
-    """The task model a run trains (fine-tuning configs carry task.model_task)."""
-    return cfg.task.model_task if "task" in cfg else "pretraining"
+def _result(run: Run) -> Result:
+    cache_size = getattr(run.steps.train, "_cache_size", None)
+    return Result(step=run.step, train_metrics=run.train_metrics, eval_metrics=run.eval_metrics,
+                  steps=run.steps, mesh=run.mesh, state=run.state, plan=run.plan,
+                  stopped_by_signal=run.stopped,
+                  train_compilations=cache_size() if cache_size else -1)
 
 
 def iterate_eval(make_iter: Callable[[], Iterator[dict]], steps: StepFns, params, mesh) -> dict:

@@ -171,8 +171,10 @@ def make_schedule(name: str, learning_rate: float, warmup_steps: int, num_steps:
                      float(end_lr_fraction) * float(learning_rate))
 
 
-def make_optimizer(optim_cfg: Any, num_steps: int) -> tuple[optax.GradientTransformation, Callable]:
-    """Returns (optimizer, schedule) for the `optim` section of the config.
+def make_optimizer(optim_cfg: Any, num_steps: int, warmup_steps: int | None = None
+                   ) -> tuple[optax.GradientTransformation, Callable]:
+    """Returns (optimizer, schedule) for the `optim` section of the config; `warmup_steps` (a run
+    plan's) replaces optim.warmup_steps when given.
 
     Chain: clip by global norm (skipped when clip_norm <= 0) -> Adam (bias correction per
     `optim.bias_correction`) -> decoupled weight decay on the params `decay_mask` selects ->
@@ -184,7 +186,8 @@ def make_optimizer(optim_cfg: Any, num_steps: int) -> tuple[optax.GradientTransf
         raise UserError(f"unknown optimizer {name!r}; set optim.name to one of "
                         f"{', '.join(OPTIMIZERS)}")
     schedule = make_schedule(str(_get(optim_cfg, "schedule")), float(_get(optim_cfg, "learning_rate")),
-                             int(_get(optim_cfg, "warmup_steps")), int(num_steps),
+                             int(_get(optim_cfg, "warmup_steps") if warmup_steps is None
+                                 else warmup_steps), int(num_steps),
                              float(_get(optim_cfg, "end_lr_fraction")))
     b1, b2, eps = (float(_get(optim_cfg, k)) for k in ("b1", "b2", "eps"))
     if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0) or eps <= 0:
