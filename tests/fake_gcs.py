@@ -13,6 +13,9 @@ every upload): GCS accepts it, Go's HTTP server answers 501.
 Orbax also asks google-cloud-storage about the bucket (STORAGE_EMULATOR_HOST points it here,
 anonymously). TensorFlow and TensorStore authenticate with GOOGLE_AUTH_TOKEN_FOR_TESTING, so
 nothing looks for credentials.
+`FakeGcs(faults=True)` puts gcs_faults.py's fault proxy between every client and the store (the
+TLS proxy then forwards to it, and TensorStore and google-cloud-storage are pointed at it), so a
+test can make chosen requests fail or stall.
 Only processes started with `env()` see the fake; the calling process talks to the store through
 the plain JSON API helpers below (it needs no TensorFlow for that).
 
