@@ -13,6 +13,9 @@ every upload): GCS accepts it, Go's HTTP server answers 501.
 Orbax also asks google-cloud-storage about the bucket (STORAGE_EMULATOR_HOST points it here,
 anonymously). TensorFlow and TensorStore authenticate with GOOGLE_AUTH_TOKEN_FOR_TESTING, so
 nothing looks for credentials.
+`FakeGcs(faults=True)` puts gcs_faults.py's fault proxy between every client and the store (the
+TLS proxy then forwards to it, and TensorStore and google-cloud-storage are pointed at it), so a
+test can make chosen requests fail or stall.
 Only processes started with `env()` see the fake; the calling process talks to the store through
 the plain JSON API helpers below (it needs no TensorFlow for that).
 
@@ -101,16 +104,26 @@ def _wait_for(predicate, what: str, proc: subprocess.Popen, timeout: float = 20.
 class FakeGcs:
     """fake-gcs-server plus the TLS proxy; a context manager. `bucket` exists once started."""
 
-    def __init__(self, bucket: str = "bertjax-test") -> None:
+    def __init__(self, bucket: str = "bertjax-test", faults: bool = False) -> None:
         self.bucket = bucket
         self._dir = tempfile.mkdtemp(prefix="fake-gcs-")
         self._procs: list[subprocess.Popen] = []
         self.http_port = _free_port()
         self.proxy_port: int | None = None
+        self._with_faults = faults
+        self.fault_port: int | None = None
+        self.faults = None  # a gcs_faults.Faults once started with faults=True
 
     @property
     def url(self) -> str:
+        """The store itself (the test process's own requests never meet a fault)."""
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def client_url(self) -> str:
+        """Where child processes send their plain-HTTP requests: the fault proxy when there is
+        one, else the store."""
+        return f"http://127.0.0.1:{self.fault_port}" if self.fault_port else self.url
 
     def start(self) -> FakeGcs:
         try:
@@ -138,9 +151,22 @@ class FakeGcs:
             _wait_for(self._server_ready, "fake-gcs-server", server)
         except RuntimeError as e:
             raise ServerUnavailable(str(e)) from e
+        upstream = self.http_port
+        if self._with_faults:
+            import gcs_faults
+
+            fault_file = os.path.join(self._dir, "faults.port")
+            faults = subprocess.Popen(
+                [sys.executable, gcs_faults.__file__, fault_file, str(self.http_port)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            self._procs.append(faults)
+            _wait_for(lambda: os.path.exists(fault_file), "the GCS fault proxy", faults)
+            with open(fault_file) as f:
+                self.fault_port = upstream = int(f.read())
+            self.faults = gcs_faults.Faults(self.client_url)
         port_file = os.path.join(self._dir, "proxy.port")
         proxy = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "proxy", port_file, str(self.http_port),
+            [sys.executable, os.path.abspath(__file__), "proxy", port_file, str(upstream),
              cert, key], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._procs.append(proxy)
         _wait_for(lambda: os.path.exists(port_file), "the GCS proxy", proxy)
@@ -176,8 +202,8 @@ class FakeGcs:
             "CURL_CA_BUNDLE": self.ca_bundle,
             "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake-token",
             "NO_GCE_CHECK": "true",
-            "TENSORSTORE_GCS_HTTP_URL": self.url,
-            "STORAGE_EMULATOR_HOST": self.url,
+            "TENSORSTORE_GCS_HTTP_URL": self.client_url,
+            "STORAGE_EMULATOR_HOST": self.client_url,
         }
 
     # --- the JSON API, for the test process itself
@@ -240,6 +266,7 @@ class _ForwardHandler(http.server.BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     upstream_port = 0
+    rewrite_location = True  # the TLS proxy's clients must come back over TLS
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -254,7 +281,8 @@ class _ForwardHandler(http.server.BaseHTTPRequestHandler):
                 self.rfile.readline()
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def _forward(self) -> None:
+    def _forward(self) -> int:
+        """Forwards the request; returns the store's status code."""
         body = self._read_body()
         headers = {k: v for k, v in self.headers.items()
                    if k.lower() not in _DROPPED_REQUEST_HEADERS}
@@ -268,7 +296,8 @@ class _ForwardHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(resp.status, resp.reason)
         host = self.headers.get("Host", "")
         for k, v in resp.getheaders():
-            if k.lower() == "location" and v.startswith(f"http://{host}/"):
+            if (self.rewrite_location and k.lower() == "location"
+                    and v.startswith(f"http://{host}/")):
                 # The store builds upload-session URLs from the Host it saw, over its own plain
                 # HTTP; the client must come back the way it came, through this proxy.
                 v = "https://" + v[len("http://"):]
@@ -278,6 +307,7 @@ class _ForwardHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+        return resp.status
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _forward
 
@@ -328,12 +358,13 @@ if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "proxy":
     _serve_proxy(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
 
 
-def serve():
+def serve(faults: bool = False):
     """A started server for a pytest fixture (`pytest.fixture(scope=...)(fake_gcs.serve)`),
-    stopped afterwards; the test is skipped where the server cannot run."""
+    stopped afterwards; the test is skipped where the server cannot run. `faults=True` puts the
+    fault proxy (gcs_faults.py) between the clients and the store."""
     import pytest
 
-    server = FakeGcs()
+    server = FakeGcs(faults=faults)
     try:
         server.start()
     except ServerUnavailable as e:

@@ -11,7 +11,8 @@ import os
 import sys
 
 ORDER = ["sigkill_pretrain", "sigkill_finetune", "best_after_resume", "sigterm_two_processes",
-         "data_damage", "full_disk_local", "lock_local", "lock_gcs", "cli_pretrain",
+         "data_damage", "full_disk_local", "gcs_transient", "gcs_persistent_write",
+         "gcs_persistent_read", "lock_local", "lock_gcs", "cli_pretrain",
          "cli_finetune"]
 
 
@@ -25,7 +26,12 @@ def _numbers(r: dict) -> str:
     for key, label in (("loss_rows_compared", "loss lines compared"),
                        ("max_loss_diff", "max loss diff"), ("max_param_diff", "max param diff"),
                        ("max_best_param_diff", "max best-param diff"),
-                       ("saved_step", "saved step"), ("last_committed", "last committed step")):
+                       ("saved_step", "saved step"), ("last_committed", "last committed step"),
+                       ("faults_served", "faults served"), ("faults_retried", "retried"),
+                       ("restore_faults_served", "restore read faults served"),
+                       ("restore_faults_retried", "retried"),
+                       ("requests_seen", "requests seen"), ("seconds", "run s"),
+                       ("rerun_seconds", "rerun s"), ("unbroken_seconds", "unbroken run s")):
         if key in r:
             parts.append(f"{label} {r[key]:g}" if isinstance(r[key], float) else
                          f"{label} {r[key]}")

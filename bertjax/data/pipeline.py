@@ -178,10 +178,16 @@ class PretrainInput:
     def _check_files(self) -> None:
         size = self.metadata["record_bytes"]
         for path, count in zip(self._files, self._counts):
-            if not tf.io.gfile.exists(path):
+            try:
+                exists = tf.io.gfile.exists(path)
+                actual = tf.io.gfile.stat(path).length if exists else None
+            except tf.errors.OpError as e:  # what TensorFlow's GCS retries left: the store failing
+                text = " ".join(str(getattr(e, "message", e)).split())[:240]
+                raise UserError(f"shard {path} cannot be checked ({type(e).__name__}: {text}); "
+                                "check the storage and your access to it, then rerun") from None
+            if not exists:
                 raise UserError(f"shard {path} listed in metadata.json is missing; copy the whole "
                                 "prepared directory or run prepare again")
-            actual = tf.io.gfile.stat(path).length
             if actual != count * size:
                 raise UserError(f"shard {path} has {actual} bytes, not the {count * size} of its "
                                 f"{count} records: it is truncated or from another run; run prepare "

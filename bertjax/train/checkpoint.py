@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,7 @@ from etils import epath
 from flax import nnx
 
 from bertjax.errors import UserError
+from bertjax.store import retries as storage_retries
 from bertjax.store.workdir import CHECKPOINT_SUBDIR, MODEL_CONFIG_FILE, PARAMS_ITEM
 
 ITEMS = ("state", "data", "config")
@@ -43,6 +45,22 @@ def absolute(path: str | epath.PathLike) -> epath.Path:
 def one_line(e: BaseException, limit: int = 400) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def failure_cause(e: BaseException) -> str:
+    """The cause of a storage failure, named first: TensorStore's messages put it last, past what
+    one line can show ("" when there is nothing to add)."""
+    text = str(e)
+    if "No space left" in text:
+        return "disk full (No space left on device); "
+    gave_up = re.search(r"All (\d+) retry attempts failed", text)
+    if gave_up:
+        code = re.search(r"http_response_code='(\d+)'|HTTP response code (\d+)", text)
+        curl = re.search(r"CURL error ([^\[\]]+)", text)
+        what = (f"HTTP {code.group(1) or code.group(2)}" if code else
+                " ".join(curl.group(1).split()) if curl else "errors")
+        return f"storage {what} after {gave_up.group(1)} retries; "
+    return ""
 
 
 def _as_json(obj: Any, what: str) -> dict:
@@ -74,6 +92,30 @@ def _quiet_failed_save_noise() -> None:
     sys.unraisablehook = hook
 
 
+def _release_waiting_orbax_threads() -> None:
+    """After a failed save, Orbax's background threads of that save go on waiting (up to its
+    coordination timeout, many minutes) for signals the failed save will never send; they are
+    not daemon threads, so the process printed its error line and then did not exit (seen on
+    gs://, tests/test_faults_gcs.py). Each is cancelled first, so that the signal then sent only
+    wakes it to return without running its step (no commit marker can be written by it).
+    One process only: in a multi-process run the signals are shared with processes whose saves
+    may still be going on."""
+    if jax.process_count() != 1:
+        return
+    try:
+        from orbax.checkpoint._src.futures import future as ocp_future
+        import threading
+
+        waiting = [t for t in threading.enumerate()
+                   if isinstance(t, ocp_future._SignalingThread) and t.is_alive()]
+        for t in waiting:
+            t.cancel()
+        for t in waiting:
+            ocp_future.set_signals(t._receive_signals, operation_id=t._operation_id)
+    except Exception:  # another Orbax: nothing to release, or not this way
+        pass
+
+
 def _barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -90,6 +132,7 @@ class Checkpointer:
     """
 
     def __init__(self, workdir: str | epath.PathLike, keep: int = 3, async_: bool = True):
+        storage_retries.apply()
         self.workdir = absolute(workdir)
         self.directory = self.workdir / CHECKPOINT_SUBDIR
         self._pending: int | None = None
@@ -108,12 +151,14 @@ class Checkpointer:
 
     def _failed(self, steps: str, e: BaseException) -> UserError:
         _quiet_failed_save_noise()
+        _release_waiting_orbax_threads()
         last = self.latest_step()
-        # TensorStore's messages put the cause last, past what one line can show: name it first.
-        full = "disk full (No space left on device); " if "No space left" in str(e) else ""
+        remote = "://" in str(self.directory)
+        where = ("the bucket's status, quota and your write access" if remote
+                 else "free space and write permission there")
         return UserError(
-            f"checkpoint save of step {steps} in {self.directory} failed ({full}{one_line(e)}); the last "
-            f"committed step is {last}. Check free space and write permission there, then rerun: "
+            f"checkpoint save of step {steps} in {self.directory} failed ({failure_cause(e)}"
+            f"{one_line(e)}); the last committed step is {last}. Check {where}, then rerun: "
             "training resumes from the last committed step")
 
     def save(self, step: int, state: Any, data_state: Mapping[str, Any],
@@ -209,6 +254,7 @@ def save_params(directory: str | epath.PathLike, params: Any, model_config: Mapp
     `extra_files` maps a file name to bytes to write, or to a path to copy. Everything goes into
     "<dir>.partial" first, which is renamed to <dir> once complete.
     """
+    storage_retries.apply()
     directory = absolute(directory)
     if directory.exists():
         if not overwrite:
@@ -368,6 +414,7 @@ def load_params(ckpt_dir: str | epath.PathLike, abstract_params: Any,
     missing leaves are taken from `fallback` (e.g. freshly initialised params) when given, else
     left abstract. A shape mismatch raises a UserError listing the keys and both shapes.
     """
+    storage_retries.apply()
     ckpt_dir = absolute(ckpt_dir)
     tree_dir, prefix, model_cfg = _resolve_source(ckpt_dir)
     reader = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
