@@ -75,6 +75,17 @@ def config_to_dict(cfg) -> dict:
     return json.loads(cfg.to_json_best_effort())
 
 
+def _drop_closed_loop_callbacks(unraisable) -> None:
+    # After a failed async save, Orbax closes its event loop while TensorStore writes are still
+    # in flight; each one that completes later tries to wake the closed loop, and TensorStore
+    # reports that as an unraisable RuntimeError with a traceback. The save's failure itself is
+    # reported once, by the Checkpointer; everything else goes to the default hook.
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def run(main, define_flags=None) -> None:
     """absl app.run with one-line errors for flags and UserError. `define_flags` defines the
     command's flags first: entrypoints never define them at import."""
@@ -96,6 +107,7 @@ def run(main, define_flags=None) -> None:
                                 f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
 
             py_logging.getLogger("absl").addFilter(_DropOrbaxErrors())
+            sys.unraisablehook = _drop_closed_loop_callbacks
         return main(argv)
 
     app.run(user_errors_exit(quiet_main), argv=sys.argv, flags_parser=_parse)
