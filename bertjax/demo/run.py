@@ -206,24 +206,8 @@ def fill_mask_examples(hf_dir: str, heldout_file: str, k: int = 4, top: int = 3)
     return out
 
 
-@user_errors_exit
-def main(argv):
-    del argv
-    w = FLAGS.workdir
-    logs = os.path.join(w, "logs")
-    progress = Progress(FLAGS.finetune_seeds)
-    t_start, cpu_start = time.time(), _cpu_seconds()
-    corpus, data = os.path.join(w, "corpus"), os.path.join(w, "data")
-    labelled = os.path.join(w, "wordnet")
-    if not os.path.exists("/usr/share/wordnet/data.noun"):
-        raise UserError("Debian's wordnet-base is not installed (/usr/share/wordnet/data.noun); "
-                        "`apt-get install wordnet-base`, or run `make demo` as root")
-
-    # A rerun starts over: these are the demo's own outputs, and a resumed half of them would
-    # not give the numbers of a fresh clone.
-    for sub in ("corpus", "wordnet", "vocab", "data", "pretrain", "pretrained", "export_hf",
-                "finetune", "logs"):
-        shutil.rmtree(os.path.join(w, sub), ignore_errors=True)
+def _data_stages(progress, logs, corpus, labelled, data, w):
+    """Corpus, labelled set, vocabulary and prepared shards; returns what pretraining reads."""
     progress.begin("corpus")
     _run(progress, logs, "corpus", "bertjax.demo.corpus", f"--out={corpus}")
     progress.end()
@@ -251,7 +235,11 @@ def main(argv):
          "--dupe_factor=2", "--num_workers=1", *common)
     progress.end()
     vocab_size = json.load(open(os.path.join(train_dir, "metadata.json")))["tokenizer"]["vocab_size"]
+    return vocab, train_dir, heldout_dir, vocab_size
 
+
+def _pretrain_stages(progress, logs, w, corpus, vocab, train_dir, heldout_dir, vocab_size):
+    """Pretraining, held-out evaluation against the baselines, export and fill-mask."""
     progress.begin("pretrain")
     pre = os.path.join(w, "pretrain")
     steps = [f"--config.train.num_steps={FLAGS.pretrain_steps}"] if FLAGS.pretrain_steps else []
@@ -289,6 +277,31 @@ def main(argv):
         "heldout": ev, "train_last": pretrain_summary.get("train", {}),
         "most_frequent_token_baseline": baseline, "export": hf_out, "fill_mask": fills,
     }
+    return pre, ckpt, report
+
+
+@user_errors_exit
+def main(argv):
+    del argv
+    w = FLAGS.workdir
+    logs = os.path.join(w, "logs")
+    progress = Progress(FLAGS.finetune_seeds)
+    t_start, cpu_start = time.time(), _cpu_seconds()
+    corpus, data = os.path.join(w, "corpus"), os.path.join(w, "data")
+    labelled = os.path.join(w, "wordnet")
+    if not os.path.exists("/usr/share/wordnet/data.noun"):
+        raise UserError("Debian's wordnet-base is not installed (/usr/share/wordnet/data.noun); "
+                        "`apt-get install wordnet-base`, or run `make demo` as root")
+
+    # A rerun starts over: these are the demo's own outputs, and a resumed half of them would
+    # not give the numbers of a fresh clone.
+    for sub in ("corpus", "wordnet", "vocab", "data", "pretrain", "pretrained", "export_hf",
+                "finetune", "logs"):
+        shutil.rmtree(os.path.join(w, sub), ignore_errors=True)
+    vocab, train_dir, heldout_dir, vocab_size = _data_stages(progress, logs, corpus, labelled, data, w)
+
+    pre, ckpt, report = _pretrain_stages(progress, logs, w, corpus, vocab, train_dir, heldout_dir,
+                                         vocab_size)
     progress.begin("finetune")
     if not FLAGS.skip_finetune:
         model_cfg = json.load(open(os.path.join(ckpt, "model_config.json")))

@@ -78,10 +78,10 @@ def apply() -> dict:
     check into the environment (unless set). Idempotent; call before the first checkpoint I/O."""
     global _applied
     spec = settings()
-    if _applied == spec:
-        return spec
     for name, value in _CURL_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    if _applied == spec:
+        return spec
     try:
         from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
 
