@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import uuid
 
 from bertjax.errors import UserError
 
@@ -18,9 +19,12 @@ def sha256_file(path: str) -> str:
 
 def write_atomic(path: str, data: bytes | str) -> str:
     """Writes to a hidden temporary file in the same directory, then renames it into place, so a
-    reader never sees a half-written file under the final name."""
+    reader never sees a half-written file under the final name. A URL (gs://...) goes through
+    etils.epath: an object appears whole when its upload ends, and the rename keeps that."""
     if isinstance(data, str):
         data = data.encode("utf-8")
+    if "://" in os.fspath(path):
+        return _write_atomic_url(os.fspath(path), data)
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)
@@ -38,6 +42,17 @@ def write_atomic(path: str, data: bytes | str) -> str:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return path
+
+
+def _write_atomic_url(path: str, data: bytes) -> str:
+    from etils import epath
+
+    target = epath.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_bytes(data)
+    tmp.replace(target)
     return path
 
 

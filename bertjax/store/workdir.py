@@ -22,11 +22,11 @@ import dataclasses
 import json
 import os
 import time
-import uuid
 
 from etils import epath
 
 from bertjax.errors import UserError
+from bertjax.store import files
 
 CONFIG_FILE = "config.json"
 RUN_PLAN_FILE = "run_plan.json"
@@ -42,15 +42,7 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def write_atomic(path: str | epath.PathLike, data: bytes | str) -> None:
-    """Local: a hidden temporary in the same directory renamed into place. gs://: an object
-    appears whole when its upload finishes, and the rename (copy + delete) keeps that."""
-    path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    files.write_atomic(os.fspath(path), data)
 
 
 def read_json(path: str | epath.PathLike) -> dict | None:
