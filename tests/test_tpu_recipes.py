@@ -1,9 +1,10 @@
-"""configs/tpu.py's per-chip batches are backed by the compiles recorded in docs/plan/ (no compiling here).
+"""configs/tpu.py's per-chip batches are ones that compiled and fit, as recorded in docs/plan/.
 
 Each docs/plan/SLICE-PRESET[-512]-{recipe,sweep}.jsonl is the raw output of `bertjax plan` for that
 recipe (docs/tpu.md, "Will it fit"). The bound for each recipe comes from that file only: the
 largest per-chip batch recorded there as compiled and fitting (for a sweep, its
 largest_per_chip_batch), under the mesh, remat policy and sequence length the recipe uses now.
+No compiling here; a recipe change that these records do not cover needs a new `bertjax plan` row.
 """
 from __future__ import annotations
 
