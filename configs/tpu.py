@@ -9,10 +9,19 @@ Run on every worker of the slice through the launcher (docs/tpu.md has the whole
       --config.data.train_dir=gs://BUCKET/data/seq128/train \\
       --config.data.eval_dir=gs://BUCKET/data/seq128/eval
 
-Choices, none of them measured on a TPU yet:
-- Sequences per chip (PER_CHIP_BATCH): 64 where an estimate of activations plus fp32 state leaves
-  room (docs/tpu.md shows it), half that on 16 GiB v5e chips where it would not. A 4-chip v4-8 or
-  v5p-8 thus runs the paper's batch of 256 at both lengths, for Base and Large.
+Choices (none of them measured on a TPU):
+- Sequences per chip (PER_CHIP_BATCH): 64 where that leaves room, half that on 16 GiB v5e chips for
+  Large and for length 512. A 4-chip v4-8 or v5p-8 thus runs the paper's batch of 256 at both
+  lengths, for Base and Large. Compiled-verified: `bertjax plan` compiled these batches ahead of
+  time and found them to fit (compiled memory, not a TPU run; docs/tpu.md,
+  "Will it fit", has the table and docs/plan/ the raw rows, which tests/test_tpu_recipes.py checks
+  these numbers against):
+    base 128:  64 on v4-8, v5p-8, v6e-4 and v5e-4 (a sweep there: up to 552 fits), and on the
+               multi-host v4-16, v5p-16, v5e-16 and v6e-16 (fsdp 4);
+    large 128: 64 on v6e-4, 32 on v5e-4 (fsdp 4);    base 512: 64 on v6e-4, 32 on v5e-4;
+    large 512: 32 on v6e-4, 16 on v5e-4 (fsdp 4; 14.05 of 16 GiB, the least headroom of these).
+  Not compiled yet, so still the earlier guesses: Large and length 512 on v4, v5p (the same
+  numbers as v6e, which has as much HBM as v4 and less than v5p) and on multi-host slices.
 - Bigger slices keep the per-chip batch, so the global batch grows with the slice. The learning
   rate follows the square-root rule for Adam from 1e-4 at 256, and steps (total, warmup) shrink
   in proportion so the run sees as many sequences as the 256-batch recipe.
