@@ -403,6 +403,34 @@ def _relayout(saved: dict, wanted: dict) -> dict[str, _Relaid]:
     return out
 
 
+def _saved_leaves(meta: Any, prefix: tuple[str, ...]) -> dict[str, tuple[tuple[str, ...], Any]]:
+    """"/"-joined key (below `prefix`) -> (full key path, leaf metadata) of a saved tree."""
+    saved: dict[str, tuple[tuple[str, ...], Any]] = {}
+
+    def collect(node: Any, keys: tuple[str, ...]) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                collect(v, keys + (str(k),))
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                collect(v, keys + (str(i),))
+        elif node is not None and hasattr(node, "shape"):
+            if keys[: len(prefix)] == prefix:
+                saved[_norm(list(keys[len(prefix):]))] = (keys, node)
+
+    collect(meta, ())
+    return saved
+
+
+def _check_shapes(saved: dict, wanted: dict, ckpt_dir) -> None:
+    mismatched = [f"{k}: checkpoint {tuple(saved[k][1].shape)} vs model {tuple(v.shape)}"
+                  for k, v in wanted.items() if k in saved and tuple(saved[k][1].shape) != tuple(v.shape)]
+    if mismatched:
+        shown = "; ".join(mismatched[:6]) + (f"; +{len(mismatched) - 6} more" if len(mismatched) > 6 else "")
+        raise UserError(f"init_from {ckpt_dir}: parameter shapes differ ({shown}); use a checkpoint "
+                        "of the same model size and vocabulary, or change the model config to match")
+
+
 def load_params(ckpt_dir: str | epath.PathLike, abstract_params: Any,
                 fallback: Any = None) -> tuple[Any, LoadReport]:
     """Loads only parameters, for init-from (fine-tuning, continued pretraining).
@@ -421,30 +449,11 @@ def load_params(ckpt_dir: str | epath.PathLike, abstract_params: Any,
     meta = reader.metadata(tree_dir)
     meta = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
 
-    saved: dict[str, tuple[tuple[str, ...], Any]] = {}
-
-    def collect(node: Any, keys: tuple[str, ...]) -> None:
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                collect(v, keys + (str(k),))
-        elif isinstance(node, (list, tuple)):
-            for i, v in enumerate(node):
-                collect(v, keys + (str(i),))
-        elif node is not None and hasattr(node, "shape"):
-            if keys[: len(prefix)] == prefix:
-                saved[_norm(list(keys[len(prefix):]))] = (keys, node)
-
-    collect(meta, ())
+    saved = _saved_leaves(meta, prefix)
     flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
     wanted = {_norm([_key_name(k) for k in path]): leaf for path, leaf in flat}
     relaid = _relayout(saved, wanted)
-
-    mismatched = [f"{k}: checkpoint {tuple(saved[k][1].shape)} vs model {tuple(v.shape)}"
-                  for k, v in wanted.items() if k in saved and tuple(saved[k][1].shape) != tuple(v.shape)]
-    if mismatched:
-        shown = "; ".join(mismatched[:6]) + (f"; +{len(mismatched) - 6} more" if len(mismatched) > 6 else "")
-        raise UserError(f"init_from {ckpt_dir}: parameter shapes differ ({shown}); use a checkpoint "
-                        "of the same model size and vocabulary, or change the model config to match")
+    _check_shapes(saved, wanted, ckpt_dir)
 
     target: dict = {}
 

@@ -33,6 +33,37 @@ def _split_micro(batch, n):
     return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
 
 
+def _accumulate(loss_fn, grad_fn, objective, params, batch, key, k: int):
+    """(loss, sums, grads) of a batch run as k micro-batches in sequence. Each divides by the
+    counts of the WHOLE batch (objectives.py), so the sums equal one large batch's even when the
+    masked tokens fall unevenly across micro-batches."""
+    micro = _split_micro(batch, k)
+    denoms = objective.denominators(batch)
+
+    def body(carry, xs):
+        i, mb = xs
+        (loss_i, sums_i), g = grad_fn(params, mb, jax.random.fold_in(key, i), denoms)
+        acc_g, acc_loss, acc_sums = carry
+        return (jax.tree.map(jnp.add, acc_g, g), acc_loss + loss_i,
+                jax.tree.map(jnp.add, acc_sums, sums_i)), None
+
+    zeros_g = jax.tree.map(jnp.zeros_like, params)
+    _, sums0 = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], micro), key, denoms)
+    zeros_s = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums0)
+    (grads, loss, sums), _ = jax.lax.scan(body, (zeros_g, jnp.zeros((), jnp.float32), zeros_s),
+                                          (jnp.arange(k), micro))
+    return loss, sums, grads
+
+
+def _placed(fn, mesh):
+    # Traced under the mesh so kernels XLA cannot partition (splash) run inside shard_map.
+    @functools.wraps(fn)  # keeps the jit's name (train_step, ...) in HLO and profiles
+    def wrapped(*args):
+        with attn_lib.on_mesh(mesh, mesh_lib.BATCH_AXES, "tensor"):
+            return fn(*args)
+    return wrapped
+
+
 def make_steps(model_fn: Callable[[], nnx.Module], objective, tx: optax.GradientTransformation,
                mesh, *, grad_accum_steps: int = 1, rules=mesh_lib.DEFAULT_RULES) -> StepFns:
     """Builds the jitted functions for one (model, objective, optimizer, mesh)."""
@@ -61,26 +92,8 @@ def make_steps(model_fn: Callable[[], nnx.Module], objective, tx: optax.Gradient
         if grad_accum_steps == 1:
             (loss, sums), grads = grad_fn(params, batch, key)
         else:
-            # Micro-batches run in sequence, each dividing by the counts of the WHOLE batch
-            # (objectives.py), so the summed losses and gradients equal one large batch's even
-            # when the masked tokens fall unevenly across micro-batches.
-            micro = _split_micro(batch, grad_accum_steps)
-            denoms = objective.denominators(batch)
-
-            def body(carry, xs):
-                i, mb = xs
-                (loss_i, sums_i), g = grad_fn(params, mb, jax.random.fold_in(key, i), denoms)
-                acc_g, acc_loss, acc_sums = carry
-                return (jax.tree.map(jnp.add, acc_g, g), acc_loss + loss_i,
-                        jax.tree.map(jnp.add, acc_sums, sums_i)), None
-
-            zeros_g = jax.tree.map(jnp.zeros_like, params)
-            _, sums0 = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], micro), key,
-                                      denoms)
-            zeros_s = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums0)
-            (grads, loss, sums), _ = jax.lax.scan(
-                body, (zeros_g, jnp.zeros((), jnp.float32), zeros_s),
-                (jnp.arange(grad_accum_steps), micro))
+            loss, sums, grads = _accumulate(loss_fn, grad_fn, objective, params, batch, key,
+                                            grad_accum_steps)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
@@ -100,14 +113,7 @@ def make_steps(model_fn: Callable[[], nnx.Module], objective, tx: optax.Gradient
         _, sums = objective.loss(objective.forward(model, batch, None), batch)
         return sums
 
-    def placed(fn):
-        # Traced under the mesh so kernels XLA cannot partition (splash) run inside shard_map.
-        @functools.wraps(fn)  # keeps the jit's name (train_step, ...) in HLO and profiles
-        def wrapped(*args):
-            with attn_lib.on_mesh(mesh, mesh_lib.BATCH_AXES, "tensor"):
-                return fn(*args)
-        return wrapped
-
+    placed = functools.partial(_placed, mesh=mesh)
     train_step, eval_step = placed(train_step), placed(eval_step)
     predict_jit = None
     if hasattr(objective, "predict"):
