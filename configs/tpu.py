@@ -18,7 +18,8 @@ Choices (none of them measured on a TPU):
   these numbers against):
     base 128:  64 on v4-8, v5p-8, v6e-4 and v5e-4 (a sweep there: up to 552 fits), and on the
                multi-host v4-16, v5p-16, v5e-16 and v6e-16 (fsdp 4);
-    large 128: 64 on v6e-4, 32 on v5e-4 (fsdp 4);    base 512: 64 on v6e-4, 32 on v5e-4;
+    large 128: 64 on v6e-4, 32 on v5e-4 (fsdp 4; a sweep there: up to 88 fits);
+    base 512:  64 on v6e-4, 32 on v5e-4;
     large 512: 32 on v6e-4, 16 on v5e-4 (fsdp 4; 14.05 of 16 GiB, the least headroom of these).
   Not compiled yet, so still the earlier guesses: Large and length 512 on v4, v5p (the same
   numbers as v6e, which has as much HBM as v4 and less than v5p) and on multi-host slices.
