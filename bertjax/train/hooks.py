@@ -35,7 +35,7 @@ class LogMetrics(Hook):
     def __call__(self, run: Run) -> None:
         if not run.due(self.every):
             return
-        run.train_metrics = run._fetch() if run.pending else run.train_metrics
+        run.train_metrics = run.fetch() if run.pending else run.train_metrics
         m = run.train_metrics
         elapsed = max(time.time() - run.mark_time, 1e-9)
         n = max(run.step - run.mark_step, 1)

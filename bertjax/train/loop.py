@@ -102,9 +102,9 @@ class Run:
     def drain(self) -> None:
         """Fetches the metrics of the steps since the last fetch (raising on a non-finite one)."""
         if self.pending:
-            self.train_metrics = {**self.train_metrics, **self._fetch()}
+            self.train_metrics = {**self.train_metrics, **self.fetch()}
 
-    def _fetch(self) -> dict:
+    def fetch(self) -> dict:
         fetched, self.pending = jax.device_get(self.pending), []
         bad = [m for m in fetched if m["nonfinite"]]
         if bad:
