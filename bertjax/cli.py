@@ -6,6 +6,7 @@ a wrong type or a bad flag ends in one line and exit code 2 (absl would print a 
 from __future__ import annotations
 
 import json
+import logging as py_logging
 import os
 import sys
 
@@ -99,8 +100,6 @@ def run(main, define_flags=None) -> None:
             # A failed background save is logged by Orbax's threads with a traceback per thread
             # (five or more), before bertjax's Checkpointer reports it as the run's one error line
             # (with the cause). --verbosity=0 shows them again.
-            import logging as py_logging
-
             class _DropOrbaxErrors(py_logging.Filter):
                 def filter(self, record):
                     return not (record.levelno >= py_logging.ERROR and

@@ -12,11 +12,18 @@ import itertools
 import json
 import os
 
+import jax
 from absl import flags
+from etils import epath
 
 from bertjax import cli
+from bertjax.data import pipeline
 from bertjax.errors import UserError
+from bertjax.model import build_model
 from bertjax.store import workdir as wd
+from bertjax.train import distributed, loop, objectives
+from bertjax.train import mesh as mesh_lib
+from bertjax.train.run_plan import RunPlan
 
 
 def define_flags() -> None:
@@ -27,8 +34,6 @@ def define_flags() -> None:
 
 def _copy_vocab(src: str, dst: str) -> None:
     """Keeps the vocabulary beside the checkpoints: export, embed and fine-tuning find it there."""
-    from etils import epath
-
     src_p, dst_p = epath.Path(src), epath.Path(dst)
     if not src_p.exists():
         return
@@ -47,12 +52,8 @@ def main(argv):
     if not workdir:
         raise UserError("--workdir is required (a local path or a gs:// URL)")
 
-    from bertjax.train import distributed
-
     distributed.initialize(cfg.distributed)
     result = pretrain(cfg, workdir)
-
-    import jax
 
     if jax.process_index() == 0:
         summary = {"step": result.step, "train": result.train_metrics, "eval": result.eval_metrics,
@@ -63,11 +64,6 @@ def main(argv):
 
 def pretrain(cfg, workdir: str):
     """Runs (or resumes) pretraining for a resolved config; returns the loop's Result."""
-    from bertjax.data import pipeline
-    from bertjax.model import build_model
-    from bertjax.train import loop, objectives
-    from bertjax.train.run_plan import RunPlan
-
     if not cfg.data.train_dir:
         raise UserError("set --config.data.train_dir to a directory made by bertjax.data.prepare")
     meta = pipeline.read_metadata(cfg.data.train_dir)
@@ -111,8 +107,6 @@ def pretrain(cfg, workdir: str):
     evaluate = None
     if cfg.data.eval_dir:
         def evaluate(steps, params, mesh):
-            from bertjax.train import mesh as mesh_lib
-
             shard, num_shards, local_batch = mesh_lib.host_batch_slice(mesh, cfg.train.batch_size)
 
             def make_iter():

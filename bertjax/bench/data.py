@@ -26,6 +26,10 @@ import threading
 import time
 
 import numpy as np
+import psutil
+from absl import flags
+
+from bertjax.errors import UserError
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _SUFFIXES = "abcde"
@@ -76,8 +80,6 @@ _WORKER_MARKS = ("multiprocessing", "sdk_worker_main")
 def _tree_rss(proc, cpu: dict | None = None) -> tuple[int, int, int]:
     """(sum, max, max over worker processes) resident bytes over a process and its descendants;
     records each member's CPU seconds so far in `cpu` (pid -> seconds)."""
-    import psutil
-
     total = biggest = worker = 0
     try:
         members = [proc, *proc.children(recursive=True)]
@@ -102,8 +104,6 @@ def _tree_rss(proc, cpu: dict | None = None) -> tuple[int, int, int]:
 def run_prepare(corpus_glob: str, vocab: str, out_dir: str, *, workers: int,
                 extra: tuple[str, ...] = ()) -> dict:
     """Runs prepare in a child process; returns wall seconds, peak memory and its metadata."""
-    import psutil
-
     shutil.rmtree(out_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "bertjax.data.prepare", f"--input={corpus_glob}",
            f"--vocab={vocab}", f"--output_dir={out_dir}", f"--num_workers={workers}", *extra]
@@ -244,10 +244,6 @@ def bench_pipeline(data_dir: str, *, cores: int, batch: int, seconds: float) -> 
 
 
 def main(argv):
-    from absl import flags
-
-    from bertjax.errors import UserError
-
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {' '.join(argv[1:])}; all options are --flags")
     f = flags.FLAGS

@@ -22,15 +22,23 @@ exit status is 1 when any requested run failed.
 """
 from __future__ import annotations
 
+import gc
 import json
+import os
 import sys
 import time
 
+import jax
 import numpy as np
 from absl import flags
 
 from bertjax import cli
+from bertjax.bench import profile_summary as bench_profile
 from bertjax.errors import UserError
+from bertjax.model import BertConfig, build_model
+from bertjax.model.attention import describe
+from bertjax.train import flops, mesh as mesh_lib, objectives, optim
+from bertjax.train.step import make_steps
 
 
 def define_flags() -> None:
@@ -91,8 +99,6 @@ def failure_row(impl: str, error: BaseException, **extra) -> dict:
 
 def work_fields(model_cfg, seq: int, mlm_positions: int, seqs_per_s: float | None) -> dict:
     """Model FLOPs per sequence for the positions the MLM head really runs on."""
-    from bertjax.train import flops
-
     fpt = flops.model_flops_per_token(model_cfg, seq, mlm_positions)
     out = {"mlm_positions_per_sequence": mlm_positions,
            "model_flops_per_token": fpt, "model_flops_per_sequence": fpt * seq}
@@ -103,13 +109,6 @@ def work_fields(model_cfg, seq: int, mlm_positions: int, seqs_per_s: float | Non
 
 def bench_bertjax(cfg, steps: int, warmup: int, batch_size: int | None = None,
                   profile_dir: str = "") -> dict:
-    import jax
-
-    from bertjax.model import BertConfig, build_model
-    from bertjax.model.attention import describe
-    from bertjax.train import flops, mesh as mesh_lib, objectives, optim
-    from bertjax.train.step import make_steps
-
     mesh = mesh_lib.make_mesh(cfg.mesh)
     model_cfg = BertConfig.from_dict(cfg.model.to_dict())
     tx, _ = optim.make_optimizer(cfg.optim, int(cfg.train.num_steps))
@@ -127,8 +126,6 @@ def bench_bertjax(cfg, steps: int, warmup: int, batch_size: int | None = None,
         state, m = compiled(state, batch, key)
     jax.block_until_ready(m["loss"])
     if profile_dir:
-        import os
-
         # The compiled HLO names every op the trace times; bench_profile classifies them from it.
         os.makedirs(profile_dir, exist_ok=True)
         with open(os.path.join(profile_dir, "train_step.hlo.txt"), "w") as f:
@@ -163,7 +160,7 @@ def bench_bertjax(cfg, steps: int, warmup: int, batch_size: int | None = None,
 
 def bench_hf(cfg, mode: str, steps: int, warmup: int, device: str = "cuda") -> dict:
     """HF BertForPreTraining with SDPA attention, bf16 autocast and fused AdamW."""
-    import torch
+    import torch  # torch and transformers: only for the comparison, and not in requirements.txt
     import transformers
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -213,8 +210,6 @@ def bench_hf(cfg, mode: str, steps: int, warmup: int, device: str = "cuda") -> d
     sync()
     dt = (time.perf_counter() - t0) / steps
     kind = torch.cuda.get_device_name(0) if cuda else "cpu"
-    from bertjax.train import flops
-
     seqs = b / dt
     fpt = flops.model_flops_per_token(mc.to_dict(), s, None)
     return {
@@ -231,11 +226,9 @@ def bench_hf(cfg, mode: str, steps: int, warmup: int, device: str = "cuda") -> d
 
 def _free_torch_memory() -> None:
     """After a failed HF run (OOM above all), so the next mode starts from an empty device."""
-    import gc
-
     gc.collect()
     try:
-        import torch
+        import torch  # optional (see bench_hf)
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -288,8 +281,6 @@ def run_all(cfg, compare: str, modes, steps: int, warmup: int, hf_device: str = 
     try:
         ours = bench_bertjax(cfg, steps, warmup, profile_dir=profile_dir)
         if profile_dir:
-            from bertjax.bench import profile_summary as bench_profile
-
             ours["profile"] = bench_profile.summarize(profile_dir, steps)
     except Exception as e:
         ours = failure_row("bertjax", e, batch=int(cfg.train.batch_size))
@@ -297,7 +288,7 @@ def run_all(cfg, compare: str, modes, steps: int, warmup: int, hf_device: str = 
     rows.append(ours)
     if compare == "hf":
         try:
-            import torch  # noqa: F401
+            import torch  # noqa: F401  (optional: a missing one is a row, not a crash)
             import transformers  # noqa: F401
         except ImportError as e:
             hf_rows = [failure_row(f"hf-{mode}", e) for mode in modes]

@@ -22,7 +22,11 @@ import time
 from absl import app, flags
 
 from bertjax.data.corpus import iter_documents
+from bertjax.demo.corpus import build_demo_corpus
 from bertjax.errors import UserError, user_errors_exit
+from bertjax.text import resolve_tokenizer_file
+from bertjax.text.train_vocab import train_vocab
+from bertjax.text.wordpiece import WordPieceTokenizer
 
 
 def _best_time(fn, repeats: int) -> tuple[float, object]:
@@ -40,23 +44,18 @@ def _batches(items, size):
 
 def run_benchmark(corpus: str, fmt: str, vocab: str, vocab_size: int, lower_case: bool,
                   repeats: int, batch_size: int, legacy: bool) -> dict:
+    # transformers is a dev dependency (the comparison), read offline: the flag must be set
+    # before it is imported.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import BertTokenizerFast
 
-    from bertjax.text import resolve_tokenizer_file
-    from bertjax.text.wordpiece import WordPieceTokenizer
-
     tmp = tempfile.TemporaryDirectory(prefix="bench_tokenize_")
     if not corpus:
-        from bertjax.demo.corpus import build_demo_corpus
-
         corpus = os.path.join(tmp.name, "corpus")
         build_demo_corpus(corpus)
         corpus = os.path.join(corpus, "wiki-*.txt")
     sentences = [s for doc in iter_documents(corpus, fmt) for s in doc]
     if not vocab:
-        from bertjax.text.train_vocab import train_vocab
-
         vocab = os.path.join(tmp.name, "vocab")
         train_vocab(corpus, "wordpiece", vocab_size, vocab, lower_case=lower_case, fmt=fmt)
     kind, vocab_file = resolve_tokenizer_file(vocab)

@@ -303,7 +303,7 @@ def _greedy_tf(tf, lengths, valid, n):
 def mask_batch_tf(tokens, lengths, example_ids, epochs, seed: int, spec: MaskSpec):
     """The TensorFlow twin of mask_batch_np, for tf.data maps over batches. tokens [N, S] int32
     with a static S; lengths [N]; example_ids, epochs [N] int64."""
-    import tensorflow as tf
+    import tensorflow as tf  # prepare masks with NumPy and must not pay TensorFlow's import
 
     tokens = tf.convert_to_tensor(tokens, tf.int32)
     seq = int(tokens.shape[1])

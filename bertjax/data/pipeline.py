@@ -24,6 +24,7 @@ in a collective. Dropped: fewer than batch_size examples per host.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -33,6 +34,7 @@ import tensorflow as tf
 
 from bertjax.data import masking, records
 from bertjax.errors import UserError
+from bertjax.text import check_identity
 
 
 def _hide_accelerators() -> None:
@@ -77,8 +79,6 @@ def read_metadata(data_dir: str) -> dict:
 
 def check_tokenizer(metadata: dict, identity: dict) -> None:
     """Raises UserError when the data were tokenized with another vocabulary or casing."""
-    from bertjax.text import check_identity
-
     check_identity(metadata["tokenizer"], identity, "the prepared data")
 
 
@@ -329,8 +329,6 @@ class PretrainInput:
         """Drops the tf.data iterator now: finalised at interpreter exit instead, its Python
         generator stage logs a spurious FAILED_PRECONDITION error."""
         self._iterator = None
-        import gc
-
         gc.collect()
 
     def __iter__(self):

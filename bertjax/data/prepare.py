@@ -42,9 +42,12 @@ import time
 from array import array
 
 import numpy as np
+from absl import flags
+from etils import epath
 
 from bertjax.data import corpus, instances, masking, records, storage
 from bertjax.errors import UserError
+from bertjax.text import load_tokenizer
 
 METADATA = "metadata.json"
 CONTINUATION = "continuation.npy"
@@ -136,8 +139,6 @@ _TOKENIZERS: dict = {}
 
 def _tokenizer(vocab: str):
     if vocab not in _TOKENIZERS:
-        from bertjax.text import load_tokenizer
-
         _TOKENIZERS[vocab] = load_tokenizer(vocab)
     return _TOKENIZERS[vocab]
 
@@ -618,7 +619,7 @@ def prepare(o: Options) -> dict:
     """Runs prepare end to end and returns the metadata written to OUTPUT_DIR/metadata.json."""
     pl = plan(o)
     if pl.options.runner == "beam":
-        from bertjax.data import prepare_beam
+        from bertjax.data import prepare_beam  # builds on this module (an import cycle)
 
         stats = prepare_beam.run(pl)
     else:
@@ -630,8 +631,6 @@ def verify(output_dir: str) -> dict:
     """`prepare --verify`: checks a prepared directory whole: metadata.json, and every shard it
     lists against its .done (record count, size, sha256) and the vocabulary (every token id).
     Raises UserError naming the first bad shard (and how many are bad); returns a summary."""
-    from etils import epath
-
     meta_path = os.path.join(output_dir, METADATA)
     if not epath.Path(meta_path).exists():
         raise UserError(f"{output_dir} has no {METADATA}: not prepared data, or its prepare run "
@@ -668,8 +667,6 @@ def verify(output_dir: str) -> dict:
 
 
 def main(argv):
-    from absl import flags
-
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {' '.join(argv[1:])}; all options are --flags")
     f = flags.FLAGS
@@ -690,8 +687,6 @@ def main(argv):
 
 
 def _define_flags():
-    from absl import flags
-
     d = Options.__dataclass_fields__
     flags.DEFINE_string("input", "", "Corpus files: a file, directory or glob (comma-separated "
                         "for several), or tfds:NAME.")

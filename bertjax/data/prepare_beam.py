@@ -37,6 +37,9 @@ import tempfile
 
 from bertjax.data import corpus, prepare, storage
 from bertjax.errors import UserError
+from bertjax.store.files import write_atomic
+from bertjax.text import resolve_tokenizer_file
+from bertjax.text.config_file import CONFIG_NAME
 
 STATS_FILE = ".corpus-stats.tmp"
 _MARK = "[bertjax-user-error]"
@@ -52,9 +55,6 @@ class VocabFiles:
 
     @classmethod
     def read(cls, path: str) -> VocabFiles:
-        from bertjax.text import resolve_tokenizer_file
-        from bertjax.text.config_file import CONFIG_NAME
-
         _, file = resolve_tokenizer_file(path)
         names = [file]
         config = os.path.join(os.path.dirname(os.path.abspath(file)), CONFIG_NAME)
@@ -73,8 +73,6 @@ class VocabFiles:
             h.update(name.encode() + b"\0" + data)
         directory = os.path.join(tempfile.gettempdir(), f"bertjax-vocab-{h.hexdigest()[:16]}")
         os.makedirs(directory, exist_ok=True)
-        from bertjax.store.files import write_atomic
-
         for name, data in self.files:
             target = os.path.join(directory, name)
             if not os.path.isfile(target) or os.path.getsize(target) != len(data):
@@ -211,6 +209,8 @@ def run(pl: prepare.Plan) -> dict:
 
 
 def _run_pipeline(pl: prepare.Plan, args: list[str], vocab: VocabFiles, stats_path: str) -> None:
+    # Beam takes seconds to import and only --runner=beam needs it; this module's helpers are
+    # imported by the workers without it.
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 

@@ -21,6 +21,7 @@ In static data the tokens are already masked.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import uuid
@@ -141,7 +142,7 @@ def decode_batch_tf(records, metadata: dict):
     """A batch of raw records (tf.string [N]) -> dict of tensors: example_id, a_doc, b_doc [N] int64;
     length, segment_start, next_sentence_label, num_masked [N] int32; tokens [N, S] int32 and, for
     static data, masked_positions / masked_ids [N, P] int32."""
-    import tensorflow as tf
+    import tensorflow as tf  # prepare writes records without TensorFlow; only tf.data reads them so
 
     s = metadata["max_seq_length"]
     p = metadata["max_predictions_per_seq"]
@@ -183,8 +184,6 @@ def verify_shard(path: str, records: int, record_bytes: int, open_fn=open, *,
     and, given `dtype` and `vocab_size`, that every token id is inside the vocabulary. Reads the
     shard once, sequentially; `open_fn` opens local or remote paths (open, tf.io.gfile.GFile).
     Returns the bytes read; raises ShardError naming the shard and the fix."""
-    import json
-
     fix = ("delete it and its .done and rerun prepare (it rebuilds only what is missing), or copy "
            "the prepared directory again")
     try:

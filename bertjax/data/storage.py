@@ -15,11 +15,16 @@ upload or a copy repeated after a lost reply writes the same bytes again.
 from __future__ import annotations
 
 import fnmatch
+import glob
 import io
 import os
 import re
 
 from bertjax.errors import UserError
+from bertjax.store.files import write_atomic as local_write
+
+# google-cloud-storage and google.api_core are imported inside the functions that reach gs://:
+# they take 0.4 s, and local prepare runs and each of their worker processes never need them.
 
 SCHEME = "gs://"
 _CLIENT = None
@@ -232,8 +237,6 @@ def hidden_temporaries(directory: str) -> list[str]:
             if "/" not in rest and rest.endswith(".tmp"):
                 found.append(f"{SCHEME}{bucket}/{blob.name}")
         return found
-    import glob
-
     return glob.glob(os.path.join(directory, ".*.tmp"))
 
 
@@ -241,8 +244,6 @@ def write_atomic(path: str, data: bytes | str) -> str:
     """All or nothing: locally a temporary file renamed into place; on GCS one upload, which makes
     no object until it has all the bytes."""
     if not is_remote(path):
-        from bertjax.store.files import write_atomic as local_write
-
         return local_write(path, data)
     if isinstance(data, str):
         data = data.encode("utf-8")

@@ -62,6 +62,7 @@ def _find(source_dir: str, pattern: str) -> str:
 
 def article_sentences(wikitext: str) -> list[str]:
     """Prose sentences of one article's wiki markup, reference sections and non-prose dropped."""
+    # gensim is in requirements-dev.txt (the demo's data), not requirements.txt, and slow to import.
     from gensim.corpora.wikicorpus import filter_wiki
 
     sentences = []
@@ -83,7 +84,7 @@ def article_sentences(wikitext: str) -> list[str]:
 
 def wiki_articles(dump_path: str):
     """(title, sentences) per article of a dump; redirects and disambiguation pages skipped."""
-    from gensim.corpora.wikicorpus import extract_pages
+    from gensim.corpora.wikicorpus import extract_pages  # see article_sentences
 
     with bz2.open(dump_path, "rb") as f:
         for title, text, _ in extract_pages(f, filter_namespaces=("0",)):

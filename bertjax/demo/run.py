@@ -25,11 +25,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 
 from absl import app, flags
 
 from bertjax.errors import UserError, user_errors_exit
+from bertjax.interop import model_io
 from bertjax.store import workdir as wd
+from bertjax.train.metrics import format_duration, read_jsonl
 
 
 def define_flags() -> None:
@@ -93,8 +96,6 @@ class Progress:
         self.show()
 
     def show(self, force: bool = False) -> None:
-        from bertjax.train.metrics import format_duration
-
         now = time.monotonic()
         if not force and now - self._last < (1.0 if self.tty else 20.0):
             return
@@ -154,9 +155,7 @@ def _last_json(text: str) -> dict:
 
 def most_frequent_token_baseline(data_dir: str) -> dict:
     """Accuracy of always predicting the most frequent masked target of the held-out data."""
-    from collections import Counter
-
-    from bertjax.data import pipeline
+    from bertjax.data import pipeline  # TensorFlow: only this stage of the orchestrator reads records
 
     it = pipeline.make_pretrain_input(data_dir, batch_size=8, shuffle=False, repeat=False)
     counts: Counter = Counter()
@@ -172,7 +171,7 @@ def most_frequent_token_baseline(data_dir: str) -> dict:
 def fill_mask_examples(hf_dir: str, heldout_file: str, k: int = 4, top: int = 3) -> list[dict]:
     """Masks one word in each of the first k suitable held-out sentences and asks the exported
     directory, loaded by transformers itself, for its top completions."""
-    import torch
+    import torch  # torch and transformers: requirements-dev.txt, only for this check of the export
     import transformers
 
     transformers.logging.set_verbosity_error()  # its loading bars would break the progress line
@@ -331,8 +330,6 @@ def _cpu_seconds() -> float:
 
 
 def _save_pretrained(workdir: str, vocab_dir: str, out_dir: str) -> None:
-    from bertjax.interop import model_io
-
     model, cfg, task, _, _ = model_io.load_model(workdir)
     extras = {n: os.path.join(vocab_dir, n) for n in os.listdir(vocab_dir)}
     extras[wd.IDENTITY_FILE] = open(os.path.join(workdir, "tokenizer_identity.json"), "rb").read()
@@ -369,12 +366,10 @@ def payoff(finetune: dict) -> dict:
 
 def draw_report(jsonl: str, report: dict, png: str) -> None:
     """Held-out MLM and NSP accuracy against their baselines, and every fine-tuning seed."""
-    import matplotlib
+    import matplotlib  # a second to import, for the last stage only
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from bertjax.train.metrics import read_jsonl
 
     series = read_jsonl(jsonl) if os.path.exists(jsonl) else {}
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))

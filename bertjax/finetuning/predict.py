@@ -10,6 +10,7 @@ from typing import Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from bertjax.finetuning.batches import num_rows
 from bertjax.train import mesh as mesh_lib
@@ -22,8 +23,6 @@ PredictFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 def _to_host(x: jax.Array) -> np.ndarray:
     if jax.process_count() == 1:
         return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 

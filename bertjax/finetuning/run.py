@@ -17,17 +17,23 @@ import math
 import os
 from typing import Callable
 
+import jax
 import numpy as np
 from etils import epath
 
 from bertjax.errors import UserError
+from bertjax.evaluate import writers
 from bertjax.finetuning import glue_task, init_source, ner_task, squad_task
 from bertjax.finetuning.best import BestCheckpoint
 from bertjax.finetuning.batches import EpochBatches, num_rows, steps_per_epoch
 from bertjax.finetuning.family import Prepared
 from bertjax.finetuning.predict import make_predict_fn
+from bertjax.model import build_model
 from bertjax.store import lock as workdir_lock
 from bertjax.store import workdir as wd
+from bertjax.train import checkpoint as ckpt_lib
+from bertjax.train import loop
+from bertjax.train import mesh as mesh_lib
 from bertjax.train.run_plan import RunPlan
 
 FAMILIES = {"glue": glue_task.prepare, "squad": squad_task.prepare, "ner": ner_task.prepare}
@@ -84,13 +90,6 @@ def _copy_tokenizer_files(dst: str, vocab_dir: str, identity: dict, extra: dict)
 def _run_seed(cfg, plan, prepared: Prepared, workdir: str, *, best_metric: str,
               eval_batch: int, vocab_dir: str, identity: dict, log: Callable[[str], None],
               on_ready: Callable[[], None] | None = None) -> dict | None:
-    import jax
-
-    from bertjax.model import build_model
-    from bertjax.train import checkpoint as ckpt_lib
-    from bertjax.train import loop
-    from bertjax.train import mesh as mesh_lib
-
     model_cfg = plan.model_config()
     model_fn = lambda: build_model(plan.task_model, model_cfg, seed=plan.seed)  # noqa: E731
 
@@ -176,10 +175,6 @@ def finetune(cfg, workdir: str, log: Callable[[str], None] = print) -> dict:
 
 def _run_seeds(cfg, plan, prepared, workdir, best_metric, eval_batch, vocab_dir, source, sched,
                on_ready, log) -> dict:
-    import jax
-
-    from bertjax.evaluate import writers
-
     runs = []
     for k in range(int(cfg.seeds)):
         seed_plan = plan.replace(seed=plan.seed + k)

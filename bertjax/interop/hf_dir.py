@@ -7,6 +7,7 @@ import shutil
 import tempfile
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from bertjax.errors import UserError
 
@@ -29,15 +30,13 @@ def read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
     st = os.path.join(hf_dir, "model.safetensors")
     pt = os.path.join(hf_dir, "pytorch_model.bin")
     if os.path.isfile(st):
-        from safetensors.numpy import load_file
-
         try:
             return dict(load_file(st))
         except Exception as e:  # safetensors raises its own error types for corrupt files
             raise UserError(f"cannot read {st}: {e}") from None
     if os.path.isfile(pt):
         try:
-            import torch
+            import torch  # optional: only old pytorch_model.bin directories need it
         except ImportError:
             raise UserError(f"{pt} needs torch to read; install torch or convert to safetensors") from None
         state = torch.load(pt, map_location="cpu", weights_only=True)
@@ -52,8 +51,6 @@ def tokenizer_files(src_dir: str) -> list[str]:
 
 def write_dir(out_dir: str, config: dict, tensors: dict[str, np.ndarray], extra_files=()) -> None:
     """Writes into a temporary sibling and renames, so a crash never leaves a half-written model."""
-    from safetensors.numpy import save_file
-
     parent = os.path.dirname(os.path.abspath(out_dir)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-hf-", dir=parent)

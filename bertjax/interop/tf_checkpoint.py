@@ -18,6 +18,8 @@ import numpy as np
 from bertjax.errors import UserError
 from bertjax.interop import hf_layout, params as interop
 from bertjax.model.encoder import BertConfig
+from bertjax.store.workdir import IDENTITY_FILE
+from bertjax.text import load_tokenizer
 
 CONFIG_FILE = "bert_config.json"
 VOCAB_FILE = "vocab.txt"
@@ -92,7 +94,7 @@ def checkpoint_prefix(directory: str) -> str:
 
 
 def read_variables(prefix: str) -> dict[str, np.ndarray]:
-    import tensorflow as tf
+    import tensorflow as tf  # seconds to import; only the TF-checkpoint reader needs it
 
     try:
         reader = tf.train.load_checkpoint(prefix)
@@ -124,9 +126,6 @@ def tokenizer_extras(directory: str) -> dict:
     if not os.path.isfile(vocab):
         raise UserError(f"{directory} has no {VOCAB_FILE}; the original BERT releases ship it "
                         f"beside bert_config.json")
-    from bertjax.store.workdir import IDENTITY_FILE
-    from bertjax.text import load_tokenizer
-
     tok = load_tokenizer(directory)
     stated = {"do_lower_case": tok.lower_case, "strip_accents": tok.strip_accents}
     return {VOCAB_FILE: vocab,

@@ -108,6 +108,8 @@ def splash_block(seq_len: int) -> int | None:
 
 @functools.lru_cache(maxsize=None)
 def _splash_kernel(seq_len: int, num_heads: int, interpret: bool):
+    # The TPU kernel's modules load with the splash backend only: the CPU and GPU paths never
+    # need Mosaic.
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 

@@ -6,6 +6,8 @@ import os
 import tempfile
 import uuid
 
+from etils import epath
+
 from bertjax.errors import UserError
 
 
@@ -46,8 +48,6 @@ def write_atomic(path: str, data: bytes | str) -> str:
 
 
 def _write_atomic_url(path: str, data: bytes) -> str:
-    from etils import epath
-
     target = epath.Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"

@@ -33,6 +33,10 @@ import threading
 import time
 import uuid
 
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
 from bertjax.errors import UserError
 
 LOCK_FILE = "LOCK"
@@ -111,6 +115,8 @@ class _Local:
 
 
 class _Gcs:
+    # google-cloud-storage (0.4 s to import) is imported in these methods only: a local workdir
+    # never needs it.
     def __init__(self, url: str):
         from google.cloud import storage
 
@@ -255,8 +261,6 @@ def acquire(workdir: str) -> Hold:
 
     Every process must call it, the same number of times: the outcome is agreed on collectively
     in multi-process runs."""
-    import jax
-
     key = _key(workdir)
     if key in _held:
         _held[key].depth += 1
@@ -270,9 +274,6 @@ def acquire(workdir: str) -> Hold:
             if jax.process_count() == 1:
                 raise
     if jax.process_count() > 1:
-        import numpy as np
-        from jax.experimental import multihost_utils
-
         refused = multihost_utils.broadcast_one_to_all(np.array(bool(error)))
         if bool(refused):
             if error:

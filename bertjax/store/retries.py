@@ -83,6 +83,7 @@ def apply() -> dict:
     if _applied == spec:
         return spec
     try:
+        # Orbax's private module (hence the guard), imported after the curl settings above.
         from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
 
         targets = (ts_utils._BASE_TS_CONTEXT, ts_utils._DEFAULT_OCDBT_TS_CONTEXT)

@@ -26,7 +26,10 @@ import time
 from etils import epath
 
 from bertjax.errors import UserError
+from bertjax.interop import hf_dir, hf_layout
+from bertjax.interop.params import task_from_hf_config
 from bertjax.store import files
+from bertjax.text import check_identity as compare
 
 CONFIG_FILE = "config.json"
 RUN_PLAN_FILE = "run_plan.json"
@@ -63,8 +66,6 @@ def write_identity(directory: str | epath.PathLike, identity: dict) -> None:
 
 def check_identity(directory: str | epath.PathLike, identity: dict, what: str) -> None:
     """Refuses a tokenizer other than the one `directory` was made with (when it records one)."""
-    from bertjax.text import check_identity as compare
-
     stored = read_identity(directory)
     if stored is not None:
         compare(stored, identity, what)
@@ -79,6 +80,8 @@ def checkpoint_root(workdir: str | epath.PathLike) -> epath.Path:
 
 def committed_steps(workdir: str | epath.PathLike) -> list[int]:
     """Steps Orbax has finalised (a save killed midway, or still uploading, is not one)."""
+    # Orbax (and TensorStore) only for a run's steps: reading an export never loads it (see
+    # tools/export.load_export).
     import orbax.checkpoint as ocp
 
     root = checkpoint_root(workdir)
@@ -127,8 +130,6 @@ def is_hf_dir(path: str | epath.PathLike) -> bool:
 
 def vocab_dir(path: str | epath.PathLike) -> str | None:
     """The directory holding a checkpoint's vocabulary: itself, or a run's vocab/ copy."""
-    from bertjax.interop import hf_dir
-
     for d in (os.fspath(path), os.path.join(os.fspath(path), VOCAB_DIR)):
         if hf_dir.tokenizer_files(d):
             return d
@@ -150,9 +151,6 @@ def inspect(path: str | epath.PathLike) -> Contents:
     if identity is None:
         identity = read_identity(p)
     if is_hf_dir(p):
-        from bertjax.interop import hf_dir, hf_layout
-        from bertjax.interop.params import task_from_hf_config
-
         hf = hf_dir.read_config(text)
         return Contents("hf", text, hf_layout.config_from_hf(hf), task_from_hf_config(hf), None,
                         vocab, identity)

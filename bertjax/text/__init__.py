@@ -13,6 +13,7 @@ import os
 from bertjax.errors import UserError
 from bertjax.text.base import Tokenizer
 from bertjax.text.config_file import read_tokenizer_config
+from bertjax.text.wordpiece import WordPieceTokenizer
 
 __all__ = ["Tokenizer", "load_tokenizer", "check_identity", "resolve_tokenizer_file"]
 
@@ -48,11 +49,11 @@ def load_tokenizer(path: str, lower_case: bool | None = None) -> Tokenizer:
     # A casing that overrides the file's makes its accent setting moot: it then follows the casing.
     strip_accents = stated["strip_accents"] if lower_case == stated["lower_case"] else None
     if kind == "sentencepiece":
+        # Only here: WordPiece users must not depend on sentencepiece's protobuf module loading
+        # (it fails outright when the installed protobuf runtime is older).
         from bertjax.text.sentencepiece_tok import SentencePieceTokenizer
 
         return SentencePieceTokenizer(file, lower_case=bool(lower_case))
-    from bertjax.text.wordpiece import WordPieceTokenizer
-
     return WordPieceTokenizer(file, lower_case=lower_case, strip_accents=strip_accents)
 
 

@@ -12,16 +12,21 @@ vocabulary has been checked to load. On a tiny corpus the vocabulary may come ou
 """
 from __future__ import annotations
 
+import heapq
 import io
+import json
 import os
 import tempfile
 import time
+from collections import Counter, defaultdict
 
 from absl import app, flags
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from bertjax.data.corpus import DOC_UNITS, FORMATS, expand_inputs, iter_documents
 from bertjax.errors import UserError, user_errors_exit
 from bertjax.text.config_file import CONFIG_NAME
+from bertjax.text.wordpiece import WordPieceTokenizer
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 KINDS = ("wordpiece", "sentencepiece")
@@ -61,8 +66,6 @@ class _Sentences:
 def train_wordpiece(sentences: _Sentences, vocab_size: int, lower_case: bool,
                     min_frequency: int = 2, limit_alphabet: int = 1000) -> bytes:
     """vocab.txt bytes, normalised exactly as WordPieceTokenizer will tokenize."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                                 strip_accents=lower_case, lowercase=lower_case)
@@ -83,10 +86,6 @@ def train_wordpiece(sentences: _Sentences, vocab_size: int, lower_case: bool,
 def _word_counts(sentences, lower_case: bool):
     """Pre-tokenized word -> count, with the normaliser and pre-tokenizer the trainer and
     WordPieceTokenizer use (deterministic functions; only the Rust trainer's merging is not)."""
-    from collections import Counter
-
-    from tokenizers import normalizers, pre_tokenizers
-
     norm = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                       strip_accents=lower_case, lowercase=lower_case)
     pre = pre_tokenizers.BertPreTokenizer()
@@ -103,9 +102,6 @@ def train_wordpiece_exact(sentences: _Sentences, vocab_size: int, lower_case: bo
     pieces' text. The Rust trainer breaks ties between equally frequent pairs by ids it hands out
     in hash-map order, which changes from process to process; this one gives the same bytes on
     every run. Pure Python: seconds for the demo corpus, minutes for a Wikipedia-sized one."""
-    import heapq
-    from collections import Counter, defaultdict
-
     counts = _word_counts(sentences, lower_case)
     sentences.check()
     chars: Counter = Counter()
@@ -178,7 +174,7 @@ def train_sentencepiece(sentences: _Sentences, vocab_size: int, model_type: str 
                         character_coverage: float = 0.9995,
                         max_sentences: int = 10_000_000) -> tuple[bytes, bytes]:
     """(spiece.model, spiece.vocab) bytes with the BERT specials at ids 0-4."""
-    import sentencepiece as spm
+    import sentencepiece as spm  # see train_vocab: WordPiece trainings must not load it
 
     model = io.BytesIO()
     try:
@@ -238,10 +234,6 @@ def train_vocab(input_spec: str, kind: str, vocab_size: int, out_dir: str, lower
                 fmt: str = "auto", text_field: str = "text", doc_unit: str = "paragraph",
                 tfds_data_dir: str = "", tfds_split: str = "train", **options) -> dict:
     """Trains and writes a vocabulary; returns a summary (files, sizes, corpus counts)."""
-    import json
-
-    from bertjax.text.wordpiece import WordPieceTokenizer
-
     if kind not in KINDS:
         raise UserError(f"--kind={kind!r} is not one of {', '.join(KINDS)}")
     if vocab_size < len(SPECIAL_TOKENS) + 2:

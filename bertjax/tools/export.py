@@ -34,7 +34,7 @@ from safetensors.numpy import load_file, save_file
 
 from bertjax import cli
 from bertjax.errors import UserError
-from bertjax.interop import params as interop
+from bertjax.interop import hf_dir, params as interop
 from bertjax.model.bert import TASK_MODELS, build_model
 from bertjax.model.encoder import BertConfig
 from bertjax.store import workdir as wd
@@ -153,8 +153,6 @@ def _write_json(path: str, body: dict) -> str:
 
 def _id2label(checkpoint: str, num_labels: int) -> dict[int, str] | None:
     """Label names stored with the checkpoint (HF config.json or model_config.json "id2label")."""
-    from bertjax.interop import hf_dir  # Orbax: see export()
-
     if wd.is_hf_dir(checkpoint):
         labels = hf_dir.read_config(checkpoint).get("id2label")
     else:

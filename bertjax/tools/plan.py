@@ -21,6 +21,10 @@ from absl import flags
 
 from bertjax import cli
 from bertjax.errors import UserError
+from bertjax.model import BertConfig, build_model
+from bertjax.model.attention import describe
+from bertjax.train import aot, flops, objectives
+from bertjax.train import mesh as mesh_lib
 from bertjax.train.run_plan import RunPlan
 
 
@@ -44,8 +48,6 @@ HBM_GBPS = {"v4": 1228.0, "v5e": 819.0, "v5p": 2765.0, "v6e": 1640.0}
 
 def objective_and_task(cfg):
     """What the entrypoint of this config trains: (objective, task model name)."""
-    from bertjax.train import objectives
-
     if "task" not in cfg:
         return objectives.Pretraining(), "pretraining"
     family = str(cfg.task.family)
@@ -62,9 +64,6 @@ class Planner:
     """Compiles one config's step for one topology at any per-chip batch and remat policy."""
 
     def __init__(self, cfg, topology: str, num_slices: int):
-        from bertjax.train import aot
-        from bertjax.train import mesh as mesh_lib
-
         self.cfg, self.topology, self.num_slices = cfg, topology, num_slices
         self.family = aot.chip_family(topology)
         self.hbm_gib, self.peak_tflops = aot.CHIPS[self.family]
@@ -81,10 +80,6 @@ class Planner:
         return self._cache[key]
 
     def _compile(self, per_chip: int, remat: str) -> dict:
-        from bertjax.model import BertConfig, build_model
-        from bertjax.model.attention import describe
-        from bertjax.train import aot, flops
-
         cfg = self.cfg
         model_dict = {**cfg.model.to_dict(), "remat": remat}
         model_cfg = BertConfig.from_dict(model_dict)

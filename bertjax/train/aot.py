@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import topologies
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bertjax.errors import UserError
@@ -45,8 +46,6 @@ def chip_family(topology: str) -> str:
 
 def topology_devices(topology: str, num_slices: int = 1) -> list:
     """The devices of `num_slices` slices of `topology`, without the hardware (libtpu's compiler)."""
-    from jax.experimental import topologies
-
     family = chip_family(topology)
     name = f"{family}:{topology.split(':', 1)[1]}"
     kwargs = {"chip_config_name": "megacore"} if family in _MEGACORE else {}

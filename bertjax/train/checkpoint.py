@@ -18,17 +18,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
+import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from bertjax.errors import UserError
+from bertjax.model import layout
 from bertjax.store import retries as storage_retries
 from bertjax.store.workdir import CHECKPOINT_SUBDIR, MODEL_CONFIG_FILE, PARAMS_ITEM
 
@@ -77,9 +83,6 @@ def _quiet_failed_save_noise() -> None:
     """After a failed async save Orbax leaves one unretrieved future per array (each logged by
     asyncio with the whole error) and, at exit, callbacks onto its closed event loop (printed as
     ignored exceptions). The failure is reported once, by our UserError; this drops the echoes."""
-    import logging
-    import sys
-
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     previous = sys.unraisablehook
 
@@ -103,8 +106,8 @@ def _release_waiting_orbax_threads() -> None:
     if jax.process_count() != 1:
         return
     try:
+        # Orbax's private module, hence inside the guard.
         from orbax.checkpoint._src.futures import future as ocp_future
-        import threading
 
         waiting = [t for t in threading.enumerate()
                    if isinstance(t, ocp_future._SignalingThread) and t.is_alive()]
@@ -118,8 +121,6 @@ def _release_waiting_orbax_threads() -> None:
 
 def _barrier(name: str) -> None:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -367,8 +368,6 @@ class _Relaid:
         return [(self.keys[0], (self.layers,) + tuple(v.shape), outer)]
 
     def combine(self, arrays: list, v):
-        import jax.numpy as jnp
-
         out = jnp.stack(arrays) if self.index is None else arrays[0][self.index]
         sharding = getattr(v, "sharding", None)
         return jax.device_put(out, sharding) if sharding is not None else out
@@ -376,8 +375,6 @@ class _Relaid:
 
 def _relayout(saved: dict, wanted: dict) -> dict[str, _Relaid]:
     """Model keys that the checkpoint holds only in the other layer layout."""
-    from bertjax.model import layout
-
     out: dict[str, _Relaid] = {}
     saved_t = {tuple(k.split("/")): k for k in saved}
     wanted_t = {tuple(k.split("/")): k for k in wanted if k not in saved}

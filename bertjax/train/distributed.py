@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from bertjax.errors import UserError
 
@@ -150,8 +151,6 @@ def _check(topo: Topology, expected_processes: int | None) -> None:
                 f"one process sees {topo.global_device_count} global but {topo.local_device_count} "
                 "local devices; start the program on every host")
         return
-    from jax.experimental import multihost_utils
-
     kind_code = np.frombuffer(topo.device_kind.encode()[:16].ljust(16, b"\0"), np.uint8)
     mine = np.concatenate([
         np.array([topo.process_index, topo.local_device_count, topo.global_device_count], np.int64),

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from bertjax.train import flops as flops_lib
 from bertjax.train import metrics as metrics_lib
@@ -136,8 +137,6 @@ class Preemption(Hook):
         # costs a host round trip, paid only every `every` steps (the log interval).
         if step % self.every:
             return False
-        from jax.experimental import multihost_utils
-
         return bool(np.any(multihost_utils.process_allgather(np.array(self.flag))))
 
     def __call__(self, run: Run) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from bertjax.errors import UserError
@@ -75,8 +76,6 @@ def make_mesh(mesh_cfg: Any, devices: Sequence[Any] | None = None) -> Mesh:
             raise UserError(
                 f"mesh data={shape[0]} must be a multiple of the {n} TPU slices; "
                 f"set mesh.data to a multiple of {n} (or -1)")
-        from jax.experimental import mesh_utils
-
         ici = (shape[0] // n, shape[1], shape[2])
         grid = mesh_utils.create_hybrid_device_mesh(ici, (n, 1, 1), devices)
         return Mesh(grid, MESH_AXES, axis_types=axis_types)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from bertjax.model import BertConfig
+
 
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
@@ -38,8 +40,6 @@ class RunPlan:
         return dataclasses.replace(self, **changes)
 
     def model_config(self):
-        from bertjax.model import BertConfig
-
         return BertConfig.from_dict(self.model)
 
     def to_dict(self) -> dict:

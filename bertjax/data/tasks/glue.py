@@ -259,6 +259,7 @@ def read_tfds(data_dir: str, task: GlueTask | str, split: str) -> list[GlueExamp
     """Reads an already prepared TFDS `glue/<task>` from data_dir; never downloads."""
     task = get_task(task) if isinstance(task, str) else task
     split = resolve_split(task, split)
+    # TensorFlow and TFDS take seconds to import; only the TFDS source of GLUE needs them.
     import tensorflow as tf
 
     try:
