@@ -17,7 +17,6 @@ from absl import flags
 from etils import epath
 
 from bertjax import cli
-from bertjax.data import pipeline
 from bertjax.errors import UserError
 from bertjax.model import build_model
 from bertjax.store import workdir as wd
@@ -64,6 +63,11 @@ def main(argv):
 
 def pretrain(cfg, workdir: str):
     """Runs (or resumes) pretraining for a resolved config; returns the loop's Result."""
+    # TensorFlow (the input pipeline) writes C++ log lines when imported, whatever
+    # TF_CPP_MIN_LOG_LEVEL says (TF 2.21): imported once the config has been checked, so that a
+    # bad flag still ends in one line.
+    from bertjax.data import pipeline
+
     if not cfg.data.train_dir:
         raise UserError("set --config.data.train_dir to a directory made by bertjax.data.prepare")
     meta = pipeline.read_metadata(cfg.data.train_dir)

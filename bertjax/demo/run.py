@@ -27,8 +27,9 @@ import threading
 import time
 from collections import Counter
 
-from absl import app, flags
+from absl import flags
 
+from bertjax import cli
 from bertjax.errors import UserError, user_errors_exit
 from bertjax.interop import model_io
 from bertjax.store import workdir as wd
@@ -436,5 +437,4 @@ def _print_summary(report: dict, pre: str, w: str, png: str) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

@@ -10,6 +10,7 @@ Nothing of it is committed; `make demo` installs wordnet-base and builds it.
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -37,8 +38,19 @@ def lexnames(man_page: str = LEXNAMES_MAN) -> dict[int, str]:
     return names
 
 
-def noun_glosses(wordnet_dir: str) -> list[tuple[str, int, list[str]]]:
-    """(definition, lexicographer file number, example sentences) for every noun synset."""
+@dataclasses.dataclass(frozen=True)
+class Synset:
+    offset: int
+    lex: int  # lexicographer file number: the fine-tuning label, never written into the text
+    words: tuple[str, ...]
+    hypernym: int | None  # the first hypernym's offset (instance hypernyms too)
+    definition: str
+    examples: tuple[str, ...]
+
+
+def noun_synsets(wordnet_dir: str) -> list[Synset]:
+    """Every noun synset of data.noun (wndb(5): offset, lex file, type, word count in hex, the
+    words with their lex ids, pointer count, pointers, then "| gloss")."""
     path = os.path.join(wordnet_dir, "data.noun")
     if not os.path.exists(path):
         raise UserError(f"{path} not found; install Debian's wordnet-base (apt-get install "
@@ -49,35 +61,41 @@ def noun_glosses(wordnet_dir: str) -> list[tuple[str, int, list[str]]]:
             if line.startswith("  ") or "|" not in line:
                 continue  # the licence header lines start with two spaces
             head, gloss = line.split("|", 1)
-            lex = int(head.split()[1])
+            fields = head.split()
+            n_words = int(fields[3], 16)
+            words = tuple(w.replace("_", " ") for w in fields[4:4 + 2 * n_words:2])
+            at = 4 + 2 * n_words
+            pointers = [fields[at + 1 + 4 * k: at + 5 + 4 * k] for k in range(int(fields[at]))]
+            hypernym = next((int(p[1]) for p in pointers if p[0] in ("@", "@i")), None)
             # The gloss is 'definition; "example"; "example"': the definition, then quotations.
             parts = gloss.strip().split('; "')
             definition = parts[0].strip().rstrip(";").strip()
             examples = [" ".join(e.strip().rstrip(";").strip().strip('"').split())
                         for e in parts[1:]]
-            rows.append((definition, lex, [e for e in examples if len(e.split()) >= 3]))
+            rows.append(Synset(int(fields[0]), int(fields[1]), words, hypernym, definition,
+                               tuple(e for e in examples if len(e.split()) >= 3)))
     return rows
 
 
 def noun_definitions(wordnet_dir: str) -> list[tuple[str, int]]:
     """(definition, lexicographer file number) for every noun synset of three words or more."""
-    return [(d, lex) for d, lex, _ in noun_glosses(wordnet_dir) if len(d.split()) >= 3]
+    return [(s.definition, s.lex) for s in noun_synsets(wordnet_dir)
+            if len(s.definition.split()) >= 3]
 
 
-def gloss_documents(wordnet_dir: str, exclude: set[str], per_document: int = 6,
-                    seed: int = 0) -> list[list[str]]:
-    """Unlabelled pretraining text from the noun glosses: each synset's definition followed by
-    its example sentences, synsets shuffled with a fixed seed and grouped `per_document` to a
-    document, so a 64-token sequence is full of text rather than padding. The shuffle keeps the
-    topic out of the text's order (consecutive synsets in data.noun share a category, which
-    next-sentence pairs would otherwise learn). Synsets whose definition is in `exclude` (the
-    fine-tuning dev set) are left out."""
+def gloss_documents(wordnet_dir: str, exclude: set[str], per_document: int = 6) -> list[list[str]]:
+    """Unlabelled pretraining text from the noun glosses, written as a dictionary is: each
+    synset's words and definition ("dog, domestic dog: a member of the genus Canis ...") followed
+    by its example sentences. A document is a run of `per_document` synsets in the order of
+    WordNet's own hypernym tree (the hyponyms of one synset side by side), the way an
+    encyclopedia's sections follow a subject, so a next sentence is about a related thing; the
+    lexicographer category (the fine-tuning label) is not read. Synsets whose definition is in
+    `exclude` (the fine-tuning dev set) are left out, words and all."""
     units = []
-    for definition, _, examples in noun_glosses(wordnet_dir):
-        if definition.replace("\t", " ") in exclude or len(definition.split()) < 3:
+    for s in sorted(noun_synsets(wordnet_dir), key=lambda s: (s.hypernym or -1, s.offset)):
+        if s.definition.replace("\t", " ") in exclude or len(s.definition.split()) < 3:
             continue
-        units.append([definition, *examples])
-    random.Random(seed).shuffle(units)
+        units.append([f"{', '.join(s.words)}: {s.definition}", *s.examples])
     return [sum(units[i:i + per_document], []) for i in range(0, len(units), per_document)]
 
 
