@@ -1,6 +1,7 @@
 """Pieces of `make demo` that decide what it claims: the pay-off verdict, the unlabelled gloss
 corpus (no dev definition and no label order in it), and the whole-demo progress line."""
 import io
+import json
 
 from bertjax.demo import run as demo
 from bertjax.demo import wordnet as demo_wordnet
@@ -37,7 +38,7 @@ def test_gloss_documents_are_a_dictionary_in_hypernym_order_without_the_dev_set(
 
 def test_payoff_needs_the_worst_pretrained_seed_above_the_best_random_one():
     def runs(*vals):
-        return {"runs": [{"best": v} for v in vals]}
+        return {"runs": [{"final": v} for v in vals]}
 
     met = demo.payoff({"pretrained": runs(0.30, 0.28, 0.33), "random_init": runs(0.20, 0.27)})
     assert met["met"] and abs(met["margin"] - 0.01) < 1e-12
@@ -57,3 +58,37 @@ def test_progress_follows_the_loop_lines_across_fine_tuning_runs(monkeypatch):
     assert p.run == 1 and abs(p.frac - (1 + 0.1) / 4) < 1e-9
     p.show(force=True)
     assert "run 2/4 step 10/100" in out.getvalue().splitlines()[-1]
+
+
+def _seed_dir(tmp_path, name, accs):
+    d = tmp_path / name
+    d.mkdir()
+    lines = [{"step": 10 * (k + 1), "time": 0, "eval/accuracy": a} for k, a in enumerate(accs)]
+    lines.insert(1, {"step": 15, "time": 0, "train/loss": 1.0})  # train lines carry no eval
+    (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return str(d)
+
+
+def test_final_accuracy_is_the_last_evaluation_not_the_best(tmp_path):
+    summary = {"seeds": 2, "runs": [
+        {"seed": 0, "best": 0.30, "workdir": _seed_dir(tmp_path, "s0", [0.1, 0.30, 0.25])},
+        {"seed": 1, "best": 0.40, "workdir": _seed_dir(tmp_path, "s1", [0.2, 0.40, 0.35])}]}
+    out = demo.final_accuracies(summary)
+    assert [r["final"] for r in out["runs"]] == [0.25, 0.35]
+    assert out["runs"][0]["final_step"] == 30
+    assert out["runs"][1]["curve"] == [[10, 0.2], [20, 0.4], [30, 0.35]]
+    assert abs(out["final_mean"] - 0.30) < 1e-12
+    assert abs(out["final_std"] - 0.0707106781) < 1e-9  # sample std of 0.25, 0.35
+
+
+def test_report_picture_is_written(tmp_path):
+    jsonl = tmp_path / "metrics.jsonl"
+    jsonl.write_text(json.dumps({"step": 10, "eval/mlm_accuracy": 0.1, "eval/nsp_accuracy": 0.6,
+                                 "train/mlm_accuracy": 0.09}) + "\n")
+    run = {"final": 0.3, "curve": [[10, 0.2], [20, 0.3]]}
+    report = {"most_frequent_token_baseline": {"accuracy": 0.05},
+              "labelled": {"train": 500, "dev_majority_share": 0.14},
+              "finetune": {"pretrained": {"runs": [run]}, "random_init": {"runs": [run]}}}
+    png = tmp_path / "report.png"
+    demo.draw_report(str(jsonl), report, str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
