@@ -55,8 +55,8 @@ SEQ, PREDS = 64, 10
 FINETUNE_SEQ = 32
 # Expected seconds per stage on an idle 2-core box, measured (docs/benchmarks.md); only the ETA
 # uses them, scaled by how fast this machine turns out to be.
-STAGES = (("corpus", 8), ("labelled", 3), ("vocab", 8), ("prepare", 25), ("pretrain", 330),
-          ("evaluate", 6), ("export", 25), ("finetune", 300), ("report", 8))
+STAGES = (("corpus", 10), ("labelled", 4), ("vocab", 25), ("prepare", 8), ("pretrain", 330),
+          ("evaluate", 2), ("export", 12), ("finetune", 400), ("report", 3))
 _STEP = re.compile(r"step\s+(\d+)/(\d+)")
 
 
