@@ -38,6 +38,13 @@ def _rows_of(batch, key):
     return _row_weights(batch, batch[key].shape[0])
 
 
+def _rows_and_denominators(batch, key, denoms):
+    """The real rows of a per-example objective, and what its loss is divided by: the whole
+    step's row count under gradient accumulation (`denoms`), else this batch's."""
+    rows = _rows_of(batch, key)
+    return rows, denoms if denoms is not None else {"rows": jnp.sum(rows)}
+
+
 def _loss_sum(loss, rows, denoms):
     # The "loss" metric as (loss * examples of the batch the division covers, own examples): the
     # pairs of the micro-batches of one step add up to (total loss * examples, examples).
@@ -95,8 +102,7 @@ class Classification:
         return {"rows": jnp.sum(_rows_of(batch, "labels"))}
 
     def loss(self, out, batch, denoms=None):
-        rows = _rows_of(batch, "labels")
-        d = denoms if denoms is not None else {"rows": jnp.sum(rows)}
+        rows, d = _rows_and_denominators(batch, "labels", denoms)
         ce_sum, n = _weighted_ce(out["logits"], batch["labels"], rows)
         loss = ce_sum / jnp.maximum(d["rows"], 1.0)
         return loss, {"loss": (ce_sum, n), "accuracy": _accuracy(out["logits"], batch["labels"], rows)}
@@ -117,8 +123,7 @@ class Regression:
         return {"rows": jnp.sum(_rows_of(batch, "labels"))}
 
     def loss(self, out, batch, denoms=None):
-        rows = _rows_of(batch, "labels")
-        d = denoms if denoms is not None else {"rows": jnp.sum(rows)}
+        rows, d = _rows_and_denominators(batch, "labels", denoms)
         err = (out["logits"][:, 0] - batch["labels"].astype(jnp.float32)) ** 2
         se, n = jnp.sum(err * rows), jnp.sum(rows)
         return se / jnp.maximum(d["rows"], 1.0), {"loss": (se, n)}
@@ -166,8 +171,7 @@ class SpanQA:
         return {"rows": jnp.sum(_rows_of(batch, "start_positions"))}
 
     def loss(self, out, batch, denoms=None):
-        rows = _rows_of(batch, "start_positions")
-        d = denoms if denoms is not None else {"rows": jnp.sum(rows)}
+        rows, d = _rows_and_denominators(batch, "start_positions", denoms)
         s_sum, n = _weighted_ce(out["start_logits"], batch["start_positions"], rows)
         e_sum, _ = _weighted_ce(out["end_logits"], batch["end_positions"], rows)
         loss = 0.5 * (s_sum + e_sum) / jnp.maximum(d["rows"], 1.0)
