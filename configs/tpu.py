@@ -20,11 +20,12 @@ Choices (none of them measured on a TPU):
                multi-host v4-16, v5p-16, v5e-16 and v6e-16 (fsdp 4);
     large 128: 64 on v4-8, v5p-8 and v6e-4, 32 on v5e-4 (fsdp 4; a sweep there: up to 88 fits);
                and on the multi-host v4-16, v5p-16 and v6e-16 (64) and v5e-16 (32), fsdp 4;
-    base 512:  64 on v4-8, v5p-8, v6e-4 and the multi-host v5p-16 (fsdp 4), 32 on v5e-4;
-    large 512: 32 on v4-8, v5p-8, v6e-4 and the multi-host v5p-16 (fsdp 4), 16 on v5e-4 (fsdp 4;
-               14.05 of 16 GiB, the least headroom of these).
-  Not compiled yet, so still the earlier guesses: length 512 on multi-host slices but v5p-16, and
-  every slice not named here (e.g. v5e-8, v6e-8, v4-32).
+    base 512:  64 on v4-8, v5p-8, v6e-4 and the multi-host v4-16, v5p-16 and v6e-16 (fsdp 4),
+               32 on v5e-4;
+    large 512: 32 on v4-8, v5p-8, v6e-4 and the multi-host v4-16, v5p-16 and v6e-16 (fsdp 4),
+               16 on v5e-4 (fsdp 4; 14.05 of 16 GiB, the least headroom of these).
+  Not compiled yet, so still the earlier guesses: length 512 on the multi-host v5e-16, and every
+  slice not named here (e.g. v5e-8, v6e-8, v4-32).
 - Bigger slices keep the per-chip batch, so the global batch grows with the slice. The learning
   rate follows the square-root rule for Adam from 1e-4 at 256, and steps (total, warmup) shrink
   in proportion so the run sees as many sequences as the 256-batch recipe.
