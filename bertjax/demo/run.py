@@ -32,6 +32,7 @@ from absl import flags, logging
 from bertjax import cli
 from bertjax.data import records
 from bertjax.errors import UserError, user_errors_exit
+from bertjax.finetuning.run import mean_std
 from bertjax.interop import model_io
 from bertjax.store import workdir as wd
 from bertjax.train.metrics import format_duration, read_jsonl
@@ -344,7 +345,7 @@ def _cpu_seconds() -> float:
 def _save_pretrained(workdir: str, vocab_dir: str, out_dir: str) -> None:
     model, cfg, task, _, _ = model_io.load_model(workdir)
     extras = {n: os.path.join(vocab_dir, n) for n in os.listdir(vocab_dir)}
-    extras[wd.IDENTITY_FILE] = open(os.path.join(workdir, "tokenizer_identity.json"), "rb").read()
+    extras[wd.IDENTITY_FILE] = open(os.path.join(workdir, wd.IDENTITY_FILE), "rb").read()
     model_io.save_checkpoint(out_dir, model, cfg, task, extra_files=extras)
 
 
@@ -377,9 +378,7 @@ def final_accuracies(summary: dict) -> dict:
         steps, values = read_jsonl(os.path.join(r["workdir"], "metrics.jsonl"))["eval/accuracy"]
         runs.append({**r, "final": float(values[-1]), "final_step": int(steps[-1]),
                      "curve": [[int(s), float(v)] for s, v in zip(steps, values)]})
-    finals = [r["final"] for r in runs]
-    mean = sum(finals) / len(finals) if finals else 0.0
-    std = (sum((x - mean) ** 2 for x in finals) / (len(finals) - 1)) ** 0.5 if len(finals) > 1 else 0.0
+    mean, std = mean_std([r["final"] for r in runs]) if runs else (0.0, 0.0)
     return {**summary, "runs": runs, "final_mean": mean, "final_std": std}
 
 

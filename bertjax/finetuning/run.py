@@ -59,7 +59,7 @@ def derive_schedule(cfg, num_examples: int) -> dict:
             "checkpoint_every": min(int(cfg.train.checkpoint_every), eval_every)}
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     arr = np.asarray(values, np.float64)
     # Sample standard deviation: the seeds are a sample of the runs one could have made.
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
@@ -67,12 +67,12 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def summarize(task: str, metric: str, runs: list[dict]) -> dict:
     best = [r["best"] for r in runs]
-    mean, std = _mean_std(best)
+    mean, std = mean_std(best)
     dev = {}
     for name in runs[0]["dev"]:
         values = [r["dev"][name] for r in runs if name in r["dev"]]
         if len(values) == len(runs):
-            m, s = _mean_std(values)
+            m, s = mean_std(values)
             dev[name] = {"mean": m, "std": s}
     return {"task": task, "best_metric": metric, "seeds": len(runs), "mean": mean, "std": std,
             "values": best, "dev": dev, "runs": runs}
