@@ -10,32 +10,26 @@ Run on every worker of the slice through the launcher (docs/tpu.md has the whole
       --config.data.eval_dir=gs://BUCKET/data/seq128/eval
 
 Choices (none of them measured on a TPU):
-- Sequences per chip (PER_CHIP_BATCH): 64 where that leaves room, half that on 16 GiB v5e chips for
-  Large and for length 512. A 4-chip v4-8 or v5p-8 thus runs the paper's batch of 256 at both
-  lengths, for Base and Large. Compiled-verified: `bertjax plan` compiled these batches ahead of
-  time and found them to fit (compiled memory, not a TPU run; docs/tpu.md,
-  "Will it fit", has the table and docs/plan/ the raw rows, which tests/test_tpu_recipes.py checks
-  these numbers against):
-    base 128:  64 on v4-8, v5p-8, v6e-4 and v5e-4 (a sweep there: up to 552 fits), and on the
-               multi-host v4-16, v5p-16, v5e-16 and v6e-16 (fsdp 4);
-    large 128: 64 on v4-8, v5p-8 and v6e-4, 32 on v5e-4 (fsdp 4; a sweep there: up to 88 fits);
-               and on the multi-host v4-16, v5p-16 and v6e-16 (64) and v5e-16 (32), fsdp 4;
-    base 512:  64 on v4-8, v5p-8, v6e-4 and the multi-host v4-16, v5p-16 and v6e-16 (fsdp 4),
-               32 on v5e-4;
-    large 512: 32 on v4-8, v5p-8, v6e-4 and the multi-host v4-16, v5p-16 and v6e-16 (fsdp 4),
-               16 on v5e-4 (fsdp 4; 14.05 of 16 GiB, the least headroom of these).
-  Not compiled yet, so still the earlier guesses: length 512 on the multi-host v5e-16, and every
-  slice not named here (e.g. v5e-8, v6e-8, v4-32).
+- Sequences per chip (PER_CHIP_BATCH): 64, and 32 for Large at length 512 (16 on 16 GiB v5e
+  chips). A 4-chip v4-8, v5p-8, v5e-4 or v6e-4 thus runs the paper's batch of 256 at both lengths
+  for Base, and at length 128 for Large. Compiled-verified: `bertjax plan` compiled these batches
+  ahead of time and found them to fit (compiled memory, not a TPU run; docs/tpu.md, "Will it
+  fit", has the table, with the largest per-chip batch that fits where a sweep has found it, and
+  docs/plan/ the raw rows, which tests/test_tpu_recipes.py checks these numbers against), on the
+  single-host v4-8, v5e-4, v5p-8 and v6e-4 and the multi-host v4-16, v5e-16, v5p-16 and v6e-16.
+  Not compiled yet: every other slice (e.g. v5e-8, v6e-8, v4-32), which gets the same per-chip
+  batch.
 - Bigger slices keep the per-chip batch, so the global batch grows with the slice. The learning
   rate follows the square-root rule for Adam from 1e-4 at 256, and steps (total, warmup) shrink
   in proportion so the run sees as many sequences as the 256-batch recipe.
 - Splash attention has no attention-probability dropout, so attention_dropout is 0 here; for the
   original's exact regularisation use --config.model.attention_backend=xla
   --config.model.attention_dropout=0.1 (slower).
-- Mesh: data parallel over every chip (data=-1). On multi-host slices, and for Large on 16 GiB v5e
-  chips, fsdp is as large as one VM's chips, sharding the fp32 parameters and Adam moments that
-  many ways; tensor=1, since BERT's matrices are too small for tensor parallelism to pay for its
-  collectives.
+- Mesh: data parallel over every chip (data=-1). On multi-host slices fsdp is as large as one VM's
+  chips, sharding the fp32 parameters and Adam moments that many ways; one host stays purely data
+  parallel, Large on 16 GiB v5e included (fsdp 4 there planned more memory and about 20 times the
+  collective bytes). tensor=1, since BERT's matrices are too small for tensor parallelism to pay
+  for its collectives.
 """
 import math
 
@@ -46,8 +40,8 @@ REFERENCE_BATCH = 256
 # (preset, sequence length) -> sequences per chip with >= 32 GiB of HBM, and with 16 GiB.
 PER_CHIP_BATCH = {
     ("base", 128): (64, 64),
-    ("large", 128): (64, 32),
-    ("base", 512): (64, 32),
+    ("large", 128): (64, 64),
+    ("base", 512): (64, 64),
     ("large", 512): (32, 16),
 }
 PHASE2_STEPS_AT_REFERENCE = 100_000
@@ -72,12 +66,10 @@ def _parse(arg: str):
     return sl, preset, seq
 
 
-def fsdp_size(sl, preset: str) -> int:
-    if sl.multi_host:
-        return sl.chips_per_vm
-    if preset == "large" and sl.spec.hbm_gib <= SMALL_HBM_GIB:
-        return sl.chips
-    return 1
+def fsdp_size(sl) -> int:
+    # One host: data parallel even for Large on 16 GiB v5e. fsdp over its 4 chips compiled to
+    # about 16 GiB of collectives per step and more memory than fsdp 1 (docs/tpu.md).
+    return sl.chips_per_vm if sl.multi_host else 1
 
 
 def get_config(arg: str = "v4-8"):
@@ -103,6 +95,6 @@ def get_config(arg: str = "v4-8"):
     c.optim.learning_rate = c.optim.learning_rate * math.sqrt(batch / REFERENCE_BATCH)
 
     c.mesh.data = -1
-    c.mesh.fsdp = fsdp_size(sl, preset)
+    c.mesh.fsdp = fsdp_size(sl)
     c.mesh.tensor = 1
     return c

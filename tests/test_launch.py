@@ -495,8 +495,8 @@ def tpu_config(arg: str, *overrides: str):
 
 @pytest.mark.parametrize("arg, per_chip, fsdp, layers", [
     ("v4-8", 64, 1, 12), ("v4-32", 64, 4, 12), ("v5e-16", 64, 4, 12), ("v5p-8", 64, 1, 12),
-    ("v4-8:large", 64, 1, 24), ("v5e-8:large", 32, 8, 24), ("v4-32:large:512", 32, 4, 24),
-    ("v5e-8:base:512", 32, 1, 12),
+    ("v4-8:large", 64, 1, 24), ("v5e-8:large", 64, 1, 24), ("v4-32:large:512", 32, 4, 24),
+    ("v5e-8:base:512", 64, 1, 12), ("v5e-4:large:512", 16, 1, 24), ("v5e-16:large:512", 16, 4, 24),
 ])
 def test_tpu_config(arg, per_chip, fsdp, layers):
     c = tpu_config(arg)

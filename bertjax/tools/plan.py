@@ -1,7 +1,7 @@
 """Will it fit? Compiles a run's train step for a TPU slice on any machine, with no TPU.
 
 bertjax plan --config=configs/tpu.py:v5e-4:large --topology=v5e:2x2 \
-    [--num_slices=N] [--sweep=batch,remat] [--config.a.b=v ...]
+    [--num_slices=N] [--sweep=batch,remat [--batch_step=8] [--sweep_guess=N]] [--config.a.b=v ...]
 
 The step is the one `bertjax.pretrain` (or `bertjax.finetune`, for a fine-tuning config) would run:
 the same model, objective, optimizer, mesh and shardings (train/aot.py builds it the loop's way).
@@ -9,7 +9,9 @@ Per chip it prints XLA's compiled memory (arguments, temporaries, total) against
 the collectives per step, XLA's FLOPs next to the model-FLOPs formula, and the compile time; one
 JSON line per configuration, then a table. The numbers are compiled memory, not a TPU run.
 --sweep=batch finds the largest per-chip batch that fits (proved by compiling it and the next size
-up); --sweep=batch,remat does so for every remat policy. A config that does not fit, without
+up); --sweep=batch,remat does so for every remat policy. Each probe is a whole compile (minutes for
+BERT-Large), so --sweep_guess, e.g. the answer for another slice with the same HBM and mesh, saves
+most of them: a right guess is proved in two. A config that does not fit, without
 --sweep, ends in one line and exit 2.
 """
 from __future__ import annotations
@@ -37,6 +39,8 @@ def define_flags() -> None:
     flags.DEFINE_list("sweep", [], "batch: the largest per-chip batch that fits; remat: for each "
                       "remat policy (none, dots, full).")
     flags.DEFINE_integer("batch_step", 8, "Per-chip batch granularity of --sweep=batch.")
+    flags.DEFINE_integer("sweep_guess", 0, "Where --sweep=batch starts looking, e.g. the answer "
+                         "for a slice with the same HBM and mesh; 0: predict it from two compiles.")
 
 
 FLAGS = flags.FLAGS
@@ -131,38 +135,47 @@ class Planner:
         )
         return row
 
-    def largest_batch(self, remat: str, start: int, step: int) -> tuple[int, list[dict]]:
+    def largest_batch(self, remat: str, start: int, step: int,
+                      guess: int | None = None) -> tuple[int, list[dict]]:
         """The largest per-chip batch (a multiple of `step`) that fits, and the compiles that prove
-        it: it fits and one `step` more does not. Memory grows about linearly with the batch, so
-        two compiles predict the answer; a bracket around the prediction, then bisection, proves
-        it in a few more."""
-        start = max(step, start - start % step)
+        it: it fits and one `step` more does not. Without a `guess`, two compiles predict it
+        (memory grows about linearly with the batch); a bracket around the guess, then
+        bisection, proves it. A good guess (a sibling slice's answer) costs two compiles."""
         fits = lambda b: self.run(b, remat)["fits"]  # noqa: E731
-        first = self.run(start, remat)
-        other = start * 2 if first["fits"] else max(step, (start // 2) - (start // 2) % step)
-        guess = start
-        if other != start:
-            second = self.run(other, remat)
-            if first.get("compiled") and second.get("compiled"):
-                slope = (second["total_gib"] - first["total_gib"]) / (other - start)
-                if slope > 0:
-                    guess = int((self.hbm_gib - (first["total_gib"] - slope * start)) / slope)
-                    guess = max(step, guess - guess % step)
-        # Bracket: lo fits, hi does not (0 and None when not yet known).
+        snap = lambda b: max(step, b - b % step)  # noqa: E731
+        if guess is None:
+            start = snap(start)
+            first = self.run(start, remat)
+            other = start * 2 if first["fits"] else snap(start // 2)
+            guess = start
+            if other != start:
+                second = self.run(other, remat)
+                if first.get("compiled") and second.get("compiled"):
+                    slope = (second["total_gib"] - first["total_gib"]) / (other - start)
+                    if slope > 0:
+                        guess = snap(int((self.hbm_gib - (first["total_gib"] - slope * start))
+                                         / slope))
+        guess = snap(guess)
+        # Bracket: lo fits, hi does not (0 and None when not yet known). The first probe after
+        # the guess is its neighbour, so an exact guess is proved by two compiles.
         known = {b: r["fits"] for (b, m), r in self._cache.items() if m == remat}
         lo = max([b for b, f in known.items() if f], default=0)
         hi = min([b for b, f in known.items() if not f], default=None)
         probe, width = guess, step
         while hi is None or (lo == 0 and hi > step):
+            moved = True
             if hi is not None and probe >= hi:
                 probe = max(step, hi - width)
             elif probe <= lo:
                 probe = lo + width
+            else:
+                moved = False
             if fits(probe):
                 lo = max(lo, probe)
             else:
                 hi = probe if hi is None else min(hi, probe)
-            width *= 2
+            if moved:
+                width *= 2
             if hi is not None and hi <= step and lo == 0:
                 return 0, self._rows(remat)
         while hi - lo > step:
@@ -196,7 +209,7 @@ def _emit(line: str) -> None:
 
 
 def plan(cfg, topology: str, num_slices: int = 1, sweep: tuple[str, ...] = (),
-         batch_step: int = 8, emit=_emit) -> list[dict]:
+         batch_step: int = 8, emit=_emit, sweep_guess: int = 0) -> list[dict]:
     bad = set(sweep) - {"batch", "remat"}
     if bad:
         raise UserError(f"--sweep takes batch and/or remat, not {sorted(bad)}")
@@ -209,12 +222,13 @@ def plan(cfg, topology: str, num_slices: int = 1, sweep: tuple[str, ...] = (),
     rows = []
     for remat in policies:
         if "batch" in sweep:
-            best, tried = planner.largest_batch(remat, per_chip, batch_step)
+            best, tried = planner.largest_batch(remat, per_chip, batch_step, sweep_guess or None)
             for r in tried:
                 emit(json.dumps(r, sort_keys=True))
             summary = {"topology": topology, "num_slices": num_slices, "remat": remat,
                        "model": tried[0]["model"], "seq_len": tried[0]["seq_len"],
                        "largest_per_chip_batch": best, "batch_step": batch_step,
+                       "guess": sweep_guess or None, "compiles": len(tried),
                        "hbm_gib": planner.hbm_gib}
             emit(json.dumps(summary, sort_keys=True))
             rows.extend(tried)
@@ -241,7 +255,11 @@ def main(argv):
         raise UserError("--topology is required, e.g. --topology=v5e:2x2")
     if FLAGS.num_slices < 1:
         raise UserError(f"--num_slices must be at least 1, got {FLAGS.num_slices}")
-    plan(cfg, FLAGS.topology, FLAGS.num_slices, tuple(FLAGS.sweep), FLAGS.batch_step)
+    if FLAGS.batch_step < 1 or FLAGS.sweep_guess < 0:
+        raise UserError(f"--batch_step must be at least 1 and --sweep_guess at least 0, got "
+                        f"{FLAGS.batch_step} and {FLAGS.sweep_guess}")
+    plan(cfg, FLAGS.topology, FLAGS.num_slices, tuple(FLAGS.sweep), FLAGS.batch_step,
+         sweep_guess=FLAGS.sweep_guess)
 
 
 if __name__ == "__main__":
