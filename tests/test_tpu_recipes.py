@@ -84,3 +84,61 @@ def test_recipe_batch_is_one_that_compiled_and_fit(path):
         largest = summaries[0]["largest_per_chip_batch"]
         assert largest in fitting and per_chip <= largest, (path.name, per_chip, largest)
         assert math.isclose(summaries[0]["hbm_gib"], rows[0]["hbm_gib"])
+
+
+# -- the "will it fit" table in docs/tpu.md -------------------------------------------------------
+FIT_TABLE_MARK = "<!-- fit table: `python tests/test_tpu_recipes.py` prints it from docs/plan -->"
+FIT_SLICES = {"v4-8": "v4:2x2x1", "v5e-4": "v5e:2x2", "v5p-8": "v5p:2x2x1", "v6e-4": "v6e:2x2",
+              "v4-16": "v4:2x2x2", "v5e-16": "v5e:4x4", "v5p-16": "v5p:2x2x2", "v6e-16": "v6e:4x4"}
+FIT_HEAD = ("| slice | topology | hosts | model | seq | recipe batch per chip | mesh (data, fsdp, "
+            "tensor) | GiB per chip at the recipe batch / HBM | largest per-chip batch that fits "
+            "(step) | GiB per chip there | sweep compiles |")
+
+
+def _fit_row(sl: str, preset: str, long: bool) -> str:
+    stem = f"{sl}-{preset}" + ("-512" if long else "")
+    recipe = PLAN_DIR / f"{stem}-recipe.jsonl"
+    sweep = PLAN_DIR / f"{stem}-sweep.jsonl"
+    swept = _records(sweep) if sweep.exists() else []
+    rows = [r for r in (_records(recipe) if recipe.exists() else []) + swept
+            if "per_chip_batch" in r]
+    cells = [sl, FIT_SLICES[sl]]
+    model = "Large" if preset == "large" else "Base"
+    if not rows:
+        return "| " + " | ".join(cells + ["", model, "512" if long else "128", "", "",
+                                          "not compiled yet", "owed", "", ""]) + " |"
+    r = rows[0]  # the recipe's batch when there is a recipe file, else the sweep's first compile
+    m = r["mesh"]
+    cells += [str(r["hosts"]), model, str(r["seq_len"]), str(r["per_chip_batch"]),
+              f"{m['data']}, {m['fsdp']}, {m['tensor']}",
+              f"{r['total_gib']:.2f} / {r['hbm_gib']}" if r.get("compiled") else "over HBM"]
+    summary = [s for s in swept if "largest_per_chip_batch" in s]
+    if summary:
+        s = summary[0]
+        at = {x["per_chip_batch"]: x for x in swept if "per_chip_batch" in x}
+        best = s["largest_per_chip_batch"]
+        cells += [f"{best} ({s['batch_step']})", f"{at[best]['total_gib']:.2f}",
+                  str(len(at))]
+    else:
+        cells += ["owed", "", ""]
+    return "| " + " | ".join(cells) + " |"
+
+
+def fit_table() -> str:
+    lines = [FIT_HEAD, "|---|---|---:|---|---:|---:|---|---:|---:|---:|---:|"]
+    for sl in FIT_SLICES:
+        for preset, long in (("base", False), ("large", False), ("base", True), ("large", True)):
+            lines.append(_fit_row(sl, preset, long))
+    return "\n".join(lines)
+
+
+def test_the_fit_table_in_docs_is_the_records():
+    text = (ROOT / "docs" / "tpu.md").read_text()
+    assert FIT_TABLE_MARK in text, "docs/tpu.md lost its fit table"
+    after = text.split(FIT_TABLE_MARK, 1)[1].lstrip("\n").split("\n\n", 1)[0]
+    assert after.strip() == fit_table(), (
+        "docs/tpu.md's fit table differs from docs/plan/: paste `python tests/test_tpu_recipes.py`")
+
+
+if __name__ == "__main__":
+    print(fit_table())
