@@ -68,3 +68,11 @@ def test_the_package_builds_with_the_console_script(tmp_path):
     assert "bertjax = bertjax.__main__:main" in entry
     assert "bertjax/train/step.py" in names and "launch/tpu.py" in names
     assert not any(n.startswith(("tests/", "configs/")) for n in names)
+
+
+def test_python_m_bertjax_plan_is_the_plan_command():
+    a = _run("-m", "bertjax.plan", "--config=configs/bert_tiny.py", "--topology=v9z:2x2")
+    b = _run("-m", "bertjax", "plan", "--config=configs/bert_tiny.py", "--topology=v9z:2x2")
+    assert a.returncode == b.returncode != 0, a.stderr[-2000:]
+    assert a.stderr.strip().splitlines()[-1] == b.stderr.strip().splitlines()[-1]
+    assert len(a.stderr.strip().splitlines()) == 1 and "v9z" in a.stderr
