@@ -9,6 +9,7 @@ import json
 import logging as py_logging
 import os
 import sys
+import warnings
 
 # TensorFlow (the input pipeline) is noisy at start-up on machines without its accelerators.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -87,6 +88,25 @@ def _drop_closed_loop_callbacks(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+_ORBAX = f"{os.sep}orbax{os.sep}"
+# Orbax's per-array write coroutine; after a failed save some are never awaited.
+_ORBAX_UNAWAITED = "coroutine 'async_serialize_from_host"
+
+
+class _DropOrbaxEchoes(py_logging.Filter):
+    """A failed background save is logged many times over before bertjax's Checkpointer reports
+    it as the run's one error line (with the cause): by Orbax's threads, a traceback per thread,
+    and by asyncio, once per sibling write task of Orbax's whose failure nobody retrieved (when
+    the task is garbage-collected, which under load can come before the error line).
+    --verbosity=0 shows them again; unretrieved tasks of any other code are still logged."""
+
+    def filter(self, record):
+        if record.name == "asyncio":
+            text = record.getMessage()
+            return not (text.startswith("Task exception was never retrieved") and _ORBAX in text)
+        return not (record.levelno >= py_logging.ERROR and _ORBAX in (record.pathname or ""))
+
+
 def run(main, define_flags=None) -> None:
     """absl app.run with one-line errors for flags and UserError. `define_flags` defines the
     command's flags first: entrypoints never define them at import."""
@@ -97,15 +117,9 @@ def run(main, define_flags=None) -> None:
         # Orbax logs every save step at INFO through absl; our progress line says what matters.
         if not FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
-            # A failed background save is logged by Orbax's threads with a traceback per thread
-            # (five or more), before bertjax's Checkpointer reports it as the run's one error line
-            # (with the cause). --verbosity=0 shows them again.
-            class _DropOrbaxErrors(py_logging.Filter):
-                def filter(self, record):
-                    return not (record.levelno >= py_logging.ERROR and
-                                f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
-
-            py_logging.getLogger("absl").addFilter(_DropOrbaxErrors())
+            py_logging.getLogger("absl").addFilter(_DropOrbaxEchoes())
+            py_logging.getLogger("asyncio").addFilter(_DropOrbaxEchoes())
+            warnings.filterwarnings("ignore", message=_ORBAX_UNAWAITED, category=RuntimeWarning)
             sys.unraisablehook = _drop_closed_loop_callbacks
         return main(argv)
 

@@ -110,3 +110,45 @@ def test_enum_typo_stops_pretrain_before_anything_is_built(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "cosine" in proc.stderr
     assert not workdir.exists()
+
+
+# A run of cli.run whose main leaves one failed, unretrieved asyncio task in an Orbax coroutine
+# (what a failed checkpoint save leaves behind, one per array) and one in its own code, then
+# fails as the Checkpointer does. The echo of Orbax's failure is logged when the task is
+# garbage-collected, which here is forced to come before the error line.
+_ECHO_SCRIPT = """
+import asyncio, gc
+from orbax.checkpoint._src import asyncio_utils
+from bertjax import cli
+from bertjax.errors import UserError
+
+async def disk_full():
+    raise OSError(28, "No space left on device")
+
+async def ours():
+    raise ValueError("a failure of our own task")
+
+async def leave_unretrieved():
+    asyncio.ensure_future(asyncio_utils.cancellable(disk_full()))
+    asyncio.ensure_future(ours())
+    await asyncio.sleep(0.05)
+
+def main(argv):
+    asyncio.run(leave_unretrieved())
+    gc.collect()
+    raise UserError("checkpoint save of step 2 failed (disk full)")
+
+cli.run(main)
+"""
+
+
+@pytest.mark.parametrize("verbosity", [None, "0"])
+def test_orbax_task_echoes_are_dropped_and_other_tasks_still_logged(verbosity):
+    args = [] if verbosity is None else [f"--verbosity={verbosity}"]
+    r = subprocess.run([sys.executable, "-c", _ECHO_SCRIPT, *args], cwd=ROOT, capture_output=True,
+                       text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and errors == ["error: checkpoint save of step 2 failed (disk full)"]
+    assert "a failure of our own task" in r.stderr, r.stderr  # not Orbax's: still logged
+    orbax_echo = "No space left on device" in r.stderr
+    assert orbax_echo == (verbosity is not None), r.stderr  # --verbosity shows Orbax's again
