@@ -16,9 +16,9 @@ Choices (none of them measured on a TPU):
   ahead of time and found them to fit (compiled memory, not a TPU run; docs/tpu.md, "Will it
   fit", has the table, with the largest per-chip batch that fits where a sweep has found it, and
   docs/plan/ the raw rows, which tests/test_tpu_recipes.py checks these numbers against), on the
-  single-host v4-8, v5e-4, v5p-8 and v6e-4 and the multi-host v4-16, v5e-16, v5p-16 and v6e-16.
-  Not compiled yet: every other slice (e.g. v5e-8, v6e-8, v4-32), which gets the same per-chip
-  batch.
+  single-host v4-8, v5e-4, v5p-8, v6e-4, v5e-8 and v6e-8 and the multi-host v4-16, v4-32,
+  v5e-16, v5p-16 and v6e-16. Not compiled: every other slice (e.g. v5p-32), which gets the same
+  per-chip batch.
 - Bigger slices keep the per-chip batch, so the global batch grows with the slice. The learning
   rate follows the square-root rule for Adam from 1e-4 at 256, and steps (total, warmup) shrink
   in proportion so the run sees as many sequences as the 256-batch recipe.
