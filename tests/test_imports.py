@@ -16,7 +16,6 @@ LAZY_OK = (
     "torch", "transformers", "gensim", "matplotlib", "sentencepiece", "orbax",
     "jax.experimental.pallas",
     "bertjax.data.pipeline",  # TensorFlow
-    "bertjax.data.prepare_beam",  # the cycle prepare <-> prepare_beam
     "bertjax.interop.model_io", "bertjax.tools.embed",  # Orbax (tools/export.load_export)
     "bertjax.interop.tf_checkpoint",  # TensorFlow
     "bertjax.text.sentencepiece_tok",  # sentencepiece

@@ -4,12 +4,12 @@
         --max_seq_length=128 --max_predictions_per_seq=20 --masking=static --dupe_factor=10 \\
         --num_workers=8
 
-Each input file (or a TFDS dataset, as one unit) is a unit of work (_run_source) for one worker.
-A worker streams its documents, tokenizes them, builds instances (bertjax.data.instances) and
-writes one output shard per duplication pass: part-IIIII-pass-PPP.rec. Memory per worker is bounded
-by the instance builder's document pool and a batch of records, never by the corpus. With several passes
-the tokenized documents are spilled once to a temporary cache file and re-read, rather than
-tokenized again.
+Each input file (or a TFDS dataset, as one unit) is a unit of work (prepare_units.run_source) for
+one worker. A worker streams its documents, tokenizes them, builds instances
+(bertjax.data.instances) and writes one output shard per duplication pass: part-IIIII-pass-PPP.rec.
+Memory per worker is bounded by the instance builder's document pool and a batch of records, never
+by the corpus. With several passes the tokenized documents are spilled once to a temporary cache
+file and re-read, rather than tokenized again.
 
 A shard is written under a temporary name, renamed when complete, and only then marked by a
 SHARD.done JSON (its parameters, record count, sha256, statistics). A re-run skips shards whose
@@ -20,8 +20,8 @@ metadata.json is always whole.
 
 Two runners do the same units: --runner=local (default), a process pool on this machine, and
 --runner=beam, an Apache Beam pipeline (prepare_beam.py) on DirectRunner or, given --beam_options,
-Dataflow, Flink or Spark. Both write the same bytes. Inputs and output_dir may be gs:// URLs
-(storage.py).
+Dataflow, Flink or Spark. Both run the same units (prepare_units.py) and write the same bytes.
+Inputs and output_dir may be gs:// URLs (storage.py).
 
 Before anything is written the corpus is read once and validated (corpus_stats, validate_for_pairs):
 a missing or empty input, bytes that are not UTF-8, a bad vocabulary, or a one-document corpus with
@@ -34,52 +34,23 @@ import io
 import json
 import multiprocessing
 import os
-import pickle
-import socket
 import sys
 import tempfile
 import time
-from array import array
 
 import numpy as np
 from absl import flags
 from etils import epath
 
-from bertjax.data import corpus, instances, masking, records, storage
+from bertjax.data import corpus, masking, prepare_beam, records, storage
+from bertjax.data import prepare_units as units
+from bertjax.data.prepare_units import Options, Plan, echo, shard_name
 from bertjax.errors import UserError
-from bertjax.text import load_tokenizer
 
 METADATA = "metadata.json"
 CONTINUATION = "continuation.npy"
 VOCAB_DIR = "vocab"
 RUNNERS = ("local", "beam")
-_BATCH = 512  # instances per numpy masking/writing batch
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    input: str
-    vocab: str
-    output_dir: str
-    max_seq_length: int = 128
-    max_predictions_per_seq: int = 20
-    masking: str = "static"
-    dupe_factor: int = 10
-    short_seq_prob: float = 0.1
-    masked_lm_prob: float = 0.15
-    whole_word_masking: bool = False
-    mask_budget: str = "sequence"  # masking.BUDGETS: "sequence" is the original's rule
-    nsp: bool = True
-    num_workers: int = 1
-    seed: int = 12345
-    format: str = "auto"
-    text_field: str = "text"
-    doc_unit: str = "paragraph"
-    tfds_data_dir: str = ""
-    tfds_split: str = "train"
-    partner_pool: int = 100  # documents random B is drawn from, per worker (instances.PartnerPool)
-    runner: str = "local"  # local: a process pool here; beam: an Apache Beam pipeline
-    beam_options: str = ""  # Beam pipeline options, as on a command line
 
 
 def _check_options(o: Options) -> None:
@@ -117,216 +88,13 @@ def _sources(o: Options) -> list[str]:
             for p in corpus.expand_inputs(o.input)]
 
 
-def _documents(o: Options, source: str):
-    return corpus.iter_documents(source, o.format, text_field=o.text_field, doc_unit=o.doc_unit,
-                                 data_dir=o.tfds_data_dir, split=o.tfds_split)
-
-
 def _source_identity(source: str, tfds_data_dir: str = "") -> dict:
     if source.startswith("tfds:"):
         return {"source": source, "data_dir": os.path.abspath(tfds_data_dir) if tfds_data_dir else ""}
     return storage.identity(source)
 
 
-def shard_name(index: int, dupe_pass: int) -> str:
-    return f"part-{index:05d}-pass-{dupe_pass:03d}{records.SHARD_SUFFIX}"
-
-
 # ------------------------------------------------------------------------------ worker process
-
-_TOKENIZERS: dict = {}
-
-
-def _tokenizer(vocab: str):
-    if vocab not in _TOKENIZERS:
-        _TOKENIZERS[vocab] = load_tokenizer(vocab)
-    return _TOKENIZERS[vocab]
-
-
-def _encode(tok, sentences: list[str]) -> list[array]:
-    # One encode per sentence: measured as fast as the tokenizers' batch call on one core, and it
-    # leaves the other cores to the other workers.
-    out = []
-    for s in sentences:
-        ids = tok.encode(s)
-        if ids:
-            out.append(array("i", ids))
-    return out
-
-
-def _tokenized(o: Options, tok, index: int, source: str):
-    """(doc_id, sentences as array('i')) for one source; doc_id = (index << 32) | document number."""
-    for number, sentences in enumerate(_documents(o, source)):
-        yield (index << 32) | number, _encode(tok, sentences)
-
-
-def _seed_documents(o: Options, tok, index: int, source: str) -> list:
-    """The first documents of another input, as extra partners for random next sentences: at most
-    partner_pool documents and 64 * max_seq_length tokens, so an input of books costs a few pages
-    of tokenizing, not a book."""
-    budget = 64 * o.max_seq_length
-    seeds, total = [], 0
-    for number, sentences in enumerate(_documents(o, source)):
-        doc = []
-        for sentence in sentences:
-            ids = tok.encode(sentence)
-            if ids:
-                doc.append(array("i", ids))
-                total += len(ids)
-            if total >= budget:
-                break
-        if doc:
-            seeds.append(((index << 32) | number, doc))
-        if total >= budget or len(seeds) >= o.partner_pool:
-            break
-    return seeds
-
-
-def _source_stats(job) -> dict:
-    o, source = job
-    return corpus.corpus_stats(_documents(o, source))
-
-
-class _Cache:
-    """Tokenized documents spilled to a temporary file, so later passes need not tokenize again."""
-
-    def __init__(self, path: str, docs):
-        self.path = path
-        with open(path, "wb") as f:
-            for item in docs:
-                pickle.dump(item, f, protocol=pickle.HIGHEST_PROTOCOL)
-
-    def __iter__(self):
-        with open(self.path, "rb") as f:
-            while True:
-                try:
-                    yield pickle.load(f)
-                except EOFError:
-                    return
-
-    def remove(self):
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-
-
-def _to_records(batch: list, first_id: int, o: Options, tok, spec: masking.MaskSpec,
-                dtype: np.dtype, dupe_pass: int, stats: dict) -> np.ndarray:
-    n, s = len(batch), o.max_seq_length
-    rec = np.zeros(n, dtype)
-    tokens = np.full((n, s), tok.pad_id, np.int32)
-    lengths = np.zeros(n, np.int32)
-    for k, inst in enumerate(batch):
-        tokens[k, :len(inst.tokens)] = inst.tokens
-        lengths[k] = len(inst.tokens)
-        rec["segment_start"][k] = inst.segment_start
-        rec["next_sentence_label"][k] = inst.is_random_next
-        rec["a_doc"][k] = inst.a_doc
-        rec["b_doc"][k] = inst.b_doc
-        stats["short_target"] += inst.short_target
-    ids = first_id + np.arange(n, dtype=np.int64)
-    rec["example_id"] = ids
-    rec["length"] = lengths
-    # Static masks are keyed by the pass as the epoch; dynamic data gets its epoch-0 masks counted
-    # (not stored) so metadata reports the masked share either way.
-    m = masking.mask_batch_np(tokens, lengths, ids, dupe_pass if o.masking == "static" else 0,
-                              o.seed, spec)
-    pos = np.arange(s)[None, :]
-    cand = ((pos < lengths[:, None]) & (tokens != tok.cls_id) & (tokens != tok.sep_id)).sum(1)
-    weights = m["masked_lm_weights"] > 0
-    stats["instances"] += n
-    stats["random_next"] += int(rec["next_sentence_label"].sum())
-    stats["tokens"] += int(lengths.sum())
-    stats["candidates"] += int(cand.sum())
-    stats["masked"] += int(weights.sum())
-    base = lengths if spec.budget == "sequence" else cand
-    stats["capped"] += int((np.rint(base * o.masked_lm_prob) > o.max_predictions_per_seq).sum())
-    chosen = np.take_along_axis(m["input_ids"], m["masked_lm_positions"], axis=1)
-    stats["mask_token"] += int((weights & (chosen == tok.mask_id)).sum())
-    stats["kept"] += int((weights & (chosen == m["masked_lm_ids"])).sum())
-    if o.masking == "static":
-        rec["tokens"] = m["input_ids"]
-        rec["masked_positions"] = m["masked_lm_positions"]
-        rec["masked_ids"] = m["masked_lm_ids"]
-        rec["num_masked"] = weights.sum(1)
-    else:
-        rec["tokens"] = tokens
-    return rec
-
-
-def _build_shard(o: Options, tok, spec, dtype, index: int, dupe_pass: int, docs, seeds,
-                 path: str, params: dict) -> dict:
-    stats = dict.fromkeys(("instances", "random_next", "tokens", "short_target", "candidates",
-                           "masked", "capped", "mask_token", "kept"), 0)
-    counts = instances.BuildCounts()
-    rng = np.random.default_rng([o.seed, index, dupe_pass])
-    common = dict(max_seq_length=o.max_seq_length, short_seq_prob=o.short_seq_prob,
-                  cls_id=tok.cls_id, sep_id=tok.sep_id, rng=rng, counts=counts)
-    if o.nsp:
-        stream = instances.pair_instances(docs, pool_size=o.partner_pool, seed_documents=seeds,
-                                          **common)
-    else:
-        stream = instances.packed_instances(docs, **common)
-    first_id = (index << 40) | (dupe_pass << 32)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    with records.ShardWriter(path) as writer:
-
-        def flush(batch):
-            if writer.records + len(batch) > 1 << 32:
-                # Example ids hold the instance number in 32 bits (see records.py).
-                raise UserError(f"input {index} makes over 2**32 instances in one pass; split it "
-                                "into smaller files")
-            writer.write(_to_records(batch, first_id + writer.records, o, tok, spec, dtype,
-                                     dupe_pass, stats))
-
-        batch = []
-        for inst in stream:
-            batch.append(inst)
-            if len(batch) == _BATCH:
-                flush(batch)
-                batch = []
-        if batch:
-            flush(batch)
-    # Which machine and process built it: run-specific, like the timings, and kept out of the
-    # shard and metadata.json for that reason.
-    stats["worker"] = f"{socket.gethostname()}:{os.getpid()}"
-    stats.update(documents=counts.documents, sentences=counts.sentences,
-                 dropped_chunks=counts.dropped_chunks, forced_random=counts.forced_random,
-                 seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start)
-    done = {"params": params, "records": writer.records, "bytes": writer.bytes,
-            "sha256": writer.sha256, "stats": stats}
-    storage.write_atomic(path + ".done", json.dumps(done, indent=1, sort_keys=True) + "\n")
-    return done
-
-
-def _run_source(job) -> list[tuple[str, dict]]:
-    """Builds the pending passes of one source. Runs in a worker process (or in-process)."""
-    o, index, source, neighbour, pending, params_by_pass = job
-    tok = _tokenizer(o.vocab)
-    spec = _mask_spec(o, tok)
-    dtype = _record_dtype(o, tok)
-    seeds = []
-    if o.nsp and neighbour is not None:
-        seeds = _seed_documents(o, tok, *neighbour)
-    out = []
-    cache = None
-    try:
-        if len(pending) > 1:
-            # Next to the shards (the disk meant for them), or on the worker's disk for a bucket.
-            where = tempfile.gettempdir() if storage.is_remote(o.output_dir) else o.output_dir
-            cache_path = os.path.join(where, f".cache-{index:05d}.{os.getpid()}.tmp")
-            cache = _Cache(cache_path, _tokenized(o, tok, index, source))
-        for p in pending:
-            docs = cache if cache is not None else _tokenized(o, tok, index, source)
-            path = storage.join(o.output_dir, shard_name(index, p))
-            t0 = time.perf_counter()
-            done = _build_shard(o, tok, spec, dtype, index, p, docs, seeds, path, params_by_pass[p])
-            done["stats"]["wall_seconds"] = time.perf_counter() - t0
-            out.append((storage.basename(path), done))
-    finally:
-        if cache is not None:
-            cache.remove()
-    return out
-
 
 def _init_worker():
     # Workers only read text and write numpy records; keep their logs quiet and single-threaded.
@@ -334,17 +102,6 @@ def _init_worker():
 
 
 # ------------------------------------------------------------------------------- main process
-
-
-def _mask_spec(o: Options, tok) -> masking.MaskSpec:
-    return masking.spec_from_tokenizer(tok, max_predictions=o.max_predictions_per_seq,
-                                       rate=o.masked_lm_prob, whole_word=o.whole_word_masking,
-                                       budget=o.mask_budget)
-
-
-def _record_dtype(o: Options, tok) -> np.dtype:
-    return records.record_dtype(o.max_seq_length, o.max_predictions_per_seq,
-                                records.token_dtype_name(tok.vocab_size), o.masking == "static")
 
 
 def _common_params(o: Options, tok) -> dict:
@@ -368,13 +125,6 @@ def _common_params(o: Options, tok) -> dict:
     }
 
 
-def _load_done(path: str) -> dict | None:
-    try:
-        return json.loads(storage.read_bytes(path + ".done").decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-
-
 def _is_complete(path: str, params: dict, record_bytes: int,
                  sizes: dict | None = None) -> dict | None:
     """The shard's .done when the shard is complete for these parameters, else None. `sizes`
@@ -388,7 +138,7 @@ def _is_complete(path: str, params: dict, record_bytes: int,
         return None
     else:
         size = storage.size(path)
-    done = _load_done(path)
+    done = units.load_done(path)
     if not done or done.get("params") != params:
         return None
     if size != done["records"] * record_bytes:
@@ -401,21 +151,6 @@ def _clean_temporaries(output_dir: str) -> int:
     for path in stale:
         storage.remove(path)
     return len(stale)
-
-
-def _merge_stats(parts: list[dict]) -> dict:
-    total = corpus.corpus_stats(())
-    if not parts:
-        return total
-    for key in ("documents", "sentences", "characters", "single_sentence_documents"):
-        total[key] = sum(p[key] for p in parts)
-    total["sentences_per_document_mean"] = (total["sentences"] / total["documents"]
-                                            if total["documents"] else 0.0)
-    nonempty = [p for p in parts if p["documents"]]
-    total["sentences_per_document_min"] = min((p["sentences_per_document_min"] for p in nonempty),
-                                              default=0)
-    total["sentences_per_document_max"] = max(p["sentences_per_document_max"] for p in parts)
-    return total
 
 
 def _summary(dones: list[dict]) -> dict:
@@ -439,30 +174,6 @@ def _summary(dones: list[dict]) -> dict:
         "kept_share": t["kept"] / masked,
         "random_token_share": (t["masked"] - t["mask_token"] - t["kept"]) / masked,
     }
-
-
-def _print(message: str) -> None:
-    print(message, flush=True)
-
-
-@dataclasses.dataclass
-class Plan:
-    """What a run must do, worked out in the main process before any runner starts: the inputs,
-    every shard with the parameters its .done must hold, and the units of work (one per input
-    file with its pending passes) that either runner hands to _run_source."""
-
-    options: Options
-    tokenizer: object
-    sources: list
-    identities: list  # _source_identity of each source
-    dtype: np.dtype
-    common: dict
-    shards: list  # (path, params) for every shard of the finished data
-    jobs: list  # _run_source arguments, one per input with pending passes
-
-    @property
-    def pending(self) -> int:
-        return sum(len(job[4]) for job in self.jobs)
 
 
 def _local_vocab(path: str) -> str:
@@ -494,16 +205,16 @@ def plan(o: Options) -> Plan:
     if not storage.is_remote(o.output_dir):
         o = dataclasses.replace(o, output_dir=os.path.abspath(o.output_dir))
     o = dataclasses.replace(o, vocab=_local_vocab(o.vocab))
-    tok = _tokenizer(o.vocab)
+    tok = units.cached_tokenizer(o.vocab)
     sources = _sources(o)
     storage.makedirs(o.output_dir)
     meta_path = storage.join(o.output_dir, METADATA)
     storage.remove(meta_path)  # the directory is incomplete until this run finishes
     removed = _clean_temporaries(o.output_dir)
     if removed:
-        _print(f"removed {removed} temporary file(s) left by an interrupted run")
+        echo(f"removed {removed} temporary file(s) left by an interrupted run")
 
-    dtype = _record_dtype(o, tok)
+    dtype = units.record_dtype(o, tok)
     common = _common_params(o, tok)
     jobs, shards = [], []
     sizes = storage.file_sizes(o.output_dir)
@@ -527,18 +238,6 @@ def plan(o: Options) -> Plan:
     return Plan(o, tok, sources, identities, dtype, common, shards, jobs)
 
 
-def _announce(pl: Plan, workers: str) -> None:
-    skipped = len(pl.shards) - pl.pending
-    _print(f"{len(pl.shards)} shard(s) from {len(pl.sources)} input(s): {skipped} already "
-           f"complete, {pl.pending} to build with {workers}")
-
-
-def _print_shard(name: str, done: dict) -> None:
-    st = done["stats"]
-    _print(f"{name}: {done['records']} instances, {st['documents']} documents, "
-           f"{st.get('wall_seconds', st['seconds']):.1f}s")
-
-
 def _run_local(pl: Plan) -> dict:
     """The process-pool runner: validation pass, then the pending units; returns corpus stats."""
     o, sources, jobs = pl.options, pl.sources, pl.jobs
@@ -550,15 +249,15 @@ def _run_local(pl: Plan) -> dict:
     try:
         mapper = pool.imap if pool else map
         t0 = time.perf_counter()
-        per_source = list(mapper(_source_stats, [(o, s) for s in sources]))
-        stats = _merge_stats(per_source)
-        _print("corpus: " + json.dumps(stats) + f" ({time.perf_counter() - t0:.1f}s)")
+        per_source = list(mapper(units.source_stats, [(o, s) for s in sources]))
+        stats = units.merge_stats(per_source)
+        echo("corpus: " + json.dumps(stats) + f" ({time.perf_counter() - t0:.1f}s)")
         corpus.validate_for_pairs(stats, nsp=o.nsp)
-        _announce(pl, f"{max(workers, 1)} worker(s)")
+        units.announce(pl, f"{max(workers, 1)} worker(s)")
         unordered = pool.imap_unordered if pool else map
-        for built in unordered(_run_source, jobs):
+        for built in unordered(units.run_source, jobs):
             for name, done in built:
-                _print_shard(name, done)
+                units.print_shard(name, done)
     finally:
         if pool is not None:
             pool.terminate()
@@ -609,9 +308,9 @@ def finish(pl: Plan, stats: dict) -> dict:
     }
     meta_path = storage.join(o.output_dir, METADATA)
     storage.write_atomic(meta_path, json.dumps(metadata, indent=1) + "\n")
-    _print("stats: " + json.dumps(metadata["stats"]))
-    _print(f"wrote {metadata['stats']['instances']} instances in {len(dones)} shard(s) and "
-           f"{meta_path}")
+    echo("stats: " + json.dumps(metadata["stats"]))
+    echo(f"wrote {metadata['stats']['instances']} instances in {len(dones)} shard(s) and "
+         f"{meta_path}")
     return metadata
 
 
@@ -619,8 +318,6 @@ def prepare(o: Options) -> dict:
     """Runs prepare end to end and returns the metadata written to OUTPUT_DIR/metadata.json."""
     pl = plan(o)
     if pl.options.runner == "beam":
-        from bertjax.data import prepare_beam  # builds on this module (an import cycle)
-
         stats = prepare_beam.run(pl)
     else:
         stats = _run_local(pl)
@@ -661,8 +358,8 @@ def verify(output_dir: str) -> dict:
         raise UserError(bad[0] + more)
     summary = {"shards": len(meta["shards"]), "bytes": total, "seconds": seconds,
                "mb_per_second": total / 1e6 / max(seconds, 1e-9)}
-    _print(f"verified {summary['shards']} shard(s), {total} bytes in {seconds:.2f}s "
-           f"({summary['mb_per_second']:.0f} MB/s): all match what prepare recorded")
+    echo(f"verified {summary['shards']} shard(s), {total} bytes in {seconds:.2f}s "
+         f"({summary['mb_per_second']:.0f} MB/s): all match what prepare recorded")
     return summary
 
 
@@ -728,7 +425,7 @@ if __name__ == "__main__":
     from bertjax.data import prepare as _module
     from bertjax.errors import user_errors_exit
 
-    # Run the imported module, not __main__: Beam pickles Options and the unit functions by their
-    # module name, which a worker process can import only as bertjax.data.prepare.
+    # Run the imported module, not __main__: worker processes unpickle what they run by its module
+    # name (the pool's initializer here, the units in prepare_units), which must be importable.
     _module._define_flags()
     sys.exit(app.run(user_errors_exit(_module.main)))

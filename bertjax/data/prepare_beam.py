@@ -1,11 +1,11 @@
-"""prepare's Beam runner: the units of work of prepare.py as an Apache Beam pipeline.
+"""prepare's Beam runner: the units of work of prepare_units.py as an Apache Beam pipeline.
 
     bertjax prepare --runner=beam --input='gs://B/corpus/*.txt' --vocab=vocab.txt \\
         --output_dir=gs://B/data128 [--beam_options="--runner=DataflowRunner --project=P ..."]
 
 The main process plans (prepare.plan: options, vocabulary, the shards still to build) and finishes
 (prepare.finish: verifies every shard, writes metadata.json last); only the per-file work runs in
-the pipeline, through the very functions the local runner calls:
+the pipeline, through the very functions the local runner calls (prepare_units.py):
 
     inputs -> reshuffle -> corpus_stats per file --\\
                                                    +-> merge, validate (one element) --(side input)
@@ -35,7 +35,8 @@ import shutil
 import sys
 import tempfile
 
-from bertjax.data import corpus, prepare, storage
+from bertjax.data import corpus, storage
+from bertjax.data import prepare_units as units
 from bertjax.errors import UserError
 from bertjax.store.files import write_atomic
 from bertjax.text import resolve_tokenizer_file
@@ -91,12 +92,12 @@ def _marked():
 def _unit_stats(item):
     index, o, source = item
     with _marked():
-        return index, prepare._source_stats((o, source))
+        return index, units.source_stats((o, source))
 
 
 def _validate(per_source, o, stats_path):
     with _marked():
-        stats = prepare._merge_stats([s for _, s in sorted(per_source, key=lambda x: x[0])])
+        stats = units.merge_stats([s for _, s in sorted(per_source, key=lambda x: x[0])])
         # Warnings are printed once, by the main process; a refusal raises here.
         with contextlib.redirect_stderr(io.StringIO()):
             corpus.validate_for_pairs(stats, nsp=o.nsp)
@@ -108,11 +109,11 @@ def _unit_build(job, vocab: VocabFiles, identity: dict, validated: int):
     del validated  # only orders this stage after validation
     with _marked():
         o = dataclasses.replace(job[0], vocab=vocab.local())
-        tok = prepare._tokenizer(o.vocab)
+        tok = units.cached_tokenizer(o.vocab)
         if tok.identity() != identity:
             raise UserError("the vocabulary a worker loaded differs from the one checked at the "
                             "start; do not change the vocabulary while prepare runs")
-        return [name for name, _ in prepare._run_source((o, *job[1:]))]
+        return [name for name, _ in units.run_source((o, *job[1:]))]
 
 
 def _user_message(error: BaseException) -> str | None:
@@ -150,7 +151,7 @@ def _stderr_to(path: str):
         os.close(saved)
 
 
-def pipeline_args(pl: prepare.Plan) -> list[str]:
+def pipeline_args(pl: units.Plan) -> list[str]:
     o = pl.options
     if o.beam_options:
         return shlex.split(o.beam_options)
@@ -159,12 +160,12 @@ def pipeline_args(pl: prepare.Plan) -> list[str]:
             "--direct_running_mode=multi_processing"]
 
 
-def run(pl: prepare.Plan) -> dict:
+def run(pl: units.Plan) -> dict:
     """Runs the validation pass and the pending units on Beam; returns the corpus statistics."""
     o = pl.options
     args = pipeline_args(pl)
     runner = next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), "DirectRunner")
-    prepare._announce(pl, f"Beam {runner} ({' '.join(args)})")
+    units.announce(pl, f"Beam {runner} ({' '.join(args)})")
     vocab = VocabFiles.read(o.vocab)
     stats_path = storage.join(o.output_dir, STATS_FILE)
     # One scratch directory for the run, as TMPDIR of this process and of the workers it starts
@@ -187,7 +188,7 @@ def run(pl: prepare.Plan) -> dict:
         if message is not None:
             raise UserError(message) from None  # the one line says it all
         keep = True
-        prepare._print(f"Beam failed; its log is {log_path}")
+        units.echo(f"Beam failed; its log is {log_path}")
         raise
     finally:
         if saved[0] is None:
@@ -203,12 +204,12 @@ def run(pl: prepare.Plan) -> dict:
     stats = json.loads(storage.read_bytes(stats_path))
     storage.remove(stats_path)
     _print_built(pl)
-    prepare._print("corpus: " + json.dumps(stats))
+    units.echo("corpus: " + json.dumps(stats))
     corpus.validate_for_pairs(stats, nsp=o.nsp)  # its warnings, on this terminal
     return stats
 
 
-def _run_pipeline(pl: prepare.Plan, args: list[str], vocab: VocabFiles, stats_path: str) -> None:
+def _run_pipeline(pl: units.Plan, args: list[str], vocab: VocabFiles, stats_path: str) -> None:
     # Beam takes seconds to import and only --runner=beam needs it; this module's helpers are
     # imported by the workers without it.
     import apache_beam as beam
@@ -238,10 +239,10 @@ def _run_pipeline(pl: prepare.Plan, args: list[str], vocab: VocabFiles, stats_pa
     p.run().wait_until_finish()
 
 
-def _print_built(pl: prepare.Plan) -> None:
+def _print_built(pl: units.Plan) -> None:
     for job in pl.jobs:
         for p in job[4]:
-            path = storage.join(pl.options.output_dir, prepare.shard_name(job[1], p))
-            done = prepare._load_done(path)
+            path = storage.join(pl.options.output_dir, units.shard_name(job[1], p))
+            done = units.load_done(path)
             if done is not None:
-                prepare._print_shard(storage.basename(path), done)
+                units.print_shard(storage.basename(path), done)
