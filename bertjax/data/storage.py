@@ -21,7 +21,7 @@ import os
 import re
 
 from bertjax.errors import UserError
-from bertjax.store.files import write_atomic as local_write
+from bertjax.store import files
 
 # google-cloud-storage and google.api_core are imported inside the functions that reach gs://:
 # they take 0.4 s, and local prepare runs and each of their worker processes never need them.
@@ -240,20 +240,20 @@ def hidden_temporaries(directory: str) -> list[str]:
     return glob.glob(os.path.join(directory, ".*.tmp"))
 
 
-def write_atomic(path: str, data: bytes | str) -> str:
-    """All or nothing: locally a temporary file renamed into place; on GCS one upload, which makes
-    no object until it has all the bytes."""
-    if not is_remote(path):
-        return local_write(path, data)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
+def upload(url: str, data: bytes) -> None:
+    """One upload to gs://: GCS makes no object until it has all the bytes, so it is all or
+    nothing (what write_atomic needs) without TensorFlow."""
     from google.api_core import exceptions
 
     try:
-        _blob(path).upload_from_string(data, retry=_retry())
+        _blob(url).upload_from_string(data, retry=_retry())
     except exceptions.GoogleAPIError as e:
-        raise _storage_error(path, e) from None
-    return path
+        raise _storage_error(url, e) from None
+
+
+def write_atomic(path: str, data: bytes | str) -> str:
+    """store.files.write_atomic, with gs:// written by `upload` (no TensorFlow in the workers)."""
+    return files.write_atomic(path, data, gcs_upload=upload)
 
 
 def publish(local_tmp: str, path: str, tmp_name: str) -> None:

@@ -5,6 +5,7 @@ import hashlib
 import os
 import tempfile
 import uuid
+from collections.abc import Callable
 
 from etils import epath
 
@@ -19,14 +20,25 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def write_atomic(path: str, data: bytes | str) -> str:
-    """Writes to a hidden temporary file in the same directory, then renames it into place, so a
-    reader never sees a half-written file under the final name. A URL (gs://...) goes through
-    etils.epath: an object appears whole when its upload ends, and the rename keeps that."""
+def write_atomic(path: str | os.PathLike, data: bytes | str, *,
+                 gcs_upload: Callable[[str, bytes], object] | None = None) -> str:
+    """Writes all or nothing; the one write_atomic of bertjax (the workdir and prepare's storage
+    use this one). A local path: a hidden temporary file in the same directory, renamed into place,
+    so a reader never sees a half-written file under the final name. A URL (gs://...) goes through
+    etils.epath: an object appears whole when its upload ends, and the rename keeps that.
+
+    gcs_upload, when given, writes gs:// URLs instead of etils.epath (which reaches gs:// through
+    TensorFlow where it is installed): data/storage.py passes its google-cloud-storage upload, one
+    request that makes no object until it has all the bytes, so prepare's workers never load
+    TensorFlow. Returns PATH as a string."""
+    path = os.fspath(path)
     if isinstance(data, str):
         data = data.encode("utf-8")
-    if "://" in os.fspath(path):
-        return _write_atomic_url(os.fspath(path), data)
+    if gcs_upload is not None and path.startswith("gs://"):
+        gcs_upload(path, data)
+        return path
+    if "://" in path:
+        return _write_atomic_url(path, data)
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)

@@ -28,7 +28,7 @@ from etils import epath
 from bertjax.errors import UserError
 from bertjax.interop import hf_dir, hf_layout
 from bertjax.interop.params import task_from_hf_config
-from bertjax.store import files
+from bertjax.store.files import write_atomic  # also wd.write_atomic for the workdir's writers
 from bertjax.text import check_identity as compare
 
 CONFIG_FILE = "config.json"
@@ -42,10 +42,6 @@ PARAMS_ITEM = "params"
 BEST_DIR = "best"
 BEST_FILE = "best.json"
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def write_atomic(path: str | epath.PathLike, data: bytes | str) -> None:
-    files.write_atomic(os.fspath(path), data)
 
 
 def read_json(path: str | epath.PathLike) -> dict | None:
