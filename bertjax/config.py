@@ -11,6 +11,7 @@ from bertjax.model.attention import BACKENDS
 from bertjax.model.bert import TASK_MODELS
 from bertjax.model.encoder import ACTIVATIONS, DTYPES, REMAT_POLICIES
 from bertjax.model.presets import PRESETS
+from bertjax.train.objectives import OBJECTIVES
 from bertjax.train.optim import OPTIMIZERS, SCHEDULES
 
 
@@ -95,6 +96,9 @@ def base_config(preset: str = "base") -> mlc.ConfigDict:
             plot=True,
         )
     )
+    # What the step computes (bertjax.train.objectives.OBJECTIVES); "auto" = what the run is:
+    # mlm_nsp or mlm from the prepared data, the task family's objective when fine-tuning.
+    c.objective = mlc.ConfigDict(dict(name="auto"))
     c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.distributed = mlc.ConfigDict(
         dict(
@@ -198,6 +202,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": DTYPES,
     "model.param_dtype": DTYPES,
     "optim.name": tuple(OPTIMIZERS),
+    "objective.name": ("auto", *OBJECTIVES),
     "optim.schedule": tuple(SCHEDULES),
     "data.masking": ("", *MASKING_MODES),  # "" = as prepared
     "task.family": tuple(FINETUNE_FAMILIES),

@@ -96,9 +96,9 @@ def pretrain(cfg, workdir: str):
         wd.write_identity(workdir, ident)
         _copy_vocab(os.path.join(cfg.data.train_dir, wd.VOCAB_DIR), os.path.join(workdir, wd.VOCAB_DIR))
 
-    plan = RunPlan.from_config(cfg)
+    objective = objectives.from_config(cfg, nsp=bool(meta.get("nsp", True)))
+    plan = RunPlan.from_config(cfg, task_model=objective.model_task)
     model_cfg = plan.model_config()
-    objective = objectives.Pretraining(use_nsp=bool(meta.get("nsp", True)))
     masking = cfg.data.masking or None
 
     def make_train(shard, num_shards, local_batch, state):
@@ -127,7 +127,7 @@ def pretrain(cfg, workdir: str):
     inputs = loop.Inputs(make_train=make_train, evaluate=evaluate, seq_len=seq_len,
                          predictions_per_seq=preds)
     return loop.train(cfg, plan, objective,
-                      lambda: build_model("pretraining", model_cfg, seed=plan.seed),
+                      lambda: build_model(plan.task_model, model_cfg, seed=plan.seed),
                       inputs, workdir, on_ready=write_workdir_files)
 
 

@@ -96,7 +96,7 @@ def prepare(cfg, tokenizer, log: Callable[[str], None]) -> Prepared:
     names = [_prefix(task, s) + m for s in task.dev_splits for m in (*task.metrics, "score", "loss")]
     return Prepared(
         name=task.name,
-        objective=objectives.Regression() if task.is_regression else objectives.Classification(),
+        objective=objectives.make("regression" if task.is_regression else "classification"),
         num_labels=task.num_labels,
         train={k: train_feats[k] for k in TRAIN_KEYS},
         metric_names=tuple(names),

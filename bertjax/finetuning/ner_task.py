@@ -67,7 +67,7 @@ def prepare(cfg, tokenizer, log: Callable[[str], None]) -> Prepared:
 
     return Prepared(
         name=str(cfg.task.name or "ner"),
-        objective=objectives.TokenClassification(),
+        objective=objectives.make("token_classification"),
         num_labels=len(labels),
         train={k: train_feats.arrays[k] for k in TRAIN_KEYS},
         metric_names=(*_SCORES, "loss"),

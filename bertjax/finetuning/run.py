@@ -35,6 +35,7 @@ from bertjax.train import checkpoint as ckpt_lib
 from bertjax.train import loop
 from bertjax.train import mesh as mesh_lib
 from bertjax.train.run_plan import RunPlan
+from bertjax.train.step import model_arrays
 
 FAMILIES = {"glue": glue_task.prepare, "squad": squad_task.prepare, "ner": ner_task.prepare}
 SUMMARY_FILE = "summary.json"
@@ -115,6 +116,7 @@ def _run_seed(cfg, plan, prepared: Prepared, workdir: str, *, best_metric: str,
     steps, mesh = result.steps, result.mesh
     target = mesh_lib.with_shardings(steps.abstract_state, steps.state_shardings)["params"]
     params, _ = ckpt_lib.load_params(str(best.directory), target)
+    params = {**model_arrays(result.state), "params": params}
     write = jax.process_index() == 0
     out = prepared.write_outputs(make_predict_fn(steps.predict, params, mesh, eval_batch),
                                  os.path.join(workdir, "predictions"), write)

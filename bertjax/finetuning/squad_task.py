@@ -82,7 +82,7 @@ def prepare(cfg, tokenizer, log: Callable[[str], None]) -> Prepared:
                   "best_f1_thresh"]
     return Prepared(
         name=f"squad{'2' if v2 else '1'}",
-        objective=objectives.SpanQA(),
+        objective=objectives.make("span_qa"),
         num_labels=2,
         train={k: train_feats.arrays[k] for k in TRAIN_KEYS},
         metric_names=tuple(names),

@@ -52,16 +52,8 @@ HBM_GBPS = {"v4": 1228.0, "v5e": 819.0, "v5p": 2765.0, "v6e": 1640.0}
 
 def objective_and_task(cfg):
     """What the entrypoint of this config trains: (objective, task model name)."""
-    if "task" not in cfg:
-        return objectives.Pretraining(), "pretraining"
-    family = str(cfg.task.family)
-    if family == "glue":
-        regression = str(cfg.task.name) == "stsb" or int(cfg.model.num_labels) == 1
-        return (objectives.Regression() if regression else objectives.Classification(),
-                "sequence_classification")
-    if family == "squad":
-        return objectives.SpanQA(), "question_answering"
-    return objectives.TokenClassification(), "token_classification"
+    objective = objectives.from_config(cfg)
+    return objective, objective.model_task
 
 
 class Planner:
@@ -92,7 +84,8 @@ class Planner:
         accum = int(cfg.train.grad_accum_steps)
         if batch % accum:
             raise UserError(f"batch {batch} is not divisible by train.grad_accum_steps {accum}")
-        steps, _, _ = aot.build_steps(cfg, RunPlan.from_config(cfg), self.objective,
+        steps, _, _ = aot.build_steps(cfg, RunPlan.from_config(cfg, task_model=self.task),
+                                      self.objective,
                                    lambda: build_model(self.task, model_cfg, seed=0), self.mesh)
         row = {
             "topology": self.topology, "num_slices": self.num_slices, "chips": len(self.devices),
@@ -115,7 +108,7 @@ class Planner:
             return row
         gib = lambda b: round(b / aot.GIB, 3)  # noqa: E731
         tokens = batch * seq
-        preds_for_flops = preds if self.task == "pretraining" else None
+        preds_for_flops = preds if "masked_lm_positions" in self.objective.batch_spec(1, 1, 1) else None
         model_flops = flops.model_flops_per_token(model_dict, seq, preds_for_flops) * tokens
         per_chip_flops = model_flops / len(self.devices)
         roofline = None

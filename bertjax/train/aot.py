@@ -13,13 +13,12 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax.experimental import topologies
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bertjax.errors import UserError
 from bertjax.train import mesh as mesh_lib
-from bertjax.train import objectives, optim
+from bertjax.train import optim
 from bertjax.train.step import StepFns, make_steps
 
 GIB = 1024 ** 3
@@ -61,24 +60,9 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
 
 def abstract_batch(objective: Any, batch: int, seq: int, preds: int, mesh) -> dict:
     """ShapeDtypeStructs of one global training batch for `objective`, split over data*fsdp."""
-    i32, f32 = jnp.int32, jnp.float32
-    shapes = {"input_ids": ((batch, seq), i32), "segment_ids": ((batch, seq), i32),
-              "input_mask": ((batch, seq), i32)}
-    if isinstance(objective, objectives.Pretraining):
-        shapes.update(masked_lm_positions=((batch, preds), i32), masked_lm_ids=((batch, preds), i32),
-                      masked_lm_weights=((batch, preds), f32), next_sentence_labels=((batch,), i32))
-    elif isinstance(objective, objectives.Classification):
-        shapes["labels"] = ((batch,), i32)
-    elif isinstance(objective, objectives.Regression):
-        shapes["labels"] = ((batch,), f32)
-    elif isinstance(objective, objectives.TokenClassification):
-        shapes.update(labels=((batch, seq), i32), label_weights=((batch, seq), f32))
-    elif isinstance(objective, objectives.SpanQA):
-        shapes.update(start_positions=((batch,), i32), end_positions=((batch,), i32))
-    else:
-        raise ValueError(f"no batch layout for objective {type(objective).__name__}")
     sharding = mesh_lib.batch_sharding(mesh)
-    return {k: jax.ShapeDtypeStruct(s, d, sharding=sharding) for k, (s, d) in shapes.items()}
+    return {k: jax.ShapeDtypeStruct(s, d, sharding=sharding)
+            for k, (s, d) in objective.batch_spec(batch, seq, preds).items()}
 
 
 def build_steps(cfg, plan, objective, model_fn, mesh) -> tuple[StepFns, Any, Any]:
@@ -89,6 +73,14 @@ def build_steps(cfg, plan, objective, model_fn, mesh) -> tuple[StepFns, Any, Any
     if t_cfg.batch_size % t_cfg.grad_accum_steps:
         raise UserError(f"train.batch_size {t_cfg.batch_size} is not divisible by "
                         f"train.grad_accum_steps {t_cfg.grad_accum_steps}")
+    if int(t_cfg.grad_accum_steps) > 1 and not objective.summable:
+        raise UserError(f"objective {objective.name!r} cannot be summed over micro-batches (its "
+                        "loss couples every example of the batch); set "
+                        "--config.train.grad_accum_steps=1")
+    if plan.task_model != objective.model_task:
+        raise UserError(f"objective {objective.name!r} trains a {objective.model_task} model but "
+                        f"the run builds a {plan.task_model} model; choose an objective for "
+                        f"{plan.task_model} or the model it needs")
     steps = make_steps(model_fn, objective, tx, mesh, grad_accum_steps=int(t_cfg.grad_accum_steps))
     return steps, tx, schedule
 

@@ -502,3 +502,21 @@ def load_params(ckpt_dir: str | epath.PathLike, abstract_params: Any,
         model_config=model_cfg,
     )
     return jax.tree_util.tree_unflatten(treedef, leaves), report
+
+
+def load_parts(ckpt_dir: str | epath.PathLike, abstract_parts: Mapping[str, Any],
+               fallback: Mapping[str, Any]) -> tuple[dict, LoadReport]:
+    """`load_params` for a model whose parameters are split into parts ({"params", "frozen"}):
+    each part is matched against the same checkpoint, and one report covers the whole model."""
+    out, reports = {}, []
+    for part, abstract in abstract_parts.items():
+        out[part], report = load_params(ckpt_dir, abstract, fallback=fallback[part])
+        reports.append(report)
+    if len(reports) == 1:
+        return out, reports[0]
+    loaded = sorted(k for r in reports for k in r.loaded)
+    return out, LoadReport(
+        source=reports[0].source, loaded=loaded,
+        missing=sorted(k for r in reports for k in r.missing),
+        unexpected=sorted(set.intersection(*(set(r.unexpected) for r in reports))),
+        model_config=reports[0].model_config)

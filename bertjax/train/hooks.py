@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -13,9 +13,9 @@ from jax.experimental import multihost_utils
 
 from bertjax.train import flops as flops_lib
 from bertjax.train import metrics as metrics_lib
+from bertjax.train.step import model_arrays
 
-if TYPE_CHECKING:
-    from bertjax.train.loop import Run
+from bertjax.train.run_state import Run
 
 
 class Hook:
@@ -29,8 +29,10 @@ class Hook:
 class LogMetrics(Hook):
     """Train metrics, throughput and MFU to metrics.jsonl / TensorBoard, and one progress line."""
 
-    def __init__(self, every: int, batch_size: int, flops_per_token: float):
+    def __init__(self, every: int, batch_size: int, flops_per_token: float,
+                 metric_names: Sequence[str] = ("loss",)):
         self.every, self.batch_size, self.flops_per_token = every, batch_size, flops_per_token
+        self.metric_names = tuple(metric_names)
         self.device_kind = jax.devices()[0].device_kind
 
     def __call__(self, run: Run) -> None:
@@ -50,7 +52,7 @@ class LogMetrics(Hook):
             m["mfu"] = mfu
         run.writer.write_scalars(run.step, {f"train/{k}": v for k, v in m.items()})
         eta = metrics_lib.format_duration((run.plan.num_steps - run.step) * elapsed / n)
-        run.log(progress_line(run.step, run.plan.num_steps, m, eta))
+        run.log(progress_line(run.step, run.plan.num_steps, m, eta, self.metric_names))
         run.restart_clock()
 
 
@@ -64,7 +66,7 @@ class Evaluate(Hook):
         if not run.due(self.every):
             return
         run.drain()
-        run.eval_metrics = run.inputs.evaluate(run.steps, run.state["params"], run.mesh)
+        run.eval_metrics = run.inputs.evaluate(run.steps, model_arrays(run.state), run.mesh)
         run.writer.write_scalars(run.step, {f"eval/{k}": v for k, v in run.eval_metrics.items()})
         run.log(f"eval @ {run.step}: " +
                 " ".join(f"{k}={v:.4f}" for k, v in run.eval_metrics.items()))
@@ -148,9 +150,10 @@ class Preemption(Hook):
             run.stopped = True
 
 
-def progress_line(step: int, num_steps: int, m: dict, eta: str) -> str:
-    keys = ["loss", "mlm_loss", "mlm_accuracy", "nsp_accuracy", "accuracy", "token_accuracy"]
-    parts = [f"{k}={m[k]:.4f}" for k in keys if k in m]
+def progress_line(step: int, num_steps: int, m: dict, eta: str,
+                  metric_names: Sequence[str] = ("loss",)) -> str:
+    """The objective's metrics (its `metrics`, in order), then the run's."""
+    parts = [f"{k}={m[k]:.4f}" for k in metric_names if k in m]
     parts.append(f"lr={m['learning_rate']:.2e}")
     parts.append(f"gnorm={m['grad_norm']:.3f}")
     parts.append(f"{m['sequences_per_second']:.0f} seq/s")

@@ -1,4 +1,4 @@
-"""The one training loop. Pretraining and every fine-tuning task call `train()`.
+"""The one training loop. pretraining and every fine-tuning task call `train()`.
 
 Two parts, as in big_vision's and MaxText's trainers:
 - setup (`_setup`): mesh and compiled steps, state (resume > init_from > fresh), input, and the
@@ -10,13 +10,11 @@ nothing is rebuilt to predict.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
-import numpy as np
 from etils import epath
 
 from bertjax.errors import UserError
@@ -30,111 +28,8 @@ from bertjax.train import mesh as mesh_lib
 from bertjax.train import metrics as metrics_lib
 from bertjax.train.hooks import Checkpoint, Evaluate, LogMetrics, Preemption, Profile
 from bertjax.train.run_plan import RunPlan
-from bertjax.train.step import StepFns
-
-
-class DataIterator(Protocol):
-    def __next__(self) -> dict[str, np.ndarray]: ...
-
-    def state(self) -> dict: ...
-
-
-@dataclasses.dataclass
-class Inputs:
-    """How the loop gets data. `make_train(shard_index, num_shards, local_batch, state)` returns an
-    iterator that resumes from `state` (None = from the start); `evaluate(steps, params, mesh)` returns
-    dev metrics (None = no eval)."""
-
-    make_train: Callable[[int, int, int, dict | None], DataIterator]
-    evaluate: Callable[[StepFns, Any, Any], dict[str, float]] | None = None
-    seq_len: int = 128
-    predictions_per_seq: int = 20
-
-
-@dataclasses.dataclass
-class Result:
-    step: int
-    train_metrics: dict
-    eval_metrics: dict
-    steps: StepFns
-    mesh: Any
-    state: Any
-    plan: RunPlan
-    stopped_by_signal: bool = False
-    train_compilations: int = -1  # distinct compiled train steps (1 = never recompiled)
-
-
-@dataclasses.dataclass
-class Run:
-    """What setup built and the hooks share. Only the loop and its hooks change it."""
-
-    cfg: Any
-    plan: RunPlan
-    workdir: str
-    inputs: Inputs
-    log: Callable[[str], None]
-    mesh: Any
-    steps: StepFns
-    schedule: Callable
-    checkpointer: ckpt_lib.Checkpointer
-    state: Any
-    it: DataIterator
-    writer: Any
-    start: int
-    step: int = 0
-    pending: list = dataclasses.field(default_factory=list)
-    train_metrics: dict = dataclasses.field(default_factory=dict)
-    eval_metrics: dict = dataclasses.field(default_factory=dict)
-    stopped: bool = False
-    # Throughput is measured from this mark: moved after the compile, each log line and each eval.
-    mark_time: float = 0.0
-    mark_step: int = 0
-    data_wait: float = 0.0
-    _saved: set = dataclasses.field(default_factory=set)
-
-    def restart_clock(self) -> None:
-        self.mark_time, self.mark_step, self.data_wait = time.time(), self.step, 0.0
-
-    def due(self, every: int) -> bool:
-        """Every `every` steps, and at the last step."""
-        return self.step == self.plan.num_steps or (every > 0 and self.step % every == 0)
-
-    def drain(self) -> None:
-        """Fetches the metrics of the steps since the last fetch (raising on a non-finite one)."""
-        if self.pending:
-            self.train_metrics = {**self.train_metrics, **self.fetch()}
-
-    def fetch(self) -> dict:
-        fetched, self.pending = jax.device_get(self.pending), []
-        bad = [m for m in fetched if m["nonfinite"]]
-        if bad:
-            self.checkpointer.wait()  # the newest good save may still be committing
-            raise UserError(
-                f"non-finite loss or gradient norm at step {bad[0]['step']} (loss={bad[0]['loss']}, "
-                f"grad_norm={bad[0]['grad_norm']}); stopped without saving. The last good "
-                f"checkpoint is step {self.checkpointer.latest_step()} in {self.workdir}; lower "
-                "optim.learning_rate or set train.debug_nans=true to find the first bad op")
-        sums = None
-        for m in fetched:
-            sums = objectives.add_sums(sums, m["sums"])
-        out = objectives.finalize(sums)
-        out["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
-        return out
-
-    def save(self, force: bool = False) -> None:
-        # A preemption or the end can land on a step the periodic save already wrote; a save
-        # never follows an unchecked step.
-        if self.step in self._saved:
-            return
-        self.drain()
-        self.checkpointer.save(self.step, self.state, self.it.state(), checkpoint_meta(self),
-                               force=force)
-        self._saved.add(self.step)
-
-
-def checkpoint_meta(run: Run) -> dict:
-    """Saved with every step: the user's config and the plan (what model the state is)."""
-    return {"config": json.loads(run.cfg.to_json_best_effort()), "plan": run.plan.to_dict()}
+from bertjax.train.run_state import Inputs, Result, Run, saved_state  # noqa: F401
+from bertjax.train.step import StepFns, model_arrays
 
 
 def train(cfg, plan: RunPlan, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
@@ -172,7 +67,7 @@ def _setup(cfg, plan, objective, model_fn, inputs, workdir, log, on_ready) -> Ru
     steps, tx, schedule = aot.build_steps(cfg, plan, objective, model_fn, mesh)
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(cfg.train.keep_checkpoints),
                                          async_=bool(cfg.train.async_checkpointing))
-    state, data_state = _initial_state(plan, steps, tx, checkpointer, workdir, log)
+    state, data_state = _initial_state(plan, objective, steps, tx, checkpointer, workdir, log)
     start = int(jax.device_get(state["step"]))
     if start >= plan.num_steps:
         log(f"already at step {start} >= {plan.num_steps} steps; nothing to do")
@@ -186,27 +81,38 @@ def _setup(cfg, plan, objective, model_fn, inputs, workdir, log, on_ready) -> Ru
             on_ready()
     # Process 0 alone writes metrics.jsonl and TensorBoard events; the progress line is ours.
     writer = metrics_lib.make_writers(workdir, plan.num_steps, stdout=False)
-    return Run(cfg=cfg, plan=plan, workdir=workdir, inputs=inputs, log=log, mesh=mesh,
+    return Run(cfg=cfg, plan=plan, objective=objective, workdir=workdir, inputs=inputs, log=log,
+               mesh=mesh,
                steps=steps, schedule=schedule, checkpointer=checkpointer, state=state, it=it,
                writer=writer, start=start, step=start, mark_time=time.time(), mark_step=start)
 
 
-def _initial_state(plan, steps, tx, checkpointer, workdir, log):
-    """Resume (everything) > init_from (params only, a fresh optimizer) > a fresh init."""
+def _initial_state(plan, objective, steps, tx, checkpointer, workdir, log):
+    """Resume (everything) > init_from (params only, a fresh optimizer) > a fresh init. A frozen
+    part the objective does not save comes back from init_from on resume, as it first came."""
     target = mesh_lib.with_shardings(steps.abstract_state, steps.state_shardings)
     latest = checkpointer.latest_step()
     if latest is not None:
-        state, data_state, _ = checkpointer.restore(latest, target)
+        saved = saved_state(objective, target)
+        state, data_state, _ = checkpointer.restore(latest, saved)
+        if "frozen" in target and "frozen" not in saved:
+            state = {**state, "frozen": _fresh(plan, steps, tx, target, log=None)["frozen"]}
         log(f"resumed from step {latest} in {workdir}")
         return state, data_state
+    return _fresh(plan, steps, tx, target, log), None
+
+
+def _fresh(plan, steps, tx, target, log):
     state = steps.init()
     if plan.init_from:
-        params, report = ckpt_lib.load_params(plan.init_from, target["params"],
-                                              fallback=state["params"])
-        opt_state = jax.jit(tx.init, out_shardings=steps.state_shardings["opt_state"])(params)
-        state = {**state, "params": params, "opt_state": opt_state}
-        log(f"init_from {plan.init_from}: " + report.summary().replace("\n", "; "))
-    return state, None
+        model = model_arrays(state)
+        loaded, report = ckpt_lib.load_parts(plan.init_from, model_arrays(target), model)
+        opt_state = jax.jit(tx.init, out_shardings=steps.state_shardings["opt_state"])(
+            loaded["params"])
+        state = {**state, **loaded, "opt_state": opt_state}
+        if log is not None:
+            log(f"init_from {plan.init_from}: " + report.summary().replace("\n", "; "))
+    return state
 
 
 def _write_run_files(cfg, plan, attention, mesh, workdir, log) -> None:
@@ -224,7 +130,8 @@ def _hooks(run: Run, eval_hooks) -> list:
     t = run.cfg.train
     flops_per_token = flops_lib.model_flops_per_token(run.plan.model, run.inputs.seq_len,
                                                       run.inputs.predictions_per_seq)
-    hooks = [LogMetrics(int(t.log_every), int(t.batch_size), flops_per_token)]
+    hooks = [LogMetrics(int(t.log_every), int(t.batch_size), flops_per_token,
+                        run.objective.metrics)]
     if run.inputs.evaluate is not None:
         hooks.append(Evaluate(run.plan.eval_every, eval_hooks))
     hooks.append(Checkpoint(run.plan.checkpoint_every))
@@ -333,9 +240,9 @@ def _result(run: Run) -> Result:
                   train_compilations=cache_size() if cache_size else -1)
 
 
-def iterate_eval(make_iter: Callable[[], Iterator[dict]], steps: StepFns, params, mesh) -> dict:
+def iterate_eval(make_iter: Callable[[], Iterator[dict]], steps: StepFns, arrays, mesh) -> dict:
     """Sums the eval objective over a finite iterator of (padded) batches."""
     sums = None
     for local in make_iter():
-        sums = objectives.add_sums(sums, steps.eval(params, mesh_lib.make_global_batch(local, mesh)))
+        sums = objectives.add_sums(sums, steps.eval(arrays, mesh_lib.make_global_batch(local, mesh)))
     return objectives.finalize(sums) if sums is not None else {}

@@ -9,14 +9,68 @@ them to each micro-batch's `loss(out, batch, denoms)`: every micro-batch then co
 of ONE division, and the summed losses and gradients are those of the whole batch at once, however
 unevenly the masked tokens or labels fall across micro-batches. Without `denoms` the batch divides
 by its own counts.
+
+Every objective is registered by name (`cfg.objective.name`) and declares what the rest of the
+house needs from it, so the loop, `plan`, `bench`, AOT and the hooks never name one:
+- `model_task`: the task model it trains (bertjax.model.TASK_MODELS);
+- `batch_spec(batch, seq, preds)`: the shapes and dtypes of one batch (AOT and `plan`);
+- `metrics`: what the progress line prints first, in order (every metric still goes to
+  metrics.jsonl, TensorBoard and eval lines);
+- `summable`: whether its loss can be summed over micro-batches (a contrastive loss cannot);
+- `trainable`: an NNX filter of the parameters it trains. The step keeps the others in a frozen
+  part of the state (no gradient, no optimizer state), saved with checkpoints if `save_frozen`.
 """
 from __future__ import annotations
 
 import dataclasses
 
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
+
+from bertjax.errors import UserError
+
+I32, F32 = jnp.int32, jnp.float32
+OBJECTIVES: dict[str, type] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    def add(cls: type) -> type:
+        if name in OBJECTIVES:
+            raise ValueError(f"objective {name!r} is registered twice")
+        cls.name = name
+        OBJECTIVES[name] = cls
+        return cls
+    return add
+
+
+def make(name: str, **kwargs) -> Any:
+    if name not in OBJECTIVES:
+        raise UserError(f"objective.name={name!r} is not one of {', '.join(sorted(OBJECTIVES))}; "
+                        "set --config.objective.name to one of them")
+    return OBJECTIVES[name](**kwargs)
+
+
+def encoder_spec(batch: int, seq: int) -> dict:
+    return {"input_ids": ((batch, seq), I32), "segment_ids": ((batch, seq), I32),
+            "input_mask": ((batch, seq), I32)}
+
+
+class Objective:
+    """Defaults every objective shares; a subclass sets what differs."""
+
+    name = ""
+    model_task = ""
+    metrics: tuple[str, ...] = ("loss",)
+    summable = True
+    trainable: Any = nnx.Param
+    save_frozen = True
+
+    def batch_spec(self, batch: int, seq: int, preds: int) -> dict:
+        raise NotImplementedError
 
 
 def _weighted_ce(logits, labels, weights):
@@ -52,12 +106,22 @@ def _loss_sum(loss, rows, denoms):
     return loss * total, jnp.sum(rows)
 
 
+@register("mlm_nsp")
 @dataclasses.dataclass(frozen=True)
-class Pretraining:
-    """MLM on the gathered positions plus NSP; loss = sum(w*CE)/(sum(w)+1e-5) + mean NSP CE."""
+class Pretraining(Objective):
+    """MLM on the gathered positions plus NSP (or SOP, the same field); loss =
+    sum(w*CE)/(sum(w)+1e-5) + mean NSP CE."""
 
     model_task: str = "pretraining"
     use_nsp: bool = True
+    metrics = ("loss", "mlm_loss", "mlm_accuracy", "nsp_accuracy")
+
+    def batch_spec(self, batch, seq, preds):
+        spec = {**encoder_spec(batch, seq), "masked_lm_positions": ((batch, preds), I32),
+                "masked_lm_ids": ((batch, preds), I32), "masked_lm_weights": ((batch, preds), F32)}
+        if self.use_nsp:
+            spec["next_sentence_labels"] = ((batch,), I32)
+        return spec
 
     def forward(self, model, batch, dropout_key):
         return model(batch["input_ids"], batch["segment_ids"], batch["input_mask"],
@@ -88,13 +152,29 @@ class Pretraining:
         return loss, sums
 
 
+@register("mlm")
+@dataclasses.dataclass(frozen=True)
+class MaskedLM(Pretraining):
+    """MLM only (RoBERTa): the masked-LM model, no pooler and no NSP head."""
+
+    model_task: str = "masked_lm"
+    use_nsp: bool = False
+    metrics = ("loss", "mlm_loss", "mlm_accuracy")
+
+
 def _encoder_inputs(model, batch, dropout_key):
     return model(batch["input_ids"], batch["segment_ids"], batch["input_mask"],
                  dropout_key=dropout_key)
 
 
+@register("classification")
 @dataclasses.dataclass(frozen=True)
-class Classification:
+class Classification(Objective):
+    metrics = ("loss", "accuracy")
+
+    def batch_spec(self, batch, seq, preds):
+        return {**encoder_spec(batch, seq), "labels": ((batch,), I32)}
+
     model_task: str = "sequence_classification"
     forward = staticmethod(_encoder_inputs)
 
@@ -112,9 +192,15 @@ class Classification:
         return {"predictions": jnp.argmax(out["logits"], -1), "logits": out["logits"]}
 
 
+@register("regression")
 @dataclasses.dataclass(frozen=True)
-class Regression:
+class Regression(Objective):
     """STS-B: one output, mean squared error (as HF's num_labels == 1)."""
+
+    metrics = ("loss",)
+
+    def batch_spec(self, batch, seq, preds):
+        return {**encoder_spec(batch, seq), "labels": ((batch,), F32)}
 
     model_task: str = "sequence_classification"
     forward = staticmethod(_encoder_inputs)
@@ -133,9 +219,16 @@ class Regression:
         return {"predictions": out["logits"][:, 0]}
 
 
+@register("token_classification")
 @dataclasses.dataclass(frozen=True)
-class TokenClassification:
+class TokenClassification(Objective):
     """Labels live on the first sub-token of each word (label_weights = 1 there, 0 elsewhere)."""
+
+    metrics = ("loss", "token_accuracy")
+
+    def batch_spec(self, batch, seq, preds):
+        return {**encoder_spec(batch, seq), "labels": ((batch, seq), I32),
+                "label_weights": ((batch, seq), F32)}
 
     model_task: str = "token_classification"
     forward = staticmethod(_encoder_inputs)
@@ -160,9 +253,15 @@ class TokenClassification:
         return {"predictions": jnp.argmax(out["logits"], -1), "logits": out["logits"]}
 
 
+@register("span_qa")
 @dataclasses.dataclass(frozen=True)
-class SpanQA:
+class SpanQA(Objective):
     """Mean of the start and end cross-entropies over the sequence, as the original run_squad."""
+
+    metrics = ("loss",)
+
+    def batch_spec(self, batch, seq, preds):
+        return {**encoder_spec(batch, seq), "start_positions": ((batch,), I32), "end_positions": ((batch,), I32)}
 
     model_task: str = "question_answering"
     forward = staticmethod(_encoder_inputs)
@@ -192,3 +291,27 @@ def add_sums(a: dict | None, b: dict) -> dict:
     if a is None:
         return b
     return jax.tree.map(lambda x, y: x + y, a, b)
+
+
+def from_config(cfg, nsp: bool | None = None) -> Objective:
+    """The objective a config trains. `objective.name=auto` picks it from what the run is: the
+    fine-tuning family (and regression for one label), or for pretraining the prepared data
+    (`nsp`: whether its metadata holds sentence-pair labels; None when there is no data, as in
+    `plan` and `bench`)."""
+    name = str(cfg.objective.name)
+    if name == "auto":
+        if "task" in cfg:
+            family = str(cfg.task.family)
+            if family == "glue":
+                regression = str(cfg.task.name) == "stsb" or int(cfg.model.num_labels) == 1
+                name = "regression" if regression else "classification"
+            else:
+                name = {"squad": "span_qa", "ner": "token_classification"}[family]
+        else:
+            name = "mlm" if nsp is False else "mlm_nsp"
+    objective = make(name)
+    if nsp is False and getattr(objective, "use_nsp", False):
+        raise UserError(f"objective.name={name!r} needs sentence-pair labels but the prepared "
+                        "data has none (prepared with --no_nsp); use --config.objective.name=mlm "
+                        "or prepare the data with pairs")
+    return objective

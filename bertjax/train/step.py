@@ -1,7 +1,9 @@
 """Train and eval step factories: pure functions of (state, batch), jitted with explicit shardings.
 
-The state is a plain pytree {"step", "params", "opt_state"}; the model is rebuilt inside the step
-with nnx.merge, so nothing but arrays crosses the jit boundary and the state can be donated.
+The state is a plain pytree {"step", "params", "opt_state"}, plus "frozen" when the objective
+trains only part of the model (its `trainable` filter): a distillation teacher or LoRA's base sits
+there, with no gradient and no optimizer state. The model is rebuilt inside the step with
+nnx.merge, so nothing but arrays crosses the jit boundary and the state can be donated.
 """
 from __future__ import annotations
 
@@ -22,11 +24,17 @@ from bertjax.train import mesh as mesh_lib
 class StepFns:
     init: Callable  # () -> state, sharded per `state_shardings`
     train: Callable  # (state, batch, key) -> (state, metrics)
-    eval: Callable  # (params, batch) -> sums
-    predict: Callable | None  # (params, batch) -> outputs
+    eval: Callable  # (model_arrays(state), batch) -> sums
+    predict: Callable | None  # (model_arrays(state), batch) -> outputs
     graphdef: Any
     abstract_state: Any
     state_shardings: Any
+
+
+def model_arrays(state):
+    """What eval and predict read from a train state (or its shardings): the trained params and
+    the frozen part when there is one."""
+    return {k: state[k] for k in ("params", "frozen") if k in state}
 
 
 def _split_micro(batch, n):
@@ -68,26 +76,35 @@ def make_steps(model_fn: Callable[[], nnx.Module], objective, tx: optax.Gradient
                mesh, *, grad_accum_steps: int = 1, rules=mesh_lib.DEFAULT_RULES) -> StepFns:
     """Builds the jitted functions for one (model, objective, optimizer, mesh)."""
 
-    def init_state():
-        model = model_fn()
-        params = nnx.state(model, nnx.Param)
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    trainable = objective.trainable
+    frozen_filter = nnx.All(nnx.Param, nnx.Not(trainable))
 
-    graphdef = nnx.graphdef(nnx.eval_shape(model_fn))
+    def init_state():
+        _, params, frozen = nnx.split(model_fn(), trainable, frozen_filter)
+        state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+        # Absent, not empty, when everything trains: the state (and so every checkpoint) keeps
+        # the tree it had before frozen parts existed.
+        if jax.tree.leaves(frozen):
+            state["frozen"] = frozen
+        return state
+
+    graphdef = nnx.split(nnx.eval_shape(model_fn), trainable, frozen_filter)[0]
     abstract = jax.eval_shape(init_state)
     shardings = mesh_lib.state_shardings(abstract, mesh, rules)
     batch_sh = mesh_lib.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-    def loss_fn(params, batch, key, denoms=None):
-        model = nnx.merge(graphdef, params)
-        out = objective.forward(model, batch, key)
-        return objective.loss(out, batch, denoms)
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    def merge(params, frozen):
+        return nnx.merge(graphdef, params, jax.lax.stop_gradient(frozen))
 
     def train_step(state, batch, key):
-        params = state["params"]
+        params, frozen = state["params"], state.get("frozen", {})
+
+        def loss_fn(params, batch, key, denoms=None):
+            out = objective.forward(merge(params, frozen), batch, key)
+            return objective.loss(out, batch, denoms)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         key = jax.random.fold_in(key, state["step"])
         if grad_accum_steps == 1:
             (loss, sums), grads = grad_fn(params, batch, key)
@@ -101,33 +118,35 @@ def make_steps(model_fn: Callable[[], nnx.Module], objective, tx: optax.Gradient
         # A non-finite step is not applied: the state stays the last good one, and the host stops
         # the run when it reads the flag (at the next log or checkpoint), so no bad state is saved.
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-        new_state = {"step": state["step"] + 1,
+        new_state = {**state, "step": state["step"] + 1,
                      "params": keep(new_params, params),
                      "opt_state": keep(opt_state, state["opt_state"])}
         metrics = {"sums": sums, "loss": loss, "grad_norm": grad_norm,
                    "nonfinite": (~finite).astype(jnp.int32)}
         return new_state, metrics
 
-    def eval_step(params, batch):
-        model = nnx.merge(graphdef, params)
+    def eval_step(state, batch):
+        model = merge(state["params"], state.get("frozen", {}))
         _, sums = objective.loss(objective.forward(model, batch, None), batch)
         return sums
 
+    # Eval and predict take the model's arrays, {"params"[, "frozen"]}: see `model_arrays`.
+    model_shardings = model_arrays(shardings)
     placed = functools.partial(_placed, mesh=mesh)
     train_step, eval_step = placed(train_step), placed(eval_step)
     predict_jit = None
     if hasattr(objective, "predict"):
-        def predict_step(params, batch):
-            model = nnx.merge(graphdef, params)
+        def predict_step(state, batch):
+            model = merge(state["params"], state.get("frozen", {}))
             return objective.predict(objective.forward(model, batch, None))
 
-        predict_jit = jax.jit(placed(predict_step), in_shardings=(shardings["params"], batch_sh))
+        predict_jit = jax.jit(placed(predict_step), in_shardings=(model_shardings, batch_sh))
 
     return StepFns(
         init=jax.jit(init_state, out_shardings=shardings),
         train=jax.jit(train_step, in_shardings=(shardings, batch_sh, replicated),
                       out_shardings=(shardings, replicated), donate_argnums=0),
-        eval=jax.jit(eval_step, in_shardings=(shardings["params"], batch_sh),
+        eval=jax.jit(eval_step, in_shardings=(model_shardings, batch_sh),
                      out_shardings=replicated),
         predict=predict_jit,
         graphdef=graphdef,
