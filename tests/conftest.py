@@ -17,6 +17,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bertjax  # noqa: E402,F401  (before jax: it tells libtpu that this host has no TPU)
 import jax  # noqa: E402
 
+# Under CI=1 (or true) a skip fails the run unless ci_skips.ALLOWED says why it may stand.
+from ci_skips import (ci_enabled, pytest_collectreport, pytest_runtest_makereport,  # noqa: E402,F401
+                      pytest_sessionfinish, pytest_terminal_summary)
+
 jax.config.update("jax_num_cpu_devices", 8)
 
 # The fault-injection suite draws its kill moments, bytes and failures from one seed per session;
@@ -28,4 +32,7 @@ if not os.environ.get("BERTJAX_FAULT_SEED"):
 
 
 def pytest_report_header(config):
-    return f"fault-injection seed: BERTJAX_FAULT_SEED={os.environ['BERTJAX_FAULT_SEED']}"
+    ci = ("on: a skip not in tests/ci_skips.py ALLOWED fails the run" if ci_enabled()
+          else "off (CI unset): skips are reported, not failed")
+    return [f"fault-injection seed: BERTJAX_FAULT_SEED={os.environ['BERTJAX_FAULT_SEED']}",
+            f"CI skip check: {ci}"]

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf  # pinned (requirements*.txt): imported plainly, never skipped
+import torch
+import transformers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A cased vocabulary ("Cat" beside "cat") so the casing read off it is False, not the default.

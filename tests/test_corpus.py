@@ -168,7 +168,7 @@ def test_unknown_options_are_refused(tmp_path):
 def test_tfds_source(tmp_path):
     """A TFDS dataset prepared locally is read by name from data_dir, without its builder class
     being importable (as for any dataset prepared elsewhere), and nothing is downloaded."""
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
 
     class TinyArticles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         VERSION = tfds.core.Version("1.0.0")
@@ -201,7 +201,6 @@ def test_tfds_source(tmp_path):
 
 
 def test_demo_corpus(tmp_path):
-    pytest.importorskip("gensim")
     from bertjax.demo.corpus import build_demo_corpus
 
     out = str(tmp_path / "demo")

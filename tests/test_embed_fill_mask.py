@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from hf_support import save_hf
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402  (pinned in requirements-dev.txt: imported plainly, never skipped)
+import transformers  # noqa: E402
 
 from bertjax.tools import embed as embed_lib  # noqa: E402
 from bertjax.tools import fill_mask as fill_lib  # noqa: E402

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from hf_support import write_vocab
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402  (pinned in requirements-dev.txt: imported plainly, never skipped)
+import transformers  # noqa: E402
 
 from bertjax.tools import export as export_lib  # noqa: E402
 from bertjax.errors import UserError  # noqa: E402

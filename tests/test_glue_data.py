@@ -166,7 +166,7 @@ def test_prediction_labels():
 
 
 def test_tfds_source(tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
     with pytest.raises(UserError, match="not readable under"):
         glue.read_tfds(str(tmp_path), "rte", "dev")
     with tfds.testing.mock_data(num_examples=4):
