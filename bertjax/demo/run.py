@@ -14,6 +14,12 @@ Stages (each one a bertjax command, its output in DIR/logs/<stage>.log; a rerun 
 8. fine-tuning from the pretrained checkpoint and from a random initialisation, 5 seeds each;
 9. the report: DIR/report.json, DIR/report.png and a summary.
 One progress line with an ETA covers all of it.
+
+--pretrain_style changes the prepared data and nothing else (PREPARE_FLAGS): bert (the default)
+pairs sentences for NSP; roberta packs full sentences across documents without NSP (so the run is
+MLM only) and masks them dynamically. --reuse_data_from=DIR takes the corpus, the labelled set and
+the vocabulary from another demo workdir instead of building them. bertjax/demo/compare.py runs
+both styles and compares them.
 """
 from __future__ import annotations
 
@@ -48,12 +54,29 @@ def define_flags() -> None:
     flags.DEFINE_float("finetune_epochs", 10.0, "Fine-tuning epochs per run.")
     flags.DEFINE_float("finetune_lr", 1e-4, "Fine-tuning peak learning rate (both arms).")
     flags.DEFINE_bool("skip_finetune", False, "Stop after pretraining and export.")
+    flags.DEFINE_enum("pretrain_style", "bert", list(PREPARE_FLAGS),
+                      "bert: sentence pairs, MLM+NSP; roberta: full sentences packed across "
+                      "documents, no NSP (MLM only), dynamic masks. Changes only prepare's flags.")
+    flags.DEFINE_string("reuse_data_from", "", "A finished demo workdir whose corpus, labelled set "
+                        "and vocabulary this run uses instead of building its own.")
 
 
 FLAGS = flags.FLAGS
 VOCAB_SIZE = 8000
 SEQ, PREDS = 64, 10
 FINETUNE_SEQ = 32
+# What --pretrain_style changes: prepare's flags for (training data, held-out data). Both styles
+# mask 15% of the tokens with the same rule, at the same S and P, from the same text.
+# bert: sentence pairs for NSP. Its training data is marked dynamic but read for under one epoch
+#   (600 x 64 of 54,841 instances), so every sequence has one mask, as static data would.
+# roberta: FULL-SENTENCES (prepare --no_nsp packs sentences up to S, a document boundary is a
+#   [SEP]; no pairs, so pretraining is MLM only) and masks drawn anew each epoch (dynamic).
+# Held-out data has static masks in both, so every evaluation scores the same positions.
+PREPARE_FLAGS = {
+    "bert": (["--masking=dynamic", "--dupe_factor=1"], ["--masking=static", "--dupe_factor=2"]),
+    "roberta": (["--masking=dynamic", "--dupe_factor=1", "--no_nsp"],
+                ["--masking=static", "--dupe_factor=2", "--no_nsp"]),
+}
 # Expected seconds per stage on an idle 2-core box, measured (docs/benchmarks.md); only the ETA
 # uses them, scaled by how fast this machine turns out to be.
 STAGES = (("corpus", 10), ("labelled", 4), ("vocab", 25), ("prepare", 8), ("pretrain", 330),
@@ -213,8 +236,32 @@ def fill_mask_examples(hf_dir: str, heldout_file: str, k: int = 4, top: int = 3)
     return out
 
 
-def _data_stages(progress, logs, corpus, labelled, data, w):
-    """Corpus, labelled set, vocabulary and prepared shards; returns what pretraining reads."""
+def _data_stages(progress, logs, corpus, labelled, data, w, style="bert", reuse=""):
+    """Corpus, labelled set, vocabulary (or those of the demo workdir `reuse`) and prepared
+    shards; returns what pretraining and fine-tuning read."""
+    if reuse:
+        corpus, labelled, vocab = (os.path.join(reuse, d) for d in ("corpus", "wordnet", "vocab"))
+        for need in (os.path.join(labelled, "stats.json"), os.path.join(vocab, "vocab.txt"),
+                     os.path.join(corpus, "heldout")):
+            if not os.path.exists(need):
+                raise UserError(f"--reuse_data_from={reuse} has no {need}; give a demo workdir "
+                                "whose data stages finished")
+        for stage in ("corpus", "labelled", "vocab"):
+            progress.begin(stage)
+            progress.end()
+        progress.say(f"corpus, labelled set and vocabulary: those of {reuse}")
+    else:
+        vocab = _build_data(progress, logs, corpus, labelled, w)
+    texts = f"{corpus}/wiki-*.txt,{corpus}/gloss/gloss-*.txt"
+    progress.begin("prepare")
+    train_dir, heldout_dir = prepare_stage(progress, logs, texts, f"{corpus}/heldout/*.txt", vocab,
+                                           data, style)
+    progress.end()
+    vocab_size = json.load(open(os.path.join(train_dir, "metadata.json")))["tokenizer"]["vocab_size"]
+    return corpus, labelled, vocab, train_dir, heldout_dir, vocab_size
+
+
+def _build_data(progress, logs, corpus, labelled, w) -> str:
     progress.begin("corpus")
     _run(progress, logs, "corpus", "bertjax.demo.corpus", f"--out={corpus}")
     progress.end()
@@ -229,20 +276,22 @@ def _data_stages(progress, logs, corpus, labelled, data, w):
     _run(progress, logs, "vocab", "bertjax.text.train_vocab", f"--input={texts}",
          "--kind=wordpiece", "--exact", f"--vocab_size={VOCAB_SIZE}", f"--out={vocab}")
     progress.end()
+    return vocab
 
-    progress.begin("prepare")
+
+def prepare_stage(progress, logs, texts: str, heldout: str, vocab: str, data: str,
+                  style: str) -> tuple[str, str]:
+    """`bertjax prepare` of the training and the held-out text in `style` (PREPARE_FLAGS);
+    returns (train_dir, heldout_dir) under `data`."""
+    train_flags, heldout_flags = PREPARE_FLAGS[style]
     common = [f"--vocab={vocab}", f"--max_seq_length={SEQ}", f"--max_predictions_per_seq={PREDS}",
               "--seed=0"]
     train_dir, heldout_dir = os.path.join(data, "train"), os.path.join(data, "heldout")
     _run(progress, logs, "prepare_train", "bertjax.data.prepare", f"--input={texts}",
-         f"--output_dir={train_dir}", "--masking=dynamic", "--dupe_factor=1",
-         "--num_workers=2", *common)
-    _run(progress, logs, "prepare_heldout", "bertjax.data.prepare",
-         f"--input={corpus}/heldout/*.txt", f"--output_dir={heldout_dir}", "--masking=static",
-         "--dupe_factor=2", "--num_workers=1", *common)
-    progress.end()
-    vocab_size = json.load(open(os.path.join(train_dir, "metadata.json")))["tokenizer"]["vocab_size"]
-    return vocab, train_dir, heldout_dir, vocab_size
+         f"--output_dir={train_dir}", *train_flags, "--num_workers=2", *common)
+    _run(progress, logs, "prepare_heldout", "bertjax.data.prepare", f"--input={heldout}",
+         f"--output_dir={heldout_dir}", *heldout_flags, "--num_workers=1", *common)
+    return train_dir, heldout_dir
 
 
 def _pretrain_stages(progress, logs, w, corpus, vocab, train_dir, heldout_dir, vocab_size):
@@ -261,9 +310,7 @@ def _pretrain_stages(progress, logs, w, corpus, vocab, train_dir, heldout_dir, v
     progress.begin("evaluate")
     baseline = most_frequent_token_baseline(heldout_dir)
     ev = pretrain_summary.get("eval", {})
-    progress.say(f"held-out MLM accuracy {100 * ev.get('mlm_accuracy', 0):.2f}% (most-frequent-"
-                 f"token baseline {100 * baseline['accuracy']:.2f}%), NSP accuracy "
-                 f"{100 * ev.get('nsp_accuracy', 0):.2f}% (chance 50%)")
+    progress.say(heldout_line(ev, baseline))
     progress.end()
 
     progress.begin("export")
@@ -296,6 +343,9 @@ def main(argv):
         # that copy does not need; the demo's output is its progress line and results.
         logging.set_verbosity(logging.ERROR)
     w = FLAGS.workdir
+    reuse = FLAGS.reuse_data_from
+    if reuse and os.path.abspath(reuse) == os.path.abspath(w):
+        raise UserError("--reuse_data_from names the workdir itself; give another demo workdir")
     logs = os.path.join(w, "logs")
     progress = Progress(FLAGS.finetune_seeds)
     t_start, cpu_start = time.time(), _cpu_seconds()
@@ -310,10 +360,15 @@ def main(argv):
     for sub in ("corpus", "wordnet", "vocab", "data", "pretrain", "pretrained", "export_hf",
                 "finetune", "logs"):
         shutil.rmtree(os.path.join(w, sub), ignore_errors=True)
-    vocab, train_dir, heldout_dir, vocab_size = _data_stages(progress, logs, corpus, labelled, data, w)
+    corpus, labelled, vocab, train_dir, heldout_dir, vocab_size = _data_stages(
+        progress, logs, corpus, labelled, data, w, FLAGS.pretrain_style, reuse)
 
     pre, ckpt, report = _pretrain_stages(progress, logs, w, corpus, vocab, train_dir, heldout_dir,
                                          vocab_size)
+    report["pretrain_style"] = FLAGS.pretrain_style
+    report["data_from"] = os.path.abspath(reuse) if reuse else ""
+    report["prepared"] = {"train": prepared_summary(train_dir),
+                          "heldout": prepared_summary(heldout_dir)}
     progress.begin("finetune")
     if not FLAGS.skip_finetune:
         model_cfg = json.load(open(os.path.join(ckpt, "model_config.json")))
@@ -333,6 +388,25 @@ def main(argv):
     progress.end()
     progress.say("")
     _print_summary(report, pre, w, png)
+
+
+def heldout_line(ev: dict, baseline: dict) -> str:
+    nsp = (f"NSP accuracy {100 * ev['nsp_accuracy']:.2f}% (chance 50%)" if "nsp_accuracy" in ev
+           else "no NSP (MLM only)")
+    return (f"held-out MLM accuracy {100 * ev.get('mlm_accuracy', 0):.2f}% (most-frequent-token "
+            f"baseline {100 * baseline['accuracy']:.2f}%), {nsp}")
+
+
+def prepared_summary(data_dir: str) -> dict:
+    """What a prepared directory is, from its metadata.json: the pair task, the masking, how full
+    its sequences are and how many there are."""
+    meta = json.load(open(os.path.join(data_dir, "metadata.json")))
+    st = meta["stats"]
+    return {"nsp": bool(meta["nsp"]), "masking": meta["masking"],
+            "static_masks": bool(meta["static_masks"]), "dupe_factor": meta["dupe_factor"],
+            "max_seq_length": meta["max_seq_length"], "instances": st["instances"],
+            "mean_tokens_per_instance": st["mean_tokens_per_instance"],
+            "random_next_share": st["random_next_share"]}
 
 
 def _cpu_seconds() -> float:
@@ -453,9 +527,7 @@ def _print_summary(report: dict, pre: str, w: str, png: str) -> None:
     ev, base = report["heldout"], report["most_frequent_token_baseline"]
     print("== demo summary ==")
     if ev:
-        print(f"held-out MLM accuracy {100 * ev.get('mlm_accuracy', 0):.2f}% "
-              f"(most-frequent-token baseline {100 * base['accuracy']:.2f}%), "
-              f"NSP accuracy {100 * ev.get('nsp_accuracy', 0):.2f}% (chance 50%)")
+        print(heldout_line(ev, base))
     for name, res in report.get("finetune", {}).items():
         if res:
             runs = ", ".join(f"{100 * r['final']:.2f}" for r in res.get("runs", []))

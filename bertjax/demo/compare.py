@@ -1,0 +1,299 @@
+"""RoBERTa's Table 2 on the demo: BERT's pretraining data (sentence pairs, MLM+NSP) against
+RoBERTa's (FULL-SENTENCES packing, no NSP so MLM only, dynamic masks), at equal tokens.
+
+    python -m bertjax.demo.compare --workdir=demo_compare [--arms=bert,roberta]
+
+Each arm is `bertjax demo --pretrain_style=ARM` in DIR/ARM: the same corpus, labelled set and
+WordPiece vocabulary (the first arm builds them, the others reuse them with --reuse_data_from),
+the same model, optimizer, steps, batch and sequence length (so the same tokens), and the same
+5-seed WordNet fine-tuning. Only prepare's flags differ (bertjax.demo.run.PREPARE_FLAGS). The
+optimizer is the demo's AdamW for both (not RoBERTa's beta2 = 0.98, eps = 1e-6), so that only the
+data and the objective differ.
+
+Held-out MLM accuracy is compared on the same positions: every arm's final checkpoint is scored
+on every arm's held-out set (the same held-out articles, prepared in each arm's format with
+static masks), so a column of the table is one set of masked tokens for all arms. The scorer
+(heldout_mlm) reads the records with NumPy and takes the batches the pretraining loop's own
+evaluation takes (full batches in record order); on an arm's own held-out set it must give the
+number that arm's run printed, which the table shows beside it.
+
+Output: the table on stdout and DIR/comparison.json; each arm's demo log in DIR/logs/.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from flax import nnx
+
+from bertjax import cli
+from bertjax.data import records
+from bertjax.demo import run as demo
+from bertjax.errors import UserError, user_errors_exit
+from bertjax.interop import model_io
+
+FLAGS = flags.FLAGS
+PIPELINE_CYCLE = 16  # bertjax.data.pipeline.PretrainInput's cycle_length: shards read at once
+ARMS = tuple(demo.PREPARE_FLAGS)
+DESCRIPTION = {
+    "bert": "sentence pairs, MLM+NSP (the demo)",
+    "roberta": "FULL-SENTENCES, MLM only, dynamic masks",
+}
+
+
+def define_flags() -> None:
+    """Called by the command only (see cli.run)."""
+    flags.DEFINE_string("workdir", "demo_compare", "Where the arms' demo workdirs go.")
+    flags.DEFINE_list("arms", list(ARMS), f"Pretraining styles to compare, of {', '.join(ARMS)}.")
+    flags.DEFINE_bool("reuse_finished", False, "Keep an arm whose DIR/ARM/report.json exists "
+                      "instead of running it again (after an interrupted comparison).")
+    flags.DEFINE_integer("pretrain_steps", 0, "Passed to every arm's demo (0 = configs/demo.py's).")
+    flags.DEFINE_integer("finetune_seeds", 5, "Passed to every arm's demo.")
+    flags.DEFINE_float("finetune_epochs", 10.0, "Passed to every arm's demo.")
+    flags.DEFINE_bool("skip_finetune", False, "Passed to every arm's demo.")
+
+
+# ------------------------------------------------------------------------------ held-out scoring
+
+
+def interleaved(arrays: list, cycle: int) -> list:
+    """The order tf.data's deterministic interleave (block_length 1) reads `arrays` in, as the
+    pipeline reads shards: `cycle` open at a time, one record from each in turn, an exhausted one
+    replaced by the next array when its turn comes round again. Returns (array, index) pairs."""
+    queue = iter(range(len(arrays)))
+    slots, pos, out = [None] * cycle, [0] * cycle, []
+    i, ended = 0, False
+    while True:
+        a = slots[i]
+        if a is not None:
+            if pos[i] < len(arrays[a]):
+                out.append((a, pos[i]))
+                pos[i] += 1
+            else:
+                slots[i] = None
+            i = (i + 1) % cycle
+        elif not ended:
+            nxt = next(queue, None)
+            if nxt is None:
+                ended = True
+            else:
+                slots[i], pos[i] = nxt, 0
+        elif all(s is None for s in slots):
+            return out
+        else:
+            i = (i + 1) % cycle
+
+
+def heldout_batches(data_dir: str, batch_size: int):
+    """The batches of a static held-out set that the pretraining loop evaluates (one host: the
+    shards in metadata order, interleaved as bertjax.data.pipeline reads them, full batches only),
+    as numpy arrays of the batch contract."""
+    meta = json.load(open(os.path.join(data_dir, "metadata.json")))
+    if not meta["static_masks"]:
+        raise UserError(f"{data_dir} has dynamic masks; held-out sets are scored on fixed masks")
+    dtype = records.dtype_from_metadata(meta)
+    shards = [np.asarray(records.read_shard(os.path.join(data_dir, s["file"]), dtype))
+              for s in meta["shards"] if s["records"] > 0]
+    order = interleaved(shards, max(1, min(PIPELINE_CYCLE, len(shards))))
+    rows = np.array([shards[a][k] for a, k in order], dtype)
+    s, p = meta["max_seq_length"], meta["max_predictions_per_seq"]
+    pos, slot = np.arange(s)[None, :], np.arange(p)[None, :]
+    for start in range(0, len(rows) - batch_size + 1, batch_size):
+        r = rows[start:start + batch_size]
+        length, seg = r["length"][:, None], r["segment_start"][:, None]
+        yield {"input_ids": r["tokens"].astype(np.int32),
+               "segment_ids": ((pos >= seg) & (pos < length)).astype(np.int32),
+               "input_mask": (pos < length).astype(np.int32),
+               "masked_lm_positions": r["masked_positions"].astype(np.int32),
+               "masked_lm_ids": r["masked_ids"].astype(np.int32),
+               "masked_lm_weights": (slot < r["num_masked"][:, None]).astype(np.float32)}
+
+
+def heldout_mlm(checkpoint: str, data_dir: str, batch_size: int = 64) -> dict:
+    """MLM accuracy of a checkpoint (any pretraining head) on a static held-out set: the share of
+    masked tokens whose argmax prediction is the original token."""
+    model, _, task, _, _ = model_io.load_model(checkpoint)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def correct(state, b):
+        out = nnx.merge(graphdef, state)(b["input_ids"], b["segment_ids"], b["input_mask"],
+                                         b["masked_lm_positions"])
+        hit = jnp.argmax(out["mlm_logits"], -1) == b["masked_lm_ids"]
+        return jnp.sum(hit * b["masked_lm_weights"]), jnp.sum(b["masked_lm_weights"])
+
+    hits = total = 0.0
+    sequences = 0
+    for b in heldout_batches(data_dir, batch_size):
+        h, n = correct(state, b)
+        hits, total, sequences = hits + float(h), total + float(n), sequences + batch_size
+    return {"mlm_accuracy": hits / max(total, 1.0), "masked_tokens": int(total),
+            "sequences": sequences, "task": task}
+
+
+# ------------------------------------------------------------------------------ the arms
+
+
+def _run_arm(arm: str, w: str, data_from: str) -> dict:
+    out = os.path.join(w, arm)
+    report_path = os.path.join(out, "report.json")
+    if FLAGS.reuse_finished and os.path.exists(report_path):
+        print(f"[{arm}] kept: {report_path}", flush=True)
+        return json.load(open(report_path))
+    cmd = [sys.executable, "-m", "bertjax.demo.run", f"--workdir={out}",
+           f"--pretrain_style={arm}", f"--pretrain_steps={FLAGS.pretrain_steps}",
+           f"--finetune_seeds={FLAGS.finetune_seeds}", f"--finetune_epochs={FLAGS.finetune_epochs}",
+           f"--skip_finetune={FLAGS.skip_finetune}"]
+    if data_from:
+        cmd.append(f"--reuse_data_from={data_from}")
+    logs = os.path.join(w, "logs")
+    os.makedirs(logs, exist_ok=True)
+    log_path = os.path.join(logs, f"demo_{arm}.log")
+    t0 = time.time()
+    print(f"[{arm}] $ {' '.join(cmd[2:])}  (log: {log_path})", flush=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log_path, "w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                                      stderr=subprocess.STDOUT, text=True,
+                                                      env=env) as proc:
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            print(f"[{arm}] {line.rstrip()}", flush=True)
+    if proc.returncode != 0:
+        raise UserError(f"the {arm} arm's demo exited {proc.returncode}; its log is {log_path}")
+    print(f"[{arm}] finished in {time.time() - t0:.0f} s", flush=True)
+    return json.load(open(report_path))
+
+
+def compare(w: str, arms: list[str]) -> dict:
+    """Runs the arms (the first builds the shared data, the others reuse it), scores every arm on
+    every arm's held-out set, and returns the comparison (also written to DIR/comparison.json)."""
+    reports, first = {}, ""
+    for arm in arms:
+        reports[arm] = _run_arm(arm, w, first)
+        first = first or os.path.join(w, arm)
+    heldout = {arm: os.path.join(w, arm, "data", "heldout") for arm in arms}
+    # The loop evaluates full batches of train.batch_size; every arm trains with the same one.
+    configs = {arm: json.load(open(os.path.join(w, arm, "pretrain", "config.json"))) for arm in arms}
+    batch_size = int(configs[arms[0]]["train"]["batch_size"])
+    if any(int(c["train"]["batch_size"]) != batch_size for c in configs.values()):
+        raise UserError("the arms were pretrained with different batch sizes; run them again")
+    cross = {}
+    for arm in arms:
+        ckpt = os.path.join(w, arm, "pretrained")
+        cross[arm] = {h: heldout_mlm(ckpt, d, batch_size) for h, d in heldout.items()}
+    result = {"arms": arms, "workdir": os.path.abspath(w), "reports": reports, "heldout_mlm": cross,
+              "batch_size": batch_size, "pretrain_steps": reports[arms[0]]["pretrain_steps"],
+              "baselines": {h: reports[h]["most_frequent_token_baseline"] for h in arms},
+              "verdict": verdict(reports, cross)}
+    with open(os.path.join(w, "comparison.json"), "w") as f:
+        json.dump(result, f, indent=2, sort_keys=True)
+    return result
+
+
+def verdict(reports: dict, cross: dict) -> dict:
+    """Which arm is ahead on each measure: fine-tuning (mean final dev accuracy, and whether its
+    worst seed beats the other arms' best) and held-out MLM on each held-out set."""
+    out = {}
+    ft = {a: r.get("finetune", {}).get("pretrained", {}) for a, r in reports.items()}
+    if all(f.get("runs") for f in ft.values()):
+        best = max(ft, key=lambda a: ft[a]["final_mean"])
+        others = [a for a in ft if a != best]
+        worst_best = min(r["final"] for r in ft[best]["runs"])
+        best_other = max(r["final"] for a in others for r in ft[a]["runs"])
+        out["finetune"] = {"winner": best,
+                           "margin": ft[best]["final_mean"] - max(ft[a]["final_mean"] for a in others),
+                           "every_seed_above": worst_best > best_other}
+    for h in next(iter(cross.values())):
+        scores = {a: cross[a][h]["mlm_accuracy"] for a in cross}
+        best = max(scores, key=scores.get)
+        out[f"heldout_mlm_on_{h}"] = {"winner": best, "scores": scores}
+    return out
+
+
+def table(result: dict) -> str:
+    arms, reports, cross = result["arms"], result["reports"], result["heldout_mlm"]
+    steps, batch = result["pretrain_steps"], result["batch_size"]
+    seq = reports[arms[0]]["prepared"]["train"]["max_seq_length"]
+    lines = [f"== pretraining data and objective at equal tokens: {steps} steps x batch {batch} x "
+             f"sequence {seq}, every arm =="]
+    for a in arms:
+        tr = reports[a]["prepared"]["train"]
+        seen = steps * batch
+        lines.append(f"{a:8s} {DESCRIPTION.get(a, a)}: {tr['instances']:,} training sequences "
+                     f"({seen / max(tr['instances'], 1):.2f} epochs), "
+                     f"{tr['mean_tokens_per_instance']:.1f} real tokens per sequence of {seq} "
+                     f"({seen * tr['mean_tokens_per_instance'] / 1e6:.2f} M real tokens seen)")
+    lines += ["", "held-out MLM accuracy (%) of the final checkpoint; a column is one set of "
+              "masked tokens for every arm:"]
+    width = 30
+    heads = [f"{h} held-out ({cross[arms[0]][h]['masked_tokens']:,} masked)" for h in arms]
+    lines.append(f"{'':10s}" + "".join(f"{x:>{width}}" for x in heads))
+    for a in arms:
+        cells = []
+        for h in arms:
+            cell = f"{100 * cross[a][h]['mlm_accuracy']:.2f}"
+            run = reports[a].get("heldout", {}).get("mlm_accuracy")
+            if h == a and run is not None:
+                cell += f" (its run: {100 * run:.2f})"
+            cells.append(f"{cell:>{width}}")
+        lines.append(f"{a:10s}" + "".join(cells))
+    lines.append(f"{'unigram':10s}" + "".join(
+        f"{100 * result['baselines'][h]['accuracy']:>{width}.2f}" for h in arms)
+        + "   (most-frequent-token baseline)")
+    nsp = reports.get("bert", {}).get("heldout", {}).get("nsp_accuracy")
+    if nsp is not None:
+        lines.append(f"bert's held-out NSP accuracy: {100 * nsp:.2f}% (chance 50%)")
+    if any(reports[a].get("finetune") for a in arms):
+        lines += ["", "WordNet topics fine-tuned from each arm's checkpoint (the demo's recipe): "
+                  "final dev accuracy (%)"]
+        for a in arms:
+            ft = reports[a].get("finetune", {}).get("pretrained", {})
+            if ft.get("runs"):
+                seeds = ", ".join(f"{100 * r['final']:.2f}" for r in ft["runs"])
+                lines.append(f"{a:10s}{100 * ft['final_mean']:.2f} +- {100 * ft['final_std']:.2f} "
+                             f"over {len(ft['runs'])} seeds ({seeds})")
+        for a in arms:
+            rnd = reports[a].get("finetune", {}).get("random_init", {})
+            if rnd.get("runs"):
+                seeds = ", ".join(f"{100 * r['final']:.2f}" for r in rnd["runs"])
+                lines.append(f"{'random':10s}{100 * rnd['final_mean']:.2f} +- "
+                             f"{100 * rnd['final_std']:.2f} ({seeds}; the {a} arm's run)")
+    lines.append("")
+    v = result["verdict"]
+    if "finetune" in v:
+        f = v["finetune"]
+        lines.append(f"fine-tuning: {f['winner']} ahead by {100 * f['margin']:.2f} points of mean "
+                     f"final dev accuracy; its worst seed above every other arm's best: "
+                     f"{'yes' if f['every_seed_above'] else 'no'}")
+    for h in arms:
+        m = v[f"heldout_mlm_on_{h}"]
+        lines.append(f"held-out MLM on the {h} held-out set: {m['winner']} ahead")
+    for a in arms:
+        lines.append(f"{a} arm: demo wall {reports[a]['wall_seconds']:.0f} s, CPU "
+                     f"{reports[a]['cpu_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+@user_errors_exit
+def main(argv):
+    del argv
+    arms = list(FLAGS.arms)
+    bad = [a for a in arms if a not in ARMS]
+    if bad or not arms or len(set(arms)) != len(arms):
+        raise UserError(f"--arms={','.join(arms)}; give distinct styles of {', '.join(ARMS)}")
+    t0 = time.time()
+    result = compare(FLAGS.workdir, arms)
+    print(table(result))
+    print(f"comparison wall {time.time() - t0:.0f} s; {os.path.join(FLAGS.workdir, 'comparison.json')}")
+
+
+if __name__ == "__main__":
+    cli.run(main, define_flags)
