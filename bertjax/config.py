@@ -2,6 +2,8 @@
 command line (a None default cannot be, see ml_collections #33); recipes in configs/ start here."""
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections as mlc
 
 from bertjax.data.masking import MODES as MASKING_MODES
@@ -9,47 +11,27 @@ from bertjax.data.tasks.glue import SOURCES as GLUE_SOURCES
 from bertjax.errors import UserError
 from bertjax.model.attention import BACKENDS
 from bertjax.model.bert import TASK_MODELS
-from bertjax.model.encoder import ACTIVATIONS, DTYPES, REMAT_POLICIES
+from bertjax.model.archs import ARCHS
+from bertjax.model.encoder import ACTIVATIONS, DTYPES, REMAT_POLICIES, BertConfig
 from bertjax.model.presets import PRESETS
 from bertjax.train.objectives import OBJECTIVES
 from bertjax.train.optim import OPTIMIZERS, SCHEDULES
 
 
-def model_config(preset: str = "base") -> mlc.ConfigDict:
+def model_config(preset: str = "base", arch: str = "bert") -> mlc.ConfigDict:
+    """The model section: every BertConfig field at its default (model/encoder.py documents
+    each), then the member's knobs (model/archs.py), then the size preset."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
-    p = PRESETS[preset]
-    return mlc.ConfigDict(
-        dict(
-            vocab_size=30522,
-            hidden_size=p["hidden_size"],
-            num_layers=p["num_layers"],
-            num_heads=p["num_heads"],
-            intermediate_size=p["intermediate_size"],
-            max_position_embeddings=512,
-            type_vocab_size=2,
-            hidden_dropout=0.1,
-            attention_dropout=0.1,
-            layer_norm_eps=1e-12,
-            initializer_range=0.02,
-            # "gelu" is the exact erf form of the original; "gelu_tanh" the approximation.
-            hidden_act="gelu",
-            # "auto" picks cudnn on GPU, splash on TPU, xla elsewhere.
-            attention_backend="auto",
-            # Compute dtype; params stay float32. LayerNorm, softmax and losses run in float32.
-            dtype="float32",
-            param_dtype="float32",
-            # "none" | "full" | "dots" (save matmul outputs) rematerialisation per layer.
-            remat="none",
-            scan_layers=False,
-            num_labels=2,
-        )
-    )
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    fields = {f.name: f.default for f in dataclasses.fields(BertConfig)}
+    return mlc.ConfigDict({**fields, **ARCHS[arch], "arch": arch, **PRESETS[preset]})
 
 
-def base_config(preset: str = "base") -> mlc.ConfigDict:
+def base_config(preset: str = "base", arch: str = "bert") -> mlc.ConfigDict:
     c = mlc.ConfigDict()
-    c.model = model_config(preset)
+    c.model = model_config(preset, arch)
     c.data = mlc.ConfigDict(
         dict(
             train_dir="",
@@ -164,7 +146,8 @@ _TASK_FAMILY = {
 }
 
 
-def finetune_config(preset: str = "base", family: str = "glue") -> mlc.ConfigDict:
+def finetune_config(preset: str = "base", family: str = "glue",
+                    arch: str = "bert") -> mlc.ConfigDict:
     """base_config plus a `task` section and `seeds`, for `bertjax finetune`.
 
     The model's shape comes from `init_from` when given (the recipe's preset only matters when
@@ -176,7 +159,7 @@ def finetune_config(preset: str = "base", family: str = "glue") -> mlc.ConfigDic
     if family not in FINETUNE_FAMILIES:
         raise ValueError(f"unknown fine-tuning family {family!r}; choose one of "
                          f"{sorted(FINETUNE_FAMILIES)}")
-    c = base_config(preset)
+    c = base_config(preset, arch)
     with c.unlocked():
         # N > 1 trains N runs (seeds train.seed .. train.seed + N - 1) in <workdir>/seed-K and
         # reports the mean and spread of their best dev metric.
@@ -196,6 +179,7 @@ def finetune_config(preset: str = "base", family: str = "glue") -> mlc.ConfigDic
 # on it, so a typo fails at parse (before any data is read or any compile) and the list can never
 # drift from what the code accepts.
 CHOICES: dict[str, tuple[str, ...]] = {
+    "model.arch": tuple(ARCHS),
     "model.attention_backend": tuple(BACKENDS),
     "model.hidden_act": tuple(ACTIVATIONS),
     "model.remat": tuple(REMAT_POLICIES),

@@ -36,7 +36,8 @@ def other_value(key, v):
         # Values with meaning must stay valid; free-form strings get a new one.
         choices = {"model.hidden_act": "gelu_tanh", "model.attention_backend": "xla",
                    "model.dtype": "bfloat16", "model.param_dtype": "float32", "model.remat": "dots",
-                   "optim.name": "adamw", "optim.schedule": "cosine", "data.masking": "dynamic"}
+                   "optim.name": "adamw", "optim.schedule": "cosine", "data.masking": "dynamic",
+                   "model.arch": "roberta", "objective.name": "mlm"}
         new = choices.get(key, "/tmp/elsewhere")
         return new, new
     raise AssertionError(f"untyped leaf {key}={v!r}")

@@ -1,40 +1,61 @@
-"""bertjax equals Hugging Face transformers (PyTorch) in fp32 on CPU, both directions, every head."""
+"""bertjax equals Hugging Face transformers (PyTorch) in fp32 on CPU, both directions, every head,
+for every family member with a layout table. Random weights (perturbed so no tensor sits at its
+initial 0 or 1) and odd sizes (hidden 48, 3 heads, FFN 37), so a transposed or swapped matrix
+shows; RoBERTa with a pad id of 3, so positions must follow the pad id, not a constant 1."""
 import numpy as np
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from bertjax.interop import hf_dir, params as interop  # noqa: E402
+from bertjax.interop import hf_dir, params as interop
 
 TOL = 1e-4
-HF_CLASSES = {
-    "pretraining": "BertForPreTraining",
-    "base": "BertModel",
-    "masked_lm": "BertForMaskedLM",
-    "sequence_classification": "BertForSequenceClassification",
-    "token_classification": "BertForTokenClassification",
-    "question_answering": "BertForQuestionAnswering",
+SIZES = dict(vocab_size=99, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+             intermediate_size=37, hidden_act="gelu")
+# member -> (HF config class, its knobs, our task model -> HF class)
+MEMBERS = {
+    "bert": (transformers.BertConfig, dict(max_position_embeddings=64, type_vocab_size=2), {
+        "pretraining": "BertForPreTraining",
+        "base": "BertModel",
+        "masked_lm": "BertForMaskedLM",
+        "sequence_classification": "BertForSequenceClassification",
+        "token_classification": "BertForTokenClassification",
+        "question_answering": "BertForQuestionAnswering",
+    }),
+    "roberta": (transformers.RobertaConfig,
+                dict(max_position_embeddings=64 + 4, type_vocab_size=1, pad_token_id=3,
+                     bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5), {
+        "base": "RobertaModel",
+        "masked_lm": "RobertaForMaskedLM",
+        "sequence_classification": "RobertaForSequenceClassification",
+        "token_classification": "RobertaForTokenClassification",
+        "question_answering": "RobertaForQuestionAnswering",
+    }),
 }
+CASES = [(m, t) for m, (_, _, classes) in MEMBERS.items() for t in classes]
+HF_CLASSES = MEMBERS["bert"][2]
 
 
-def hf_config(**kw):
-    base = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=37, max_position_embeddings=64, type_vocab_size=2,
-                hidden_act="gelu", num_labels=3)
-    base.update(kw)
-    return transformers.BertConfig(**base)
+def hf_config(member="bert", **kw):
+    config_cls, knobs, _ = MEMBERS[member]
+    return config_cls(**{**SIZES, **knobs, "num_labels": 3, **kw})
 
 
-def make_batch(seed=0, batch=3, seq=12, vocab=99):
+def hf_class(member, task):
+    return getattr(transformers, MEMBERS[member][2][task])
+
+
+def make_batch(seed=0, batch=3, seq=12, vocab=99, member="bert"):
     rng = np.random.default_rng(seed)
     ids = rng.integers(5, vocab, size=(batch, seq)).astype(np.int32)
     lengths = np.array([seq, seq - 4, 5])[:batch]
     mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
     seg = np.zeros_like(ids)
-    for b, n in enumerate(lengths):
-        seg[b, n // 2:n] = 1  # two segments
-    ids = ids * mask
+    pad = MEMBERS[member][1].get("pad_token_id", 0)
+    if MEMBERS[member][1]["type_vocab_size"] > 1:
+        for b, n in enumerate(lengths):
+            seg[b, n // 2:n] = 1  # two segments
+    ids = np.where(mask == 1, ids, pad).astype(np.int32)
     positions = np.stack([rng.choice(n, 4, replace=False) for n in lengths]).astype(np.int32)
     positions.sort(axis=1)
     return dict(input_ids=ids, segment_ids=seg, input_mask=mask, masked_lm_positions=positions)
@@ -70,6 +91,7 @@ def compare(task, ours_model, hf_model, b):
         seq, pooled = out
         close(seq, hf.last_hidden_state, "hidden states", real)
         close(pooled, hf.pooler_output, "pooled")
+        return
     elif task == "pretraining":
         pos = b["masked_lm_positions"]
         hf_mlm = torch.gather(hf.prediction_logits, 1,
@@ -82,6 +104,8 @@ def compare(task, ours_model, hf_model, b):
     elif task == "masked_lm":
         pos = torch.tensor(b["masked_lm_positions"], dtype=torch.long)[..., None].expand(-1, -1, 99)
         close(out["mlm_logits"], torch.gather(hf.logits, 1, pos), "mlm logits")
+        hidden, _ = ours_model.bert(b["input_ids"], b["segment_ids"], b["input_mask"])
+        close(hidden, hf.hidden_states[-1], "hidden states", real)
     elif task == "sequence_classification":
         close(out["logits"], hf.logits, "logits")
     elif task == "token_classification":
@@ -91,12 +115,12 @@ def compare(task, ours_model, hf_model, b):
         close(out["end_logits"], hf.end_logits, "end", real)
 
 
-@pytest.mark.parametrize("task", list(HF_CLASSES))
-def test_hf_to_bertjax_to_hf(task, tmp_path):
+@pytest.mark.parametrize("member,task", CASES)
+def test_hf_to_bertjax_to_hf(member, task, tmp_path):
     torch.manual_seed(0)
     # HF's QA head is sized by num_labels and needs exactly 2 (start, end).
     labels = 2 if task == "question_answering" else 3
-    hf_model = getattr(transformers, HF_CLASSES[task])(hf_config(num_labels=labels)).eval()
+    hf_model = hf_class(member, task)(hf_config(member, num_labels=labels)).eval()
     # Random init leaves biases and LayerNorm at 0/1; perturb them so the test sees every tensor.
     with torch.no_grad():
         for p in hf_model.parameters():
@@ -104,7 +128,8 @@ def test_hf_to_bertjax_to_hf(task, tmp_path):
     hf_model.save_pretrained(tmp_path / "hf")
     model, cfg, got_task, report = interop.load_hf(str(tmp_path / "hf"))
     assert got_task == task and report["unexpected"] == [] and report["missing"] == []
-    compare(task, model, hf_model, make_batch())
+    assert cfg.arch == member
+    compare(task, model, hf_model, make_batch(member=member))
 
     # Round trip: HF -> bertjax -> HF reproduces every tensor exactly.
     original = hf_dir.read_tensors(str(tmp_path / "hf"))
@@ -112,25 +137,30 @@ def test_hf_to_bertjax_to_hf(task, tmp_path):
     for k, v in original.items():
         if k in back:
             np.testing.assert_array_equal(back[k], v, err_msg=k)
-    assert set(original) - set(back) <= {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
+            "lm_head.decoder.weight", "lm_head.decoder.bias"}
+    assert set(original) - set(back) <= tied
 
 
-@pytest.mark.parametrize("task", list(HF_CLASSES))
-def test_bertjax_to_hf_loads_cleanly_and_matches(task, tmp_path):
+@pytest.mark.parametrize("member,task", CASES)
+def test_bertjax_to_hf_loads_cleanly_and_matches(member, task, tmp_path):
+    from bertjax.interop.layouts import for_hf_config
     from bertjax.model import BertConfig, build_model
 
-    cfg = BertConfig(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37,
-                     max_position_embeddings=64, num_labels=3)
+    hf = hf_config(member).to_dict()
+    cfg = BertConfig.from_dict(for_hf_config(hf).config_from_hf(hf))
     model = build_model(task, cfg, seed=1)
     flat = interop.flat_params(model)
     rng = np.random.default_rng(1)
     interop.set_flat_params(model, {k: v + 0.05 * rng.standard_normal(v.shape).astype(v.dtype)
                                      for k, v in flat.items()})
     interop.save_hf(model, cfg, task, str(tmp_path / "out"))
-    cls = getattr(transformers, HF_CLASSES[task])
-    hf_model, info = cls.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    compare(task, model, hf_model.eval(), make_batch(seed=2))
+    for cls in (hf_class(member, task), transformers.AutoModel):
+        if cls is transformers.AutoModel and task != "base":
+            continue
+        hf_model, info = cls.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
+        assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    compare(task, model, hf_model.eval(), make_batch(seed=2, member=member))
 
 
 def test_padding_does_not_change_real_tokens():

@@ -10,8 +10,10 @@ from flax import nnx
 from flax.nnx import traversals
 
 from bertjax.interop.params import flat_params, set_flat_params
-from bertjax.model import BertConfig, build_model, layout
+from bertjax.model import BertConfig, build_model
+from bertjax.model import layer_stack as layout
 from bertjax.train import checkpoint as ckpt_lib
+from bertjax.train import objectives
 from bertjax.train import mesh as mesh_lib
 from bertjax.train.step import make_steps
 
@@ -65,7 +67,8 @@ def test_init_from_moves_weights_between_layouts_on_a_sharded_mesh(tmp_path):
     unrolled = build_model("pretraining", CFG, seed=1)
     scanned_cfg = dataclasses.replace(CFG, scan_layers=True)
     ckpt_lib.save_params(tmp_path / "per_layer", nnx.state(unrolled, nnx.Param), CFG.to_dict())
-    steps = make_steps(lambda: build_model("pretraining", scanned_cfg), None, optax.sgd(0.1), mesh)
+    steps = make_steps(lambda: build_model("pretraining", scanned_cfg), objectives.make("mlm_nsp"),
+                       optax.sgd(0.1), mesh)
     target = mesh_lib.with_shardings(steps.abstract_state, steps.state_shardings)["params"]
     params, report = ckpt_lib.load_params(tmp_path / "per_layer", target)
     assert not report.missing and not report.unexpected
@@ -80,7 +83,8 @@ def test_init_from_moves_weights_between_layouts_on_a_sharded_mesh(tmp_path):
 
     # And back: a scanned checkpoint initialises an unrolled model.
     ckpt_lib.save_params(tmp_path / "stacked", params, scanned_cfg.to_dict())
-    steps = make_steps(lambda: build_model("pretraining", CFG), None, optax.sgd(0.1), mesh)
+    steps = make_steps(lambda: build_model("pretraining", CFG), objectives.make("mlm_nsp"),
+                       optax.sgd(0.1), mesh)
     target = mesh_lib.with_shardings(steps.abstract_state, steps.state_shardings)["params"]
     back, report = ckpt_lib.load_params(tmp_path / "stacked", target)
     assert not report.missing and not report.unexpected

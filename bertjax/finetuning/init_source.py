@@ -19,6 +19,7 @@ from etils import epath
 from flax import nnx
 
 from bertjax.errors import UserError
+from bertjax.model.encoder import arch_fields
 from bertjax.interop import model_io
 from bertjax.text import check_identity, load_tokenizer
 from bertjax.store import workdir as wd
@@ -27,8 +28,7 @@ from bertjax.train import checkpoint as ckpt_lib
 
 # The fields that fix the shape and function of the pretrained weights; dropout, dtype, attention
 # backend and remat stay as the recipe says.
-ARCH_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-               "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps")
+ARCH_FIELDS = arch_fields()
 
 
 @dataclasses.dataclass

@@ -44,7 +44,8 @@ def load_model(path: str, task: str | None = None, allow_missing: bool = False):
     task = task or contents.task
     if task not in TASK_MODELS:
         raise UserError(f"unknown task {task!r} in {path}; expected one of {sorted(TASK_MODELS)}")
-    cfg = BertConfig.from_dict(model_cfg)
+    model_cfg.pop("id2label", None)  # label names, read by export
+    cfg = BertConfig.from_dict(model_cfg, what=f"the model config of {path}")
     # Restore into an abstract model: no initialiser runs unless a weight is missing.
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(task, cfg)))
     params, report = ckpt_lib.load_params(path, abstract)

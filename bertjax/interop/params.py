@@ -7,8 +7,8 @@ from flax import nnx
 from flax.nnx import traversals
 
 from bertjax.errors import UserError
-from bertjax.interop import hf_dir, hf_layout
-from bertjax.model import layout
+from bertjax.interop import hf_dir, layouts
+from bertjax.model import layer_stack
 from bertjax.model.bert import build_model
 from bertjax.model.encoder import BertConfig
 
@@ -17,14 +17,14 @@ def flat_params(model: nnx.Module) -> dict[tuple, np.ndarray]:
     """The model's parameters by key path, always in the per-layer layout (scanned models
     included), which is what every checkpoint format here maps from."""
     pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return layout.per_layer({k: np.asarray(v) for k, v in traversals.flatten_mapping(pure).items()})
+    return layer_stack.per_layer({k: np.asarray(v) for k, v in traversals.flatten_mapping(pure).items()})
 
 
 def _model_layout(flat: dict[tuple, np.ndarray], current: dict) -> dict[tuple, np.ndarray]:
-    if not layout.is_stacked(current):
+    if not layer_stack.is_stacked(current):
         return flat
-    num_layers = next(v.shape[0] for k, v in current.items() if layout.is_stacked({k: v}))
-    return layout.stacked(flat, num_layers)
+    num_layers = next(v.shape[0] for k, v in current.items() if layer_stack.is_stacked({k: v}))
+    return layer_stack.stacked(flat, num_layers)
 
 
 def set_flat_params(model: nnx.Module, flat: dict[tuple, np.ndarray]) -> None:
@@ -57,17 +57,8 @@ def param_shapes(task: str, cfg: BertConfig) -> dict[tuple, tuple]:
     abstract = nnx.eval_shape(lambda: build_model(task, cfg))
     flat = traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
     # Per-layer shapes whatever the model's layout: they are what weight files map to.
-    return {k: tuple(v.shape) for k, v in layout.per_layer(
+    return {k: tuple(v.shape) for k, v in layer_stack.per_layer(
         {k: np.empty(v.shape, np.bool_) for k, v in flat.items()}).items()}
-
-
-def task_from_hf_config(hf_cfg: dict) -> str:
-    archs = hf_cfg.get("architectures") or ["BertModel"]
-    for a in archs:
-        if a in hf_layout.ARCHITECTURES:
-            return hf_layout.ARCHITECTURES[a][0]
-    raise UserError(f"architecture {archs} is not supported; supported: "
-                    f"{sorted(hf_layout.ARCHITECTURES)}")
 
 
 def load_hf(path: str, task: str | None = None, allow_missing: bool = False, **overrides):
@@ -76,19 +67,22 @@ def load_hf(path: str, task: str | None = None, allow_missing: bool = False, **o
     Any bertjax parameter without an HF source is an error unless `allow_missing` (then it keeps its
     fresh initialisation and is listed in the report), so a partial load never passes silently."""
     hf_cfg = hf_dir.read_config(path)
-    task = task or task_from_hf_config(hf_cfg)
-    cfg = BertConfig.from_dict({**hf_layout.config_from_hf(hf_cfg), **overrides})
-    params, report = hf_layout.hf_to_ours(hf_dir.read_tensors(path), cfg, task,
-                                          param_shapes(task, cfg))
+    layout = layouts.for_hf_config(hf_cfg)
+    task = task or layout.task_from_hf_config(hf_cfg)
+    cfg = BertConfig.from_dict({**layout.config_from_hf(hf_cfg), **overrides},
+                               what=f"{path}/config.json")
+    params, report = layout.hf_to_ours(hf_dir.read_tensors(path), cfg, task,
+                                       param_shapes(task, cfg))
     if report["missing"] and not allow_missing:
         raise UserError(f"{path} lacks weights for: {'; '.join(report['missing'])}")
     return model_from_flat(task, cfg, params), cfg, task, report
 
 
 def to_hf_tensors(model: nnx.Module, cfg: BertConfig, task: str) -> dict[str, np.ndarray]:
-    return hf_layout.ours_to_hf(flat_params(model), cfg, task)
+    return layouts.for_arch(cfg.arch).ours_to_hf(flat_params(model), cfg, task)
 
 
 def save_hf(model, cfg: BertConfig, task: str, out_dir: str, extra_files=(), id2label=None) -> None:
-    hf_dir.write_dir(out_dir, hf_layout.config_to_hf(cfg, task, id2label),
+    config = layouts.for_arch(cfg.arch).config_to_hf(cfg, task, id2label)
+    hf_dir.write_dir(out_dir, config,
                      to_hf_tensors(model, cfg, task), extra_files)

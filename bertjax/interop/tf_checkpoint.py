@@ -3,7 +3,7 @@ bert_config.json, vocab.txt and a name-based checkpoint (bert_model.ckpt.index /
 
 The original variable names map one to one onto the Hugging Face names (HF's own converter was
 written for exactly these files), so a TF checkpoint is renamed into the HF layout and then goes
-through hf_layout's entries like any HF directory. TensorFlow is imported only here and only when
+through BERT's layout table (interop/layouts/bert.py) like any HF directory. TensorFlow is imported only here and only when
 a checkpoint is read (`tf.train.load_checkpoint`).
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ import re
 import numpy as np
 
 from bertjax.errors import UserError
-from bertjax.interop import hf_layout, params as interop
+from bertjax.interop import params as interop
+from bertjax.interop.layouts import bert as bert_layout
 from bertjax.model.encoder import BertConfig
 from bertjax.store.workdir import IDENTITY_FILE
 from bertjax.text import load_tokenizer
@@ -141,7 +142,7 @@ def load_tf(directory: str, task: str | None = None):
     and mis-shaped variables by their TF names."""
     hf_cfg = read_config(directory)
     try:
-        cfg = BertConfig.from_dict(hf_layout.config_from_hf(hf_cfg))
+        cfg = BertConfig.from_dict(bert_layout.LAYOUT.config_from_hf(hf_cfg))
     except KeyError as e:
         raise UserError(f"{os.path.join(directory, CONFIG_FILE)} lacks {e}") from None
     variables = read_variables(checkpoint_prefix(directory))
@@ -164,7 +165,7 @@ def load_tf(directory: str, task: str | None = None):
         origin = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in origin.items()}
     shapes = interop.param_shapes(task, cfg)
     params, missing, bad, used = {}, [], [], set()
-    for ent in hf_layout.entries(cfg, task):
+    for ent in bert_layout.entries(cfg, task):
         absent = [k for k in ent.hf_keys if k not in renamed]
         if absent:
             missing.extend(_tf_name_of(k) for k in absent)
@@ -180,7 +181,7 @@ def load_tf(directory: str, task: str | None = None):
             continue
         used.update(ent.hf_keys)
         params[ent.path] = value
-    wanted = {k for ent in hf_layout.entries(cfg, task) for k in ent.hf_keys}
+    wanted = {k for ent in bert_layout.entries(cfg, task) for k in ent.hf_keys}
     unknown += sorted(origin[k] for k in renamed if k not in wanted)
     problems = []
     if unknown:

@@ -11,34 +11,69 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bertjax.errors import UserError
 from bertjax.model import attention as attn_lib
+
+
+class ModelConfigError(UserError, ValueError):
+    """A model config that cannot build a model: the commands print it as one line."""
+
+
+def _field(default, doc: str, arch: bool = False):
+    # `arch` marks what the weights are (copied from a checkpoint by init_from and by every
+    # import); the rest is how a run computes with them.
+    return dataclasses.field(default=default, metadata={"arch": arch, "doc": doc})
 
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    intermediate_size: int = 3072
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    hidden_dropout: float = 0.1
-    attention_dropout: float = 0.1
-    layer_norm_eps: float = 1e-12
-    initializer_range: float = 0.02
-    hidden_act: str = "gelu"
-    attention_backend: str = "auto"
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat: str = "none"
-    scan_layers: bool = False
-    num_labels: int = 2
+    """The one encoder's knobs. This field list is the model's only one: the config schema
+    (config.model_config), presets, the Hugging Face config tables and init-from's architecture
+    check all derive from it. Default knobs build BERT's parameter tree exactly."""
+
+    arch: str = _field("bert", "the family member (Hugging Face model_type): model/archs.py",
+                       arch=True)
+    vocab_size: int = _field(30522, "word embedding rows", arch=True)
+    hidden_size: int = _field(768, "H", arch=True)
+    embedding_size: int = _field(0, "E, the embedding width; 0 = H, else an E->H projection",
+                                 arch=True)
+    num_layers: int = _field(12, "depth L", arch=True)
+    num_heads: int = _field(12, "attention heads", arch=True)
+    intermediate_size: int = _field(3072, "FFN width", arch=True)
+    num_hidden_groups: int = _field(0, "0 = every layer its own weights; G = G shared layers, "
+                                    "layer l runs group l*G//L", arch=True)
+    max_position_embeddings: int = _field(512, "position table rows (offset included)", arch=True)
+    position_offset: int = _field(0, "0 = positions 0..S-1; k > 0 = real tokens count from k "
+                                  "and padding sits at k-1 (fairseq/RoBERTa: pad id + 1)",
+                                  arch=True)
+    type_vocab_size: int = _field(2, "segment types: 2, 1 (always 0) or 0 (none)", arch=True)
+    pad_token_id: int = _field(0, "the tokenizer's padding id", arch=True)
+    hidden_act: str = _field("gelu", "gelu (exact erf), gelu_tanh or relu", arch=True)
+    layer_norm_eps: float = _field(1e-12, "LayerNorm epsilon", arch=True)
+    hidden_dropout: float = _field(0.1, "dropout on hidden states")
+    attention_dropout: float = _field(0.1, "dropout on attention probabilities")
+    initializer_range: float = _field(0.02, "truncated normal stddev of fresh weights")
+    attention_backend: str = _field("auto", "auto (cudnn on GPU, splash on TPU, xla elsewhere), "
+                                    "xla, cudnn or splash")
+    dtype: str = _field("float32", "compute dtype; LayerNorm, softmax and losses stay float32")
+    param_dtype: str = _field("float32", "parameter dtype")
+    remat: str = _field("none", "per-layer rematerialisation: none, full or dots")
+    scan_layers: bool = _field(False, "one scanned layer holding every layer's weights stacked")
+    num_labels: int = _field(2, "classifier outputs (1 = regression)")
 
     @classmethod
-    def from_dict(cls, d) -> "BertConfig":
+    def from_dict(cls, d, what: str = "the model config") -> "BertConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in dict(d).items() if k in names})
+        unknown = sorted(set(dict(d)) - names)
+        if unknown:
+            raise ModelConfigError(
+                f"{what} has keys this bertjax does not know: {', '.join(unknown)}; it was "
+                "written by another version or for another model (known keys: "
+                f"{', '.join(sorted(names))})")
+        try:
+            return cls(**dict(d))
+        except TypeError as e:
+            raise ModelConfigError(f"{what} is not a valid model config: {e}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -47,19 +82,49 @@ class BertConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    @property
+    def embedding_width(self) -> int:
+        return self.embedding_size or self.hidden_size
+
     def __post_init__(self):
+        from bertjax.model.archs import ARCHS  # archs.py builds presets from this class
+
+        if self.arch not in ARCHS:
+            raise ModelConfigError(f"model.arch={self.arch!r} is not an architecture this bertjax "
+                                   f"knows ({', '.join(sorted(ARCHS))})")
         if self.hidden_size % self.num_heads:
-            raise ValueError(
+            raise ModelConfigError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
             )
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act must be one of {sorted(ACTIVATIONS)}, got {self.hidden_act!r}")
+            raise ModelConfigError(f"hidden_act must be one of {sorted(ACTIVATIONS)}, got "
+                                   f"{self.hidden_act!r}")
         if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
+            raise ModelConfigError(f"remat must be one of {sorted(REMAT_POLICIES)}, got "
+                                   f"{self.remat!r}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
-                raise ValueError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
-        attn_lib.check_backend(self.attention_backend, self.attention_dropout)
+                raise ModelConfigError(f"{name} must be one of {DTYPES}, got "
+                                       f"{getattr(self, name)!r}")
+        if self.type_vocab_size < 0 or self.embedding_size < 0 or self.position_offset < 0:
+            raise ModelConfigError("type_vocab_size, embedding_size and position_offset must be "
+                                   ">= 0")
+        groups = self.num_hidden_groups
+        if groups and (groups > self.num_layers or self.num_layers % groups):
+            raise ModelConfigError(f"num_hidden_groups {groups} must divide num_layers "
+                                   f"{self.num_layers}")
+        if groups and self.scan_layers:
+            raise ModelConfigError("scan_layers stacks one set of weights per layer; with shared "
+                                   "layers (num_hidden_groups > 0) set model.scan_layers=false")
+        try:
+            attn_lib.check_backend(self.attention_backend, self.attention_dropout)
+        except ValueError as e:
+            raise ModelConfigError(str(e)) from None
+
+
+def arch_fields() -> tuple[str, ...]:
+    """The fields that say what the weights are (see `_field`)."""
+    return tuple(f.name for f in dataclasses.fields(BertConfig) if f.metadata["arch"])
 
 
 ACTIVATIONS = {
@@ -117,9 +182,9 @@ def _dtype(name: str):
 class LayerNorm(nnx.Module):
     """LayerNorm computed in float32 whatever the compute dtype; the output is cast back."""
 
-    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, size: int | None = None):
         self.norm = nnx.LayerNorm(
-            cfg.hidden_size,
+            size or cfg.hidden_size,
             epsilon=cfg.layer_norm_eps,
             dtype=jnp.float32,
             param_dtype=_dtype(cfg.param_dtype),
@@ -147,11 +212,16 @@ def dense(cfg: BertConfig, n_in: int, n_out: int, names, *, rngs: nnx.Rngs) -> n
 
 
 class Embeddings(nnx.Module):
+    """Word + position (+ segment) embeddings of width E, LayerNorm, dropout, and an E->H
+    projection when E differs from H (ALBERT, ELECTRA-small)."""
+
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        width = cfg.embedding_width
+
         def embed(n, names):
             return nnx.Embed(
                 n,
-                cfg.hidden_size,
+                width,
                 dtype=_dtype(cfg.dtype),
                 param_dtype=_dtype(cfg.param_dtype),
                 embedding_init=_init(cfg, names),
@@ -160,18 +230,32 @@ class Embeddings(nnx.Module):
 
         self.word_embeddings = embed(cfg.vocab_size, ("vocab", "embed"))
         self.position_embeddings = embed(cfg.max_position_embeddings, ("pos", "embed"))
-        self.token_type_embeddings = embed(cfg.type_vocab_size, ("type", "embed"))
-        self.layer_norm = LayerNorm(cfg, rngs=rngs)
+        if cfg.type_vocab_size:
+            self.token_type_embeddings = embed(cfg.type_vocab_size, ("type", "embed"))
+        self.layer_norm = LayerNorm(cfg, rngs=rngs, size=width)
+        if width != cfg.hidden_size:
+            self.projection = dense(cfg, width, cfg.hidden_size, ("embed", None), rngs=rngs)
         self.rate = cfg.hidden_dropout
+        self.type_vocab_size = cfg.type_vocab_size
+        self.position_offset = cfg.position_offset
 
-    def __call__(self, input_ids, segment_ids, keys: DropoutKeys):
-        seq_len = input_ids.shape[1]
-        x = (
-            self.word_embeddings(input_ids)
-            + self.token_type_embeddings(segment_ids)
-            + self.position_embeddings(jnp.arange(seq_len))[None]
-        )
-        return dropout(self.layer_norm(x), self.rate, keys)
+    def positions(self, seq_len: int, input_mask):
+        if not self.position_offset:
+            return jnp.arange(seq_len)[None]
+        # fairseq's make_positions: real tokens count up from the offset, padding sits just below.
+        mask = input_mask.astype(jnp.int32)
+        return jnp.cumsum(mask, axis=1) * mask + (self.position_offset - 1)
+
+    def __call__(self, input_ids, segment_ids, keys: DropoutKeys, input_mask=None):
+        x = self.word_embeddings(input_ids) + self.position_embeddings(
+            self.positions(input_ids.shape[1], input_mask))
+        if self.type_vocab_size > 1:
+            x = x + self.token_type_embeddings(segment_ids)
+        elif self.type_vocab_size == 1:
+            # One type: every token is type 0, whatever segment ids the data carries.
+            x = x + self.token_type_embeddings(jnp.zeros((1, 1), jnp.int32))
+        x = dropout(self.layer_norm(x), self.rate, keys)
+        return self.projection(x) if hasattr(self, "projection") else x
 
 
 class SelfAttention(nnx.Module):
@@ -237,13 +321,16 @@ class Encoder(nnx.Module):
     """The layer stack. With `scan_layers`, one EncoderLayer holds every layer's parameters
     stacked on a leading "layers" axis and the forward pass is a scan: the compiled program holds
     one layer instead of L, which cuts TPU compile time for Large several-fold. Checkpoints and
-    exports always use the per-layer layout (interop/layers.py converts)."""
+    exports always use the per-layer layout (model/layer_stack.py converts)."""
 
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         self.policy = REMAT_POLICIES[cfg.remat]
         self.remat = cfg.remat != "none"
         self.scan = cfg.scan_layers
         self.num_layers = cfg.num_layers
+        groups = cfg.num_hidden_groups or cfg.num_layers
+        # Layer l runs weights l * G // L: G = L is BERT, G = 1 one layer shared by all (ALBERT).
+        self.layer_map = tuple(i * groups // cfg.num_layers for i in range(cfg.num_layers))
         if self.scan:
             @nnx.split_rngs(splits=cfg.num_layers)
             @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -252,15 +339,15 @@ class Encoder(nnx.Module):
 
             self.layers = stacked(rngs)
         else:
-            self.layers = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+            self.layers = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(groups)])
 
     def __call__(self, x, mask, keys: DropoutKeys):
         # One key per layer, drawn the same way with or without remat or scan, so all agree.
         layer_keys = [keys() for _ in range(self.num_layers)]
         run = nnx.remat(_run_layer, policy=self.policy) if self.remat else _run_layer
         if not self.scan:
-            for layer, key in zip(self.layers, layer_keys):
-                x = run(layer, x, mask, key)
+            for index, key in zip(self.layer_map, layer_keys):
+                x = run(self.layers[index], x, mask, key)
             return x
         stacked_keys = None if layer_keys[0] is None else jnp.stack(layer_keys)
 
@@ -301,6 +388,6 @@ class BertModel(nnx.Module):
 
     def __call__(self, input_ids, segment_ids, input_mask, *, dropout_key=None):
         keys = DropoutKeys(dropout_key)
-        x = self.embeddings(input_ids, segment_ids, keys)
+        x = self.embeddings(input_ids, segment_ids, keys, input_mask)
         x = self.encoder(x, input_mask, keys)
         return x, (self.pooler(x) if self.pooler is not None else None)

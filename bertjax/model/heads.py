@@ -20,8 +20,10 @@ class MaskedLM(nnx.Module):
     """
 
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
-        self.transform = dense(cfg, cfg.hidden_size, cfg.hidden_size, ("embed", None), rngs=rngs)
-        self.layer_norm = LayerNorm(cfg, rngs=rngs)
+        # H -> E: the decoder is the (V, E) word embedding table.
+        self.transform = dense(cfg, cfg.hidden_size, cfg.embedding_width, ("embed", None),
+                               rngs=rngs)
+        self.layer_norm = LayerNorm(cfg, rngs=rngs, size=cfg.embedding_width)
         self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.dtype(cfg.param_dtype)),
                               out_sharding=("vocab",))
         self.act = cfg.hidden_act

@@ -26,8 +26,7 @@ import time
 from etils import epath
 
 from bertjax.errors import UserError
-from bertjax.interop import hf_dir, hf_layout
-from bertjax.interop.params import task_from_hf_config
+from bertjax.interop import hf_dir, layouts
 from bertjax.store.files import write_atomic  # also wd.write_atomic for the workdir's writers
 from bertjax.text import check_identity as compare
 
@@ -148,7 +147,7 @@ def inspect(path: str | epath.PathLike) -> Contents:
         identity = read_identity(p)
     if is_hf_dir(p):
         hf = hf_dir.read_config(text)
-        return Contents("hf", text, hf_layout.config_from_hf(hf), task_from_hf_config(hf), None,
+        return Contents("hf", text, layouts.config_from_hf(hf), layouts.task_from_hf_config(hf), None,
                         vocab, identity)
     model = read_json(p / MODEL_CONFIG_FILE)
     if model is not None:

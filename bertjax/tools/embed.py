@@ -26,7 +26,7 @@ from flax import nnx
 from bertjax import cli
 from bertjax.errors import UserError
 from bertjax.store.files import write_atomic
-from bertjax.interop import hf_dir, hf_layout, model_io
+from bertjax.interop import hf_dir, layouts, model_io
 from bertjax.text import check_identity, load_tokenizer
 from bertjax.store import workdir as wd
 
@@ -50,8 +50,9 @@ def load_checkpoint(path: str, needs: tuple[str, ...], with_untrained: bool = Fa
     item: the paths of the parameters left at their fresh initialisation."""
     untrained: list[str] = []
     if wd.is_hf_dir(path):
-        archs = hf_dir.read_config(path).get("architectures") or ["BertModel"]
-        if not any(a in hf_layout.ARCHITECTURES for a in archs):
+        hf = hf_dir.read_config(path)
+        archs = hf.get("architectures") or []
+        if archs and not any(a in layouts.for_hf_config(hf).architectures for a in archs):
             model, cfg, task, report, _ = model_io.load_model(path, task="pretraining",
                                                               allow_missing=True)
             untrained = [m.split(" <- ")[0] for m in report["missing"]]
@@ -111,12 +112,13 @@ def encode_cut(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
 
 
 def encode_texts(tokenizer, texts: list[str], max_len: int) -> tuple[list[list[int]], int]:
-    """[CLS] pieces [SEP] per text, cut to max_len. Returns (id lists, how many were cut)."""
-    body = max_len - 2
+    """tokenizer.build_inputs(pieces) per text ([CLS] pieces [SEP], <s> pieces </s>), cut to
+    max_len. Returns (id lists, how many were cut)."""
+    body = max_len - tokenizer.num_special(False)
     batch = getattr(tokenizer, "encode_batch", None)
     pieces = batch(texts) if batch else [tokenizer.encode(t) for t in texts]
     cut = sum(len(p) > body for p in pieces)
-    return [[tokenizer.cls_id, *p[:body], tokenizer.sep_id] for p in pieces], cut
+    return [tokenizer.build_inputs(p[:body])[0] for p in pieces], cut
 
 
 def bucket_length(longest: int, limit: int) -> int:

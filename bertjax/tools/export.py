@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 import jax.numpy as jnp
@@ -43,8 +42,6 @@ FORMATS = ("hf", "safetensors", "msgpack")
 # The name bertjax.train.checkpoint uses; repeated so load_export works without importing Orbax.
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_FILES = {"safetensors": "params.safetensors", "msgpack": "params.msgpack"}
-SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
-                  "cls_token": "[CLS]", "mask_token": "[MASK]"}
 _STORED_DTYPES = (np.float16, np.float32, np.float64, np.int32, np.int64)
 
 
@@ -123,24 +120,27 @@ def _install(built: str, out: str, stage: str) -> None:
 
 
 def _write_tokenizer(tokenizer, directory: str, hf: bool, max_length: int) -> list[str]:
-
+    """The tokenizer's files for an export. hf: tokenizer.json and a tokenizer_config.json that
+    transformers' AutoTokenizer loads (the tokenizer's hf_tokenizer_config(): BertTokenizer,
+    RobertaTokenizer, ...) plus special_tokens_map.json. The own formats keep the vocabulary in
+    its legacy spelling (vocab.txt, spiece.model, vocab.json + merges.txt), and tokenizer.json
+    only where that is the tokenizer's one spelling."""
     os.makedirs(directory)
     paths = tokenizer.save(directory)
     identity = tokenizer.identity()
+    legacy = [p for p in paths if os.path.basename(p) not in ("tokenizer.json", "tokenizer_config.json")]
+    if not hf and legacy:
+        paths = [p for p in paths if os.path.basename(p) != "tokenizer.json"]
     paths.append(_write_json(os.path.join(directory, wd.IDENTITY_FILE), identity))
     if not hf:
         return paths
-    config_path = os.path.join(directory, "tokenizer_config.json")
-    with open(config_path, encoding="utf-8") as f:
-        config = json.load(f)
-    config.update(SPECIAL_TOKENS, model_max_length=max_length)
-    if identity["kind"] == "wordpiece":
-        config["tokenizer_class"] = "BertTokenizer"
-    else:
-        print("warning: the vocabulary is a SentencePiece model (spiece.model); transformers' "
-              "BertTokenizer cannot read it, tokenize with sentencepiece instead", file=sys.stderr)
-    _write_json(config_path, config)
-    paths.append(_write_json(os.path.join(directory, "special_tokens_map.json"), SPECIAL_TOKENS))
+    config = tokenizer.hf_tokenizer_config()
+    config["model_max_length"] = max_length
+    config_path = _write_json(os.path.join(directory, "tokenizer_config.json"), config)
+    if config_path not in paths:
+        paths.append(config_path)
+    specials = {k: v for k, v in config.items() if k.endswith("_token")}
+    paths.append(_write_json(os.path.join(directory, "special_tokens_map.json"), specials))
     return paths
 
 
@@ -225,10 +225,8 @@ def load_export(path: str):
     if task not in TASK_MODELS:
         raise UserError(f"unknown task {task!r} in {config_path}; expected one of "
                         f"{sorted(TASK_MODELS)}")
-    try:
-        cfg = BertConfig.from_dict(config)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{config_path} is not a valid model config: {e}") from None
+    config.pop("id2label", None)  # label names, read by _id2label
+    cfg = BertConfig.from_dict(config, what=config_path)
     # Built abstractly: a concrete build would compile and run every random initialiser only for
     # the loaded values to replace them.
     model = nnx.eval_shape(lambda: build_model(task, cfg))

@@ -34,7 +34,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from bertjax.errors import UserError
-from bertjax.model import layout
+from bertjax.model import layer_stack
 from bertjax.store import retries as storage_retries
 from bertjax.store.workdir import CHECKPOINT_SUBDIR, MODEL_CONFIG_FILE, PARAMS_ITEM
 
@@ -345,7 +345,7 @@ def _resolve_source(ckpt_dir: epath.Path) -> tuple[epath.Path, tuple[str, ...], 
 
 @dataclasses.dataclass
 class _Relaid:
-    """A model leaf that the checkpoint holds in the other layer layout (model/layout.py):
+    """A model leaf that the checkpoint holds in the other layer layout (model/layer_stack.py):
     `keys` are the saved leaves it comes from; `index` is None to stack them (a scanned model
     from a per-layer checkpoint) or the layer to take from one stacked leaf."""
 
@@ -380,18 +380,18 @@ def _relayout(saved: dict, wanted: dict) -> dict[str, _Relaid]:
     wanted_t = {tuple(k.split("/")): k for k in wanted if k not in saved}
     if not wanted_t:
         return out
-    if layout.is_stacked(wanted_t) and not layout.is_stacked(saved_t):
+    if layer_stack.is_stacked(wanted_t) and not layer_stack.is_stacked(saved_t):
         for wk, name in wanted_t.items():
-            split = layout.split_layer_key(wk)
+            split = layer_stack.split_layer_key(wk)
             if split is None or not split[1]:
                 continue
             n = wanted[name].shape[0]
             keys = ["/".join(split[0] + (str(i),) + split[1]) for i in range(n)]
             if all(k in saved for k in keys):
                 out[name] = _Relaid(keys, None)
-    elif layout.is_stacked(saved_t) and not layout.is_stacked(wanted_t):
+    elif layer_stack.is_stacked(saved_t) and not layer_stack.is_stacked(wanted_t):
         for wk, name in wanted_t.items():
-            split = layout.split_layer_key(wk)
+            split = layer_stack.split_layer_key(wk)
             if split is None or len(split[1]) < 2 or not split[1][0].isdigit():
                 continue
             src = "/".join(split[0] + split[1][1:])

@@ -1,0 +1,25 @@
+"""The family members the one encoder can be: each is a Hugging Face `model_type` and the knob
+values that member fixes (the rest comes from a size preset or the user). A member adds a line
+here, a layout table in interop/layouts/, and a recipe in configs/; never a copy of the encoder."""
+from __future__ import annotations
+
+ARCHS: dict[str, dict] = {
+    "bert": {},
+    # fairseq's positions start after the pad id (1 for GPT-2's BPE), so 512 tokens need 514 rows;
+    # one segment type, LayerNorm eps 1e-5.
+    "roberta": dict(type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, position_offset=2,
+                    max_position_embeddings=514),
+}
+
+
+def with_pad_id(model: dict, pad_id: int) -> dict:
+    """`model` (config fields) for a tokenizer whose padding id is `pad_id`: where positions
+    count from the pad id (position_offset > 0), the offset and the table follow it, keeping the
+    number of usable positions."""
+    model = {**model, "pad_token_id": int(pad_id)}
+    offset = int(model.get("position_offset", 0))
+    if offset:
+        usable = int(model["max_position_embeddings"]) - offset
+        model["position_offset"] = int(pad_id) + 1
+        model["max_position_embeddings"] = usable + model["position_offset"]
+    return model
