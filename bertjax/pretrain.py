@@ -18,7 +18,7 @@ from etils import epath
 
 from bertjax import cli
 from bertjax.errors import UserError
-from bertjax.model import build_model
+from bertjax.model import archs, build_model
 from bertjax.store import workdir as wd
 from bertjax.train import distributed, loop, objectives
 from bertjax.train import mesh as mesh_lib
@@ -97,7 +97,14 @@ def pretrain(cfg, workdir: str):
         _copy_vocab(os.path.join(cfg.data.train_dir, wd.VOCAB_DIR), os.path.join(workdir, wd.VOCAB_DIR))
 
     objective = objectives.from_config(cfg, nsp=bool(meta.get("nsp", True)))
-    plan = RunPlan.from_config(cfg, task_model=objective.model_task)
+    # The model's pad id is the data's; where positions count from it (RoBERTa), so does the
+    # position table (run_plan.json records the result).
+    model = archs.with_pad_id(cfg.model.to_dict(), int(meta["special_ids"]["pad"]))
+    usable = model["max_position_embeddings"] - model["position_offset"]
+    if seq_len > usable:
+        raise UserError(f"the data has max_seq_length={seq_len} but the model has {usable} "
+                        "positions; raise --config.model.max_position_embeddings")
+    plan = RunPlan.from_config(cfg, task_model=objective.model_task, model=model)
     model_cfg = plan.model_config()
     masking = cfg.data.masking or None
 
