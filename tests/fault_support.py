@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import signal
 import time
 
 
@@ -90,15 +92,75 @@ class Watched:
         return "\n".join(line for _, line in self.lines)
 
 
+def resumed_from(w: Watched) -> int | None:
+    """The N of the run's `resumed from step N` line, or None when it printed none."""
+    for _, line in list(w.lines):
+        m = re.search(r"resumed from step (\d+)", line)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _wait_then_kill(w: Watched, ready) -> bool:
+    """Polls `ready()` while the run lives; SIGKILLs it the moment it holds. True if killed."""
+    while not ready() and w.proc.poll() is None:
+        time.sleep(0.002)
+    killed = w.proc.poll() is None
+    if killed:
+        w.proc.send_signal(signal.SIGKILL)
+    return killed
+
+
+def kill_after_first_checkpoint(start, committed) -> dict:
+    """The deterministic trial: SIGKILLs the run the moment its first checkpoint is committed
+    (`committed()` > 0), then starts it again and SIGKILLs that run once it has trained a step.
+    Returns what happened; the caller asserts that the second run resumed from the commit."""
+    assert committed() == 0, "the deterministic kill wants a fresh workdir"
+    w = start()
+    killed = _wait_then_kill(w, lambda: committed() > 0)
+    rc = w.finish()
+    at_kill = committed()  # read after the death: nothing can commit in between any more
+    again = start()
+    reached = _wait_then_kill(again, lambda: again.seen(TRAINING_LINE) is not None)
+    again.finish()
+    return {"mode": "right after the first checkpoint appeared", "killed": killed,
+            "exit": rc, "committed_at_kill": at_kill, "next_resumed_from": resumed_from(again),
+            "next_reached_training": again.seen(TRAINING_LINE) is not None,
+            "next_killed_in_training": reached}
+
+
+def check_resumes(trials: list[dict], final: Watched, committed_before_final: int,
+                  where: str) -> int:
+    """What a run that ignored its checkpoints (and retrained from step 0) would fail: at least
+    one kill landed after a commit; every start that got as far as training with a committed
+    step on disk logged `resumed from step N` for exactly that step, the final run included; at
+    least one logged N > 0. Returns how many resumes were checked."""
+    assert any(t["killed"] and t["committed_at_kill"] > 0 for t in trials), (
+        f"{where}: no kill landed after a commit")
+    starts = [(t["committed_before"], t["resumed_from"], t["reached_training"]) for t in trials]
+    starts.append((committed_before_final, resumed_from(final), True))
+    checked = 0
+    for before, got, reached in starts:
+        if before > 0 and (reached or got is not None):
+            assert got == before, (
+                f"{where}: a start with step {before} committed logged resumed from {got}")
+            checked += 1
+        if before == 0:
+            assert got is None, f"{where}: resumed from {got} with nothing committed"
+    assert checked >= 1, f"{where}: no run resumed from a committed step"
+    return checked
+
+
 def kill_at_random(start, n_kills: int, rng: random.Random, ref_start_s: float, ref_train_s: float,
-                   workdir: str, remaining) -> list[dict]:
+                   workdir: str, remaining, committed=lambda: 0) -> list[dict]:
     """Starts the run `n_kills` times and SIGKILLs it each time at a random moment: even trials
     uniformly over the training phase that is left (steps, evals, async saves); odd trials
     uniformly over a whole run's life (mostly start-up and restore, as on a real preemptible VM).
-    `remaining()` is the share of the run still to train. Returns one dict per trial saying
-    where the kill landed (judged from the output and the files left behind)."""
+    `remaining()` is the share of the run still to train; `committed()` the last committed step.
+    Returns one dict per trial saying where the kill landed (judged from the output and the files
+    left behind), the committed step before the start and at the kill, and the step the run said
+    it resumed from."""
     import glob
-    import signal
 
     trials = []
     start_s = ref_start_s  # replaced by a warm start-up as soon as one is seen
@@ -112,6 +174,7 @@ def kill_at_random(start, n_kills: int, rng: random.Random, ref_start_s: float, 
                     set(glob.glob(os.path.join(workdir, "**", "*.partial"), recursive=True)))
 
         before_tmp, before_partial = leftovers()
+        committed_before = committed()
         w = start()
         if k % 2 == 1:
             mode, at = "uniform over the run", rng.uniform(0.0, start_s + ref_train_s * share)
@@ -132,6 +195,7 @@ def kill_at_random(start, n_kills: int, rng: random.Random, ref_start_s: float, 
         if killed:
             w.proc.send_signal(signal.SIGKILL)
         rc = w.finish()
+        committed_at_kill = committed()
         tmp, partial = leftovers()
         # A leftover of an earlier kill is cleaned up at start-up; only new ones say where we were.
         tmp, partial = tmp - before_tmp, partial - before_partial
@@ -147,7 +211,11 @@ def kill_at_random(start, n_kills: int, rng: random.Random, ref_start_s: float, 
             where = "after restore, before the first step"
         else:
             where = "start-up (imports, data checks, restore)"
-        trials.append({"mode": mode, "at_s": round(at, 3), "killed": killed, "landed": where})
+        trials.append({"mode": mode, "at_s": round(at, 3), "killed": killed, "landed": where,
+                       "committed_before": committed_before,
+                       "committed_at_kill": committed_at_kill,
+                       "resumed_from": resumed_from(w),
+                       "reached_training": w.seen(TRAINING_LINE) is not None})
     return trials
 
 

@@ -1,7 +1,11 @@
-"""Random SIGKILLs (issue 14): a real pretraining run and a real fine-tuning run are killed several
-times at random moments (start-up, restore, steps, async saves, best-checkpoint writes), then run
-to the end. Every logged step's loss (the steps re-run after each resume included), the final
-params and, for fine-tuning, the best checkpoint must equal those of an unbroken run.
+"""Random SIGKILLs (issue 14): a real pretraining run and a real fine-tuning run are killed once
+right after their first checkpoint is committed (and the rerun must say it resumed from it), then
+several times at random moments (start-up, restore, steps, async saves, best-checkpoint writes),
+then run to the end. Every logged step's loss (the steps re-run after each resume included), the
+final params and, for fine-tuning, the best checkpoint must equal those of an unbroken run. As
+training is deterministic, a run that ignored its checkpoints would pass those comparisons; so
+each trial set also asserts a kill after a commit and, for every start that found a committed
+step, a logged `resumed from step N` with that N (> 0).
 
 The moments come from BERTJAX_FAULT_SEED (printed in pytest's header); rerun with it to replay."""
 import glob
@@ -29,10 +33,10 @@ def _committed(ckpt_dir) -> int:
 
 
 def _params(path):
-    from bertjax.interop import model_io
+    from bertjax.load import model_files
     from bertjax.interop.params import flat_params
 
-    return flat_params(model_io.load_model(path)[0])
+    return flat_params(model_files.load_model(path)[0])
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -47,6 +51,18 @@ def _compare_losses(got_rows, ref: dict, where: str) -> tuple[int, float]:
     for s, v in got_rows:
         np.testing.assert_allclose(v, ref[s], rtol=1e-6, err_msg=f"{where} step {s}")
     return len(got_rows), diff
+
+
+def _kill_after_first_checkpoint(start, committed, tmp_path) -> dict:
+    """The deterministic trial: a kill the moment the first checkpoint is committed; the rerun
+    must log `resumed from step N` for that N before it trains (a run that retrained from step 0
+    would still match the reference's losses, so this is what catches one)."""
+    first = fs.kill_after_first_checkpoint(start, committed)
+    where = f"{fs.tag()} {first}: {open(tmp_path / 'killed.stderr').read()[-2000:]}"
+    assert first["killed"] and first["committed_at_kill"] > 0, where
+    assert first["next_reached_training"], where
+    assert first["next_resumed_from"] == first["committed_at_kill"], where
+    return first
 
 
 def _run_reference(cmd, tmp_path, name, steps):
@@ -75,12 +91,18 @@ def test_pretraining_survives_random_sigkills(tmp_path):
     ref = dict(fs.logged_losses(os.path.join(ref_dir, "metrics.jsonl")))
     wd = str(tmp_path / "killed")
     ckpts = os.path.join(wd, "checkpoints")
-    trials = fs.kill_at_random(
-        lambda: fs.Watched(cmd(wd), ps.ROOT, _env(), str(tmp_path / "killed.stderr")),
-        4, rng, start_s, train_s, wd, lambda: 1 - _committed(ckpts) / steps)
-    w = fs.Watched(cmd(wd), ps.ROOT, _env(), str(tmp_path / "killed.stderr"))
+
+    def start():
+        return fs.Watched(cmd(wd), ps.ROOT, _env(), str(tmp_path / "killed.stderr"))
+
+    first = _kill_after_first_checkpoint(start, lambda: _committed(ckpts), tmp_path)
+    trials = fs.kill_at_random(start, 3, rng, start_s, train_s, wd,
+                               lambda: 1 - _committed(ckpts) / steps, lambda: _committed(ckpts))
+    before_final = _committed(ckpts)
+    w = start()
     where = f"{fs.tag()} trials {trials}"
     assert w.finish() == 0, (where, open(tmp_path / "killed.stderr").read()[-3000:])
+    resumes = fs.check_resumes(trials, w, before_final, where)
     rows, loss_diff = _compare_losses(fs.logged_losses(os.path.join(wd, "metrics.jsonl")), ref,
                                       where)
     params_diff = _max_diff(_params(wd), _params(ref_dir))
@@ -88,13 +110,16 @@ def test_pretraining_survives_random_sigkills(tmp_path):
     assert sorted(os.listdir(ckpts)) == sorted(os.listdir(os.path.join(ref_dir, "checkpoints")))
     assert json.load(open(os.path.join(wd, "COMPLETED")))["step"] == steps
     assert not os.path.exists(os.path.join(wd, "LOCK"))
-    fs.record("sigkill_pretrain", trials=len(trials), kills=trials, steps=steps,
+    fs.record("sigkill_pretrain", trials=len(trials) + 1, kills=[first, *trials], steps=steps,
+              resumes_checked=resumes + 1,
               loss_rows_compared=rows, max_loss_diff=loss_diff, max_param_diff=params_diff,
               reference_start_s=start_s, reference_train_s=train_s,
               injected="SIGKILL of `python -m bertjax.pretrain` (24 steps, async save every 2, "
-              "keep 2), 4 times per run at random moments, then the same command to the end",
-              survived="every logged loss (repeats after resume included) and the final params "
-              "equal the unbroken run's; same committed steps; COMPLETED; no lease left")
+              "keep 2) right after its first commit and once in the rerun's training, then 3 "
+              "times at random moments, then the same command to the end",
+              survived="every start that found a committed step logged `resumed from step N` "
+              "with that N; every logged loss (repeats after resume included) and the final "
+              "params equal the unbroken run's; same committed steps; COMPLETED; no lease left")
 
 
 def test_finetuning_survives_random_sigkills_with_its_best(tmp_path):
@@ -120,13 +145,19 @@ def test_finetuning_survives_random_sigkills_with_its_best(tmp_path):
     assert sorted(ref) == list(range(1, steps + 1))
     wd = str(tmp_path / "killed")
     seed_dir = os.path.join(wd, "seed-0")
-    trials = fs.kill_at_random(
-        lambda: fs.Watched(cmd(wd), ps.ROOT, _env(), str(tmp_path / "killed.stderr")),
-        4, rng, start_s, train_s, wd,
-        lambda: 1 - _committed(os.path.join(seed_dir, "checkpoints")) / steps)
-    w = fs.Watched(cmd(wd), ps.ROOT, _env(), str(tmp_path / "killed.stderr"))
+    ckpts = os.path.join(seed_dir, "checkpoints")
+
+    def start():
+        return fs.Watched(cmd(wd), ps.ROOT, _env(), str(tmp_path / "killed.stderr"))
+
+    first = _kill_after_first_checkpoint(start, lambda: _committed(ckpts), tmp_path)
+    trials = fs.kill_at_random(start, 3, rng, start_s, train_s, wd,
+                               lambda: 1 - _committed(ckpts) / steps, lambda: _committed(ckpts))
+    before_final = _committed(ckpts)
+    w = start()
     where = f"{fs.tag()} trials {trials}"
     assert w.finish() == 0, (where, open(tmp_path / "killed.stderr").read()[-3000:])
+    resumes = fs.check_resumes(trials, w, before_final, where)
     rows, loss_diff = _compare_losses(fs.logged_losses(os.path.join(seed_dir, "metrics.jsonl")),
                                       ref, where)
     best = json.load(open(os.path.join(seed_dir, "best", "best.json")))
@@ -141,14 +172,17 @@ def test_finetuning_survives_random_sigkills_with_its_best(tmp_path):
     ref_summary = json.load(open(os.path.join(ref_dir, "summary.json")))
     assert summary["mean"] == pytest.approx(ref_summary["mean"], rel=1e-6), where
     assert not glob.glob(os.path.join(wd, "**", "LOCK"), recursive=True)
-    fs.record("sigkill_finetune", trials=len(trials), kills=trials, steps=steps,
+    fs.record("sigkill_finetune", trials=len(trials) + 1, kills=[first, *trials], steps=steps,
+              resumes_checked=resumes + 1,
               loss_rows_compared=rows, max_loss_diff=loss_diff, max_param_diff=params_diff,
               max_best_param_diff=best_diff, best=best, reference_start_s=start_s,
               reference_train_s=train_s,
               injected="SIGKILL of `python -m bertjax.finetune` (GLUE SST-2 toy, 24 steps, eval "
-              "and best every 4, async saves), 4 times per run at random moments",
-              survived="every logged loss, the final params, best.json (step, value), the best "
-              "params and summary.json equal the unbroken run's")
+              "and best every 4, async saves) right after its first commit and once in the "
+              "rerun's training, then 3 times at random moments",
+              survived="every start that found a committed step logged `resumed from step N` "
+              "with that N; every logged loss, the final params, best.json (step, value), the "
+              "best params and summary.json equal the unbroken run's")
 
 
 def test_resumed_finetuning_keeps_the_better_of_old_and_new_best(tmp_path):
