@@ -30,6 +30,7 @@ from bertjax.tools import fill_mask as fill_lib
 from bertjax.config import check_choices
 from bertjax.errors import UserError
 from bertjax.finetuning import run as finetune_run
+from bertjax.load import model_files
 from bertjax.model.encoder import BertConfig
 from bertjax.text.base import Tokenizer
 
@@ -130,9 +131,9 @@ def load(path: str, vocab: str | None = None) -> Model:
     """A bertjax params-only checkpoint, a training workdir (its latest committed step) or a
     Hugging Face BERT directory, with the tokenizer stored beside it (or `vocab`, checked against
     the tokenizer identity stored with the checkpoint)."""
-    model, cfg, task, untrained = embed_lib.load_checkpoint(path, needs=embed_lib.ENCODER,
+    model, cfg, task, untrained = model_files.load_checkpoint(path, needs=model_files.ENCODER,
                                                             with_untrained=True)
-    tokenizer = embed_lib.checkpoint_tokenizer(path, cfg.vocab_size, vocab)
+    tokenizer = model_files.checkpoint_tokenizer(path, cfg.vocab_size, vocab)
     return Model(model, cfg, task, tokenizer, str(path), tuple(untrained))
 
 

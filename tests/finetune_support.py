@@ -34,13 +34,13 @@ def make_checkpoint(root: str, task: str = "pretraining", extra_words: tuple[str
     vocabulary and tokenizer identity the way the converters store real ones. Returns
     (checkpoint dir, tokenizer)."""
     import toy_tasks as toy
-    from bertjax.interop import model_io
+    from bertjax.load import model_files
     from bertjax.model import BertConfig, build_model
 
     tok = toy.toy_tokenizer(os.path.join(root, "vocab"), extra_words)
     path = os.path.join(root, "ckpt")
     cfg = BertConfig(vocab_size=tok.vocab_size, **TINY_MODEL)
-    model_io.save_checkpoint(path, build_model(task, cfg), cfg, task, extra_files={
+    model_files.save_checkpoint(path, build_model(task, cfg), cfg, task, extra_files={
         "vocab.txt": tok.vocab_path,
         "tokenizer_identity.json": json.dumps(tok.identity()).encode()})
     return path, tok

@@ -95,14 +95,14 @@ def convert(*args):
 
 
 def test_original_checkpoint_matches_hugging_face_on_every_head(tmp_path, hf_model):
-    from bertjax.interop import model_io
+    from bertjax.load import model_files
 
     written = _write_tf_dir(str(tmp_path / "tf"), hf_model)
     assert "bert/encoder/layer_1/attention/self/query/kernel" in written
     assert written["cls/seq_relationship/output_weights"].shape == (2, 32)
     r = convert(f"--from_tf={tmp_path / 'tf'}", f"--out={tmp_path / 'ckpt'}")
     assert r.returncode == 0, r.stderr
-    model, cfg, task, _, _ = model_io.load_model(str(tmp_path / "ckpt"))
+    model, cfg, task, _, _ = model_files.load_model(str(tmp_path / "ckpt"))
     assert task == "pretraining" and cfg.num_layers == 2 and cfg.intermediate_size == 37
     identity = json.loads((tmp_path / "ckpt" / "tokenizer_identity.json").read_text())
     assert identity["lower_case"] is False  # read off the cased vocabulary

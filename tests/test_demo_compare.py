@@ -100,7 +100,7 @@ def test_heldout_batches_are_the_loops_eval_batches(styles):
 
 
 def test_heldout_mlm_scores_the_masked_tokens_of_the_set(styles, tmp_path):
-    from bertjax.interop import model_io
+    from bertjax.load import model_files
     from bertjax.model import BertConfig, build_model
 
     vocab = styles["bert"]["train_meta"]["vocab_size"]
@@ -109,7 +109,7 @@ def test_heldout_mlm_scores_the_masked_tokens_of_the_set(styles, tmp_path):
     results = {}
     for task in ("pretraining", "masked_lm"):
         ckpt = str(tmp_path / task)
-        model_io.save_checkpoint(ckpt, build_model(task, cfg), cfg, task)
+        model_files.save_checkpoint(ckpt, build_model(task, cfg), cfg, task)
         results[task] = compare.heldout_mlm(ckpt, styles["bert"]["heldout"], 8)
     n_batches = len(_rows(styles["bert"]["heldout"])) // 8
     masked = sum(int(b["masked_lm_weights"].sum())

@@ -13,6 +13,7 @@ from hf_support import save_hf
 import torch  # noqa: E402  (pinned in requirements-dev.txt: imported plainly, never skipped)
 import transformers  # noqa: E402
 
+from bertjax.load import model_files  # noqa: E402
 from bertjax.tools import embed as embed_lib  # noqa: E402
 from bertjax.tools import fill_mask as fill_lib  # noqa: E402
 from bertjax.errors import UserError  # noqa: E402
@@ -107,8 +108,8 @@ def test_embed_reads_hf_dirs_of_any_head(hf, tmp_path):
 
 
 def test_embed_cuts_long_texts_and_checks_lengths(hf, tmp_path):
-    model, cfg, task = embed_lib.load_checkpoint(hf["ckpt"], needs=("bert/encoder",))
-    tok = embed_lib.checkpoint_tokenizer(hf["ckpt"], cfg.vocab_size)
+    model, cfg, task = model_files.load_checkpoint(hf["ckpt"], needs=("bert/encoder",))
+    tok = model_files.checkpoint_tokenizer(hf["ckpt"], cfg.vocab_size)
     enc = embed_lib.encoder_of(model, task)
     long = " ".join(["cat"] * 20)
     cut = embed_lib.embed_texts(enc, tok, [long], "cls", max_seq_length=8)

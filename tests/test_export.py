@@ -15,7 +15,8 @@ import transformers  # noqa: E402
 
 from bertjax.tools import export as export_lib  # noqa: E402
 from bertjax.errors import UserError  # noqa: E402
-from bertjax.interop import model_io, params as interop  # noqa: E402
+from bertjax.interop import params as interop
+from bertjax.load import model_files  # noqa: E402
 from bertjax.store import workdir  # noqa: E402
 from bertjax.model import BertConfig, build_model  # noqa: E402
 from bertjax.text import load_tokenizer  # noqa: E402
@@ -63,7 +64,7 @@ def vocab_dir(tmp_path_factory):
 def save_ckpt(path, model, task, vocab_dir, **config_extra):
     config = {**tiny_cfg().to_dict(), "task": task, **config_extra}
     ckpt_lib.save_params(str(path), pure_params(model), config,
-                         extra_files=model_io.tokenizer_extras(str(vocab_dir)))
+                         extra_files=model_files.tokenizer_extras(str(vocab_dir)))
     return str(path)
 
 
@@ -190,7 +191,7 @@ def test_refuses_unused_weights_and_unsafe_outputs(tmp_path, vocab_dir):
     model = random_model("base")
     extra = {**pure_params(model), "stray": {"kernel": np.zeros((2, 2), np.float32)}}
     ckpt_lib.save_params(str(tmp_path / "ckpt"), extra, {**tiny_cfg().to_dict(), "task": "base"},
-                         extra_files=model_io.tokenizer_extras(str(vocab_dir)))
+                         extra_files=model_files.tokenizer_extras(str(vocab_dir)))
     with pytest.raises(UserError, match="stray"):
         export_lib.export(str(tmp_path / "ckpt"), "hf", str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
@@ -260,7 +261,7 @@ def test_refuses_a_checkpoint_without_its_head(tmp_path, vocab_dir):
     del params["classifier"]
     ckpt_lib.save_params(str(tmp_path / "ckpt"), params,
                          {**tiny_cfg().to_dict(), "task": "sequence_classification"},
-                         extra_files=model_io.tokenizer_extras(str(vocab_dir)))
+                         extra_files=model_files.tokenizer_extras(str(vocab_dir)))
     with pytest.raises(UserError, match="classifier/dense/kernel"):
         export_lib.export(str(tmp_path / "ckpt"), "hf", str(tmp_path / "hf"))
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]

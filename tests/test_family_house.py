@@ -14,7 +14,8 @@ import pytest
 from flax import nnx
 
 from bertjax.errors import UserError
-from bertjax.interop import model_io, params as interop
+from bertjax.interop import params as interop
+from bertjax.load import model_files
 from bertjax.model import BertConfig, archs, build_model
 from bertjax.train import checkpoint as ckpt_lib
 from bertjax.train import mesh as mesh_lib
@@ -198,7 +199,7 @@ def test_a_checkpoint_written_before_the_arch_axis_loads_unchanged(tmp_path):
     assert set(old_config) == set(OLD_KEYS)
     ckpt_lib.save_params(str(tmp_path / "old"), nnx.to_pure_dict(nnx.state(model, nnx.Param)),
                          {**old_config, "task": "pretraining"})
-    loaded, cfg, task, report, _ = model_io.load_model(str(tmp_path / "old"))
+    loaded, cfg, task, report, _ = model_files.load_model(str(tmp_path / "old"))
     assert task == "pretraining" and cfg.arch == "bert" and not report["missing"]
     want, got = interop.flat_params(model), interop.flat_params(loaded)
     assert set(want) == set(got)

@@ -76,12 +76,12 @@ def test_pretrain_bad_inputs(tmp_path):
     (old / "metadata.json").write_text(json.dumps(meta))
     other_vocab = _prepare_variant(str(t / "other_vocab"), extra_words=("zeta", "eta"))
     # A params-only checkpoint of a wider model (hidden 48) for init_from.
-    from bertjax.interop import model_io
+    from bertjax.load import model_files
     from bertjax.model import BertConfig, build_model
 
     wide = BertConfig(vocab_size=vocab, hidden_size=48, num_layers=2, num_heads=2,
                       intermediate_size=64, max_position_embeddings=64)
-    model_io.save_checkpoint(str(t / "wide"), build_model("pretraining", wide), wide,
+    model_files.save_checkpoint(str(t / "wide"), build_model("pretraining", wide), wide,
                              "pretraining")
 
     def case(name, needles, **over):

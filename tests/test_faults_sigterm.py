@@ -41,10 +41,10 @@ def _finish(procs, log_dir, name):
 
 
 def _final_params(workdir):
-    from bertjax.interop import model_io
+    from bertjax.load import model_files
     from bertjax.interop.params import flat_params
 
-    return flat_params(model_io.load_model(workdir)[0])
+    return flat_params(model_files.load_model(workdir)[0])
 
 
 def test_sigterm_on_two_processes_saves_one_step_and_resumes_exactly(tmp_path):

@@ -16,7 +16,7 @@ LAZY_OK = (
     "torch", "transformers", "gensim", "matplotlib", "sentencepiece", "orbax",
     "jax.experimental.pallas",
     "bertjax.data.pipeline",  # TensorFlow
-    "bertjax.interop.model_io", "bertjax.tools.embed",  # Orbax (tools/export.load_export)
+    "bertjax.load.model_files", "bertjax.tools.embed",  # Orbax (tools/export.load_export)
     "bertjax.interop.tf_checkpoint",  # TensorFlow
     "bertjax.text.sentencepiece_tok",  # sentencepiece
 )

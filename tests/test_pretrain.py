@@ -57,7 +57,7 @@ def test_same_losses_on_every_mesh_and_one_device(data):
 def test_nonfinite_loss_stops_the_cli_and_keeps_an_older_checkpoint(data, tmp_path):
     import re
 
-    from bertjax.interop import model_io
+    from bertjax.load import model_files
     from bertjax.interop.params import flat_params
 
     data_dir, vocab = data
@@ -75,15 +75,15 @@ def test_nonfinite_loss_stops_the_cli_and_keeps_an_older_checkpoint(data, tmp_pa
     kept = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
     assert kept and max(kept) < bad_step, (kept, bad_step)
     assert f"step {max(kept)} in" in lines[0]
-    assert all(np.isfinite(v).all() for v in flat_params(model_io.load_model(workdir)[0]).values())
+    assert all(np.isfinite(v).all() for v in flat_params(model_files.load_model(workdir)[0]).values())
     assert not os.path.exists(os.path.join(workdir, "COMPLETED"))
 
 
 def _final_params(workdir):
-    from bertjax.interop import model_io
+    from bertjax.load import model_files
     from bertjax.interop.params import flat_params
 
-    return flat_params(model_io.load_model(workdir)[0])
+    return flat_params(model_files.load_model(workdir)[0])
 
 
 def _wait_for_step(workdir, step, proc, timeout=240):

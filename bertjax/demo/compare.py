@@ -37,7 +37,7 @@ from bertjax import cli
 from bertjax.data import records
 from bertjax.demo import run as demo
 from bertjax.errors import UserError, user_errors_exit
-from bertjax.interop import model_io
+from bertjax.load import model_files
 
 FLAGS = flags.FLAGS
 PIPELINE_CYCLE = 16  # bertjax.data.pipeline.PretrainInput's cycle_length: shards read at once
@@ -119,7 +119,7 @@ def heldout_batches(data_dir: str, batch_size: int):
 def heldout_mlm(checkpoint: str, data_dir: str, batch_size: int = 64) -> dict:
     """MLM accuracy of a checkpoint (any pretraining head) on a static held-out set: the share of
     masked tokens whose argmax prediction is the original token."""
-    model, _, task, _, _ = model_io.load_model(checkpoint)
+    model, _, task, _, _ = model_files.load_model(checkpoint)
     graphdef, state = nnx.split(model)
 
     @jax.jit

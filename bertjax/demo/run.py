@@ -39,7 +39,7 @@ from bertjax import cli
 from bertjax.data import records
 from bertjax.errors import UserError, user_errors_exit
 from bertjax.finetuning.run import mean_std
-from bertjax.interop import model_io
+from bertjax.load import model_files
 from bertjax.store import workdir as wd
 from bertjax.train.metrics import format_duration, read_jsonl
 
@@ -417,10 +417,10 @@ def _cpu_seconds() -> float:
 
 
 def _save_pretrained(workdir: str, vocab_dir: str, out_dir: str) -> None:
-    model, cfg, task, _, _ = model_io.load_model(workdir)
+    model, cfg, task, _, _ = model_files.load_model(workdir)
     extras = {n: os.path.join(vocab_dir, n) for n in os.listdir(vocab_dir)}
     extras[wd.IDENTITY_FILE] = open(os.path.join(workdir, wd.IDENTITY_FILE), "rb").read()
-    model_io.save_checkpoint(out_dir, model, cfg, task, extra_files=extras)
+    model_files.save_checkpoint(out_dir, model, cfg, task, extra_files=extras)
 
 
 def _finetune_comparison(progress, logs, w, ckpt, vocab, labelled, model_cfg) -> dict:

@@ -20,7 +20,7 @@ from flax import nnx
 
 from bertjax.errors import UserError
 from bertjax.model.encoder import arch_fields
-from bertjax.interop import model_io
+from bertjax.load import model_files
 from bertjax.text import check_identity, load_tokenizer
 from bertjax.store import workdir as wd
 from bertjax.text.base import Tokenizer
@@ -45,12 +45,12 @@ def convert_hf(src: str, dst: str, model_task: str, log: Callable[[str], None]) 
     vocabulary files and tokenizer identity); reuses dst when a previous run already wrote it."""
     if epath.Path(dst, wd.MODEL_CONFIG_FILE).exists():
         return dst
-    model, mcfg, _, report, _ = model_io.load_model(src, task=model_task, allow_missing=True)
+    model, mcfg, _, report, _ = model_files.load_model(src, task=model_task, allow_missing=True)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     if "bert" not in params:
         raise UserError(f"{src}: no BERT encoder weights found; pass a BERT model directory")
     ckpt_lib.save_params(dst, {"bert": params["bert"]}, {**mcfg.to_dict(), "task": model_task},
-                         extra_files=model_io.tokenizer_extras(src), overwrite=True)
+                         extra_files=model_files.tokenizer_extras(src), overwrite=True)
     if report.get("unexpected"):
         log(f"{src}: ignored {len(report['unexpected'])} tensors a {model_task} model does not use "
             f"({', '.join(report['unexpected'][:5])})")

@@ -13,6 +13,7 @@ from flax import nnx
 
 from bertjax.errors import UserError
 from bertjax.model import attention as attn_lib
+from bertjax.model.archs import ARCHS
 
 
 class ModelConfigError(UserError, ValueError):
@@ -87,8 +88,6 @@ class BertConfig:
         return self.embedding_size or self.hidden_size
 
     def __post_init__(self):
-        from bertjax.model.archs import ARCHS  # archs.py builds presets from this class
-
         if self.arch not in ARCHS:
             raise ModelConfigError(f"model.arch={self.arch!r} is not an architecture this bertjax "
                                    f"knows ({', '.join(sorted(ARCHS))})")

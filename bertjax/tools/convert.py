@@ -21,7 +21,8 @@ from absl import flags
 
 from bertjax import cli
 from bertjax.errors import UserError
-from bertjax.interop import model_io, params as interop
+from bertjax.interop import params as interop
+from bertjax.load import model_files
 
 
 def define_flags() -> None:
@@ -42,12 +43,12 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     if FLAGS.from_hf and FLAGS.out:
-        model, cfg, task, report, _ = model_io.load_model(FLAGS.from_hf)
+        model, cfg, task, report, _ = model_files.load_model(FLAGS.from_hf)
         if report["unexpected"]:
             raise UserError(f"{FLAGS.from_hf} has weights bertjax does not know: "
                             f"{', '.join(report['unexpected'])}")
-        model_io.save_checkpoint(FLAGS.out, model, cfg, task,
-                                 extra_files=model_io.tokenizer_extras(FLAGS.from_hf),
+        model_files.save_checkpoint(FLAGS.out, model, cfg, task,
+                                 extra_files=model_files.tokenizer_extras(FLAGS.from_hf),
                                  overwrite=FLAGS.overwrite)
         print(f"wrote {task} checkpoint to {FLAGS.out}")
     elif FLAGS.from_tf and FLAGS.out:
@@ -58,12 +59,12 @@ def main(argv):
                             "holding bert_config.json, vocab.txt and bert_model.ckpt.*")
         extras = tf_checkpoint.tokenizer_extras(FLAGS.from_tf)
         model, cfg, task = tf_checkpoint.load_tf(FLAGS.from_tf)
-        model_io.save_checkpoint(FLAGS.out, model, cfg, task, extra_files=extras,
+        model_files.save_checkpoint(FLAGS.out, model, cfg, task, extra_files=extras,
                                  overwrite=FLAGS.overwrite)
         print(f"wrote {task} checkpoint to {FLAGS.out}")
     elif FLAGS.checkpoint and FLAGS.to_hf:
-        model, cfg, task, _, _ = model_io.load_model(FLAGS.checkpoint)
-        extras = model_io.tokenizer_extras(FLAGS.checkpoint)
+        model, cfg, task, _, _ = model_files.load_model(FLAGS.checkpoint)
+        extras = model_files.tokenizer_extras(FLAGS.checkpoint)
         files = [p for name, p in extras.items() if isinstance(p, str)]
         interop.save_hf(model, cfg, task, FLAGS.to_hf, extra_files=files)
         print(f"wrote Hugging Face {task} model to {FLAGS.to_hf}")

@@ -13,7 +13,6 @@ The loading and batching helpers here are shared with fill_mask and bertjax.api.
 from __future__ import annotations
 
 import io
-import json
 import os
 import sys
 
@@ -26,9 +25,7 @@ from flax import nnx
 from bertjax import cli
 from bertjax.errors import UserError
 from bertjax.store.files import write_atomic
-from bertjax.interop import hf_dir, layouts, model_io
-from bertjax.text import check_identity, load_tokenizer
-from bertjax.store import workdir as wd
+from bertjax.load.model_files import ENCODER, checkpoint_tokenizer, load_checkpoint  # noqa: F401
 
 POOLINGS = ("cls", "mean")
 # Batches are padded to a power-of-two length no shorter than this, so a file of mixed lengths
@@ -37,51 +34,6 @@ MIN_BUCKET = 8
 
 
 # --------------------------------------------------------------------------- loading
-
-
-ENCODER = ("bert/embeddings", "bert/encoder")
-
-
-def load_checkpoint(path: str, needs: tuple[str, ...], with_untrained: bool = False):
-    """(model, cfg, task) from anything model_io.load_model reads, plus Hugging Face BERT
-    directories whose architecture bertjax has no task model for (BertLMHeadModel, ...): those are
-    read as a pretraining model, and weights they lack are accepted only outside `needs`, a tuple
-    of parameter path prefixes such as ("bert/encoder", "mlm"). with_untrained adds a fourth
-    item: the paths of the parameters left at their fresh initialisation."""
-    untrained: list[str] = []
-    if wd.is_hf_dir(path):
-        hf = hf_dir.read_config(path)
-        archs = hf.get("architectures") or []
-        if archs and not any(a in layouts.for_hf_config(hf).architectures for a in archs):
-            model, cfg, task, report, _ = model_io.load_model(path, task="pretraining",
-                                                              allow_missing=True)
-            untrained = [m.split(" <- ")[0] for m in report["missing"]]
-            lacking = [m for m in report["missing"] if m.split(" <- ")[0].startswith(needs)]
-            if lacking:
-                raise UserError(f"{path} ({archs[0]}) lacks weights this command needs: "
-                                f"{'; '.join(lacking[:6])}")
-            return (model, cfg, task, untrained) if with_untrained else (model, cfg, task)
-    model, cfg, task, _, _ = model_io.load_model(path)
-    return (model, cfg, task, untrained) if with_untrained else (model, cfg, task)
-
-
-def checkpoint_tokenizer(checkpoint: str, vocab_size: int, vocab: str | None = None):
-    """The tokenizer a checkpoint was trained with: --vocab if given, else the vocabulary files
-    stored with it. A tokenizer_identity.json stored with the checkpoint must match, and the
-    vocabulary must fit the model's embedding table."""
-    src = wd.vocab_dir(checkpoint)
-    if vocab is None and src is None:
-        raise UserError(f"no vocabulary (vocab.txt or a SentencePiece .model) found with "
-                        f"{checkpoint}; pass --vocab=PATH to the vocabulary it was trained with")
-    tok = load_tokenizer(vocab or src)
-    stored = os.path.join(src, wd.IDENTITY_FILE) if src else None
-    if stored and os.path.isfile(stored):
-        with open(stored, encoding="utf-8") as f:
-            check_identity(json.load(f), tok.identity(), f"checkpoint {checkpoint}")
-    if tok.vocab_size > vocab_size:
-        raise UserError(f"the vocabulary has {tok.vocab_size} tokens but the model at {checkpoint} "
-                        f"only {vocab_size}; pass the vocabulary this model was trained with")
-    return tok
 
 
 def encoder_of(model, task: str):

@@ -48,21 +48,21 @@ _STORED_DTYPES = (np.float16, np.float32, np.float64, np.int32, np.int64)
 def export(checkpoint: str, fmt: str, out: str, vocab: str | None = None,
            overwrite: bool = False) -> str:
     """Writes `checkpoint` to `out` in format `fmt`; returns the task of the exported model."""
-    # Reading checkpoints brings in Orbax (through model_io); imported here, not at the top, so
+    # Reading checkpoints brings in Orbax (through load/model_files.py); imported here, not at
+    # the top, so
     # that load_export, what the users of an export run, works without Orbax installed.
-    from bertjax.tools.embed import checkpoint_tokenizer
-    from bertjax.interop import model_io
+    from bertjax.load import model_files
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     _check_out(checkpoint, out, overwrite)
     out = os.path.normpath(out)  # "dir/" would give the staging directory an empty name
-    model, cfg, task, report, _ = model_io.load_model(checkpoint)
+    model, cfg, task, report, _ = model_files.load_model(checkpoint)
     if report["unexpected"]:
         raise UserError(f"{checkpoint} holds weights a {task} model does not use "
                         f"({', '.join(report['unexpected'][:6])}); exporting would drop them, "
                         "check that the checkpoint and its model config belong together")
-    tokenizer = checkpoint_tokenizer(checkpoint, cfg.vocab_size, vocab)
+    tokenizer = model_files.checkpoint_tokenizer(checkpoint, cfg.vocab_size, vocab)
     labels = _id2label(checkpoint, cfg.num_labels) if "classification" in task else None
 
     parent = os.path.dirname(os.path.abspath(out))

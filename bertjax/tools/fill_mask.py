@@ -16,7 +16,8 @@ from absl import flags
 from flax import nnx
 
 from bertjax import cli
-from bertjax.tools.embed import ENCODER, bucket_length, checkpoint_tokenizer, load_checkpoint
+from bertjax.load.model_files import ENCODER, checkpoint_tokenizer, load_checkpoint
+from bertjax.tools.embed import bucket_length
 from bertjax.errors import UserError
 
 MASK = "[MASK]"
@@ -51,11 +52,13 @@ def _encode(tokenizer, texts: list[str], limit: int) -> list[list[int]]:
         parts = text.split(MASK)
         # The text around each [MASK] is encoded on its own: a tokenizer that lower-cases before
         # its model sees the text (SentencePiece with lower_case) would otherwise split the
-        # special token, and WordPiece splits the text there anyway.
-        ids = [tokenizer.cls_id, *tokenizer.encode(parts[0])]
-        for part in parts[1:]:
-            ids += [tokenizer.mask_id, *tokenizer.encode(part)]
-        ids.append(tokenizer.sep_id)
+        # special token, and WordPiece splits the text there anyway. The space before a mask is
+        # dropped, as RoBERTa's <mask> (lstrip) drops it; WordPiece and SentencePiece ignore it.
+        body = tokenizer.encode(parts[0].rstrip() if len(parts) > 1 else parts[0])
+        for k, part in enumerate(parts[1:], 2):
+            body += [tokenizer.mask_id,
+                     *tokenizer.encode(part.rstrip() if k < len(parts) else part)]
+        ids, _ = tokenizer.build_inputs(body)
         if len(ids) > limit:
             raise UserError(f"text {n} is {len(ids)} tokens long with [CLS]/[SEP]; the model takes "
                             f"at most {limit}, shorten it")

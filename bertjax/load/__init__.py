@@ -1,0 +1,1 @@
+"""Opening checkpoints of every kind (model_files.py)."""

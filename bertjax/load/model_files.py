@@ -1,0 +1,115 @@
+"""Opening any checkpoint: a Hugging Face directory of any family member (through its layout
+table), a params-only bertjax checkpoint, or a training workdir (its newest committed step), as a
+whole task model, with the tokenizer it was trained with; and saving a model as a params-only
+checkpoint. Every command that reads weights (convert, export, embed, fill-mask, fine-tuning's
+init_from, the Python API) comes through here. It sits above interop/ (the formats) and train/
+(Orbax), so neither imports the other's users.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from flax import nnx
+
+from bertjax.errors import UserError
+from bertjax.interop import hf_dir, layouts, params as interop
+from bertjax.model.bert import TASK_MODELS, build_model
+from bertjax.model.encoder import BertConfig
+from bertjax.store import workdir as wd
+from bertjax.text import check_identity, load_tokenizer
+from bertjax.train import checkpoint as ckpt_lib
+
+
+def save_checkpoint(out_dir: str, model: nnx.Module, cfg: BertConfig, task: str,
+                    extra_files: dict | None = None, overwrite: bool = False) -> None:
+    config = {**cfg.to_dict(), "task": task}
+    ckpt_lib.save_params(out_dir, nnx.state(model, nnx.Param), config, extra_files=extra_files,
+                         overwrite=overwrite)
+
+
+def _tokenizer_extras(src: str) -> dict:
+    """Vocabulary files found beside a model, plus the tokenizer identity computed from them."""
+    extras = {os.path.basename(p): p for p in hf_dir.tokenizer_files(src)}
+    if extras:
+        try:
+            extras[wd.IDENTITY_FILE] = json.dumps(load_tokenizer(src).identity(), indent=2).encode()
+        except UserError:
+            pass  # a directory with only a tokenizer.json: copied as is, no identity
+    return extras
+
+
+def load_model(path: str, task: str | None = None, allow_missing: bool = False):
+    """Returns (model, cfg, task, report, source_dir) from an HF dir, a params-only checkpoint or
+    a training workdir (its latest committed step)."""
+    contents = wd.inspect(path)
+    if contents.kind == "hf":
+        model, cfg, task, report = interop.load_hf(path, task=task, allow_missing=allow_missing)
+        return model, cfg, task, report, path
+    model_cfg = dict(contents.model)
+    task = task or contents.task
+    if task not in TASK_MODELS:
+        raise UserError(f"unknown task {task!r} in {path}; expected one of {sorted(TASK_MODELS)}")
+    model_cfg.pop("id2label", None)  # label names, read by export
+    cfg = BertConfig.from_dict(model_cfg, what=f"the model config of {path}")
+    # Restore into an abstract model: no initialiser runs unless a weight is missing.
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(task, cfg)))
+    params, report = ckpt_lib.load_params(path, abstract)
+    if report.missing:
+        if not allow_missing:
+            raise UserError(f"{path} has no weights for {len(report.missing)} parameters of a "
+                            f"{task} model: {', '.join(report.missing[:10])}")
+        fresh = nnx.state(build_model(task, cfg), nnx.Param)
+        params, report = ckpt_lib.load_params(path, fresh, fallback=fresh)
+    model = nnx.merge(graphdef, params)
+    return model, cfg, task, {"missing": report.missing, "unexpected": report.unexpected}, path
+
+
+def tokenizer_extras(path: str) -> dict:
+    src = wd.vocab_dir(path)
+    return _tokenizer_extras(src) if src else {}
+
+
+ENCODER = ("bert/embeddings", "bert/encoder")
+
+
+def load_checkpoint(path: str, needs: tuple[str, ...], with_untrained: bool = False):
+    """(model, cfg, task) from anything load_model reads, plus Hugging Face BERT
+    directories whose architecture bertjax has no task model for (BertLMHeadModel, ...): those are
+    read as a pretraining model, and weights they lack are accepted only outside `needs`, a tuple
+    of parameter path prefixes such as ("bert/encoder", "mlm"). with_untrained adds a fourth
+    item: the paths of the parameters left at their fresh initialisation."""
+    untrained: list[str] = []
+    if wd.is_hf_dir(path):
+        hf = hf_dir.read_config(path)
+        archs = hf.get("architectures") or []
+        if archs and not any(a in layouts.for_hf_config(hf).architectures for a in archs):
+            model, cfg, task, report, _ = load_model(path, task="pretraining",
+                                                              allow_missing=True)
+            untrained = [m.split(" <- ")[0] for m in report["missing"]]
+            lacking = [m for m in report["missing"] if m.split(" <- ")[0].startswith(needs)]
+            if lacking:
+                raise UserError(f"{path} ({archs[0]}) lacks weights this command needs: "
+                                f"{'; '.join(lacking[:6])}")
+            return (model, cfg, task, untrained) if with_untrained else (model, cfg, task)
+    model, cfg, task, _, _ = load_model(path)
+    return (model, cfg, task, untrained) if with_untrained else (model, cfg, task)
+
+
+def checkpoint_tokenizer(checkpoint: str, vocab_size: int, vocab: str | None = None):
+    """The tokenizer a checkpoint was trained with: --vocab if given, else the vocabulary files
+    stored with it. A tokenizer_identity.json stored with the checkpoint must match, and the
+    vocabulary must fit the model's embedding table."""
+    src = wd.vocab_dir(checkpoint)
+    if vocab is None and src is None:
+        raise UserError(f"no vocabulary (vocab.txt or a SentencePiece .model) found with "
+                        f"{checkpoint}; pass --vocab=PATH to the vocabulary it was trained with")
+    tok = load_tokenizer(vocab or src)
+    stored = os.path.join(src, wd.IDENTITY_FILE) if src else None
+    if stored and os.path.isfile(stored):
+        with open(stored, encoding="utf-8") as f:
+            check_identity(json.load(f), tok.identity(), f"checkpoint {checkpoint}")
+    if tok.vocab_size > vocab_size:
+        raise UserError(f"the vocabulary has {tok.vocab_size} tokens but the model at {checkpoint} "
+                        f"only {vocab_size}; pass the vocabulary this model was trained with")
+    return tok
