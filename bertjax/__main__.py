@@ -10,7 +10,7 @@ import sys
 
 # command -> (module, what it does)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train-vocab": ("bertjax.text.train_vocab", "train a WordPiece or SentencePiece vocabulary"),
+    "train-vocab": ("bertjax.text.train_vocab", "train a WordPiece, SentencePiece or byte-level BPE vocabulary"),
     "prepare": ("bertjax.data.prepare", "corpus -> masked sentence-pair record shards"),
     "pretrain": ("bertjax.pretrain", "pretrain (or resume) on prepared shards"),
     "finetune": ("bertjax.finetune", "fine-tune on GLUE, SQuAD or NER"),

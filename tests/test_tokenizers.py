@@ -156,7 +156,8 @@ def test_identity_save_and_reload(vocab_dirs, tmp_path):
                      "lower_case": True, "strip_accents": True}
     json.dumps(ident)
     written = tok.save(str(tmp_path / "saved"))
-    assert sorted(os.path.basename(p) for p in written) == ["tokenizer_config.json", "vocab.txt"]
+    assert sorted(os.path.basename(p) for p in written) == [
+        "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
     assert load_tokenizer(str(tmp_path / "saved")).identity() == ident
 
 

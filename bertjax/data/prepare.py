@@ -177,18 +177,21 @@ def _summary(dones: list[dict]) -> dict:
 
 
 def _local_vocab(path: str) -> str:
-    """A gs:// vocabulary (a file, or a directory holding vocab.txt or one .model, with its
-    tokenizer_config.json) copied to a local directory; a local path as it is."""
+    """A gs:// vocabulary (a file, or a directory holding vocab.txt, one .model, vocab.json +
+    merges.txt or tokenizer.json, with its tokenizer_config.json) copied to a local directory; a
+    local path as it is."""
     if not storage.is_remote(path):
         return path
     if storage.isfile(path):
         files = [path]
     else:
         files = [f for f in storage.glob_remote(path.rstrip("/") + "/*")
-                 if storage.basename(f) == "vocab.txt" or f.endswith(".model")]
+                 if storage.basename(f) in ("vocab.txt", "vocab.json", "merges.txt",
+                                            "tokenizer.json") or f.endswith(".model")]
         if not files:
-            raise UserError(f"tokenizer path {path} holds no vocab.txt and no .model file; pass "
-                            "the vocabulary file")
+            raise UserError(f"tokenizer path {path} holds no vocab.txt and no .model file (nor "
+                            "vocab.json + merges.txt, nor tokenizer.json); pass the vocabulary "
+                            "file")
     local = tempfile.mkdtemp(prefix="bertjax-vocab-")
     config = storage.join(path.rsplit("/", 1)[0] if storage.isfile(path) else path,
                           "tokenizer_config.json")
@@ -196,6 +199,30 @@ def _local_vocab(path: str) -> str:
         with open(os.path.join(local, storage.basename(f)), "wb") as out:
             out.write(storage.read_bytes(f))
     return os.path.join(local, storage.basename(files[0])) if len(files) == 1 else local
+
+
+def _check_same_tokenizer(o: Options, tok, meta_path: str) -> None:
+    """A directory holds data of one tokenizer: refuse to write another's shards (and vocab/)
+    beside those of an earlier run, which metadata.json, or else a shard's .done, names."""
+    earlier = None
+    if storage.isfile(meta_path):
+        try:
+            earlier = json.loads(storage.read_bytes(meta_path)).get("tokenizer")
+        except (ValueError, AttributeError):
+            earlier = None
+    if earlier is None:
+        for name in sorted(storage.file_sizes(o.output_dir)):
+            if name.endswith(records.SHARD_SUFFIX + ".done"):
+                done = units.load_done(storage.join(o.output_dir, name[:-len(".done")]))
+                earlier = ((done or {}).get("params") or {}).get("tokenizer")
+                break
+    if isinstance(earlier, dict) and earlier != tok.identity():
+        from bertjax.text import identity_diffs
+
+        raise UserError(f"--output_dir={o.output_dir} holds data prepared with another tokenizer "
+                        f"(earlier vs --vocab: {'; '.join(identity_diffs(earlier, tok.identity()))}"
+                        f"); pass a new --output_dir, or delete it to prepare it again with "
+                        f"--vocab={o.vocab}")
 
 
 def plan(o: Options) -> Plan:
@@ -209,6 +236,7 @@ def plan(o: Options) -> Plan:
     sources = _sources(o)
     storage.makedirs(o.output_dir)
     meta_path = storage.join(o.output_dir, METADATA)
+    _check_same_tokenizer(o, tok, meta_path)
     storage.remove(meta_path)  # the directory is incomplete until this run finishes
     removed = _clean_temporaries(o.output_dir)
     if removed:

@@ -39,8 +39,7 @@ from bertjax.data import corpus, storage
 from bertjax.data import prepare_units as units
 from bertjax.errors import UserError
 from bertjax.store.files import write_atomic
-from bertjax.text import resolve_tokenizer_file
-from bertjax.text.config_file import CONFIG_NAME
+from bertjax.text import resolve_tokenizer_file, tokenizer_files
 
 STATS_FILE = ".corpus-stats.tmp"
 _MARK = "[bertjax-user-error]"
@@ -57,10 +56,7 @@ class VocabFiles:
     @classmethod
     def read(cls, path: str) -> VocabFiles:
         _, file = resolve_tokenizer_file(path)
-        names = [file]
-        config = os.path.join(os.path.dirname(os.path.abspath(file)), CONFIG_NAME)
-        if os.path.isfile(config):
-            names.append(config)
+        names = tokenizer_files(path)  # merges.txt beside vocab.json, tokenizer_config.json
         files = []
         for name in names:
             with open(name, "rb") as f:

@@ -1,7 +1,13 @@
 """The tokenizer contract every part of bertjax codes against.
 
-Implementations: WordPiece (original vocab.txt files) and SentencePiece. The tokenizer identity is
+Implementations: WordPiece (vocab.txt, or a WordPiece tokenizer.json), SentencePiece (.model),
+byte-level BPE (RoBERTa's vocab.json + merges.txt, or a BPE tokenizer.json) and Unigram
+tokenizer.json files (what transformers 5 writes for ALBERT and DeBERTa). The tokenizer identity is
 stored with prepared data and checkpoints; training refuses data whose identity differs.
+
+The model input layout belongs to the tokenizer (build_inputs): BERT's `[CLS] A [SEP] (B [SEP])`
+with segment ids 0 up to and including the first [SEP], then 1; RoBERTa's `<s> A </s>` and
+`<s> A </s></s> B </s>` with all-zero segment ids.
 """
 from __future__ import annotations
 
@@ -30,11 +36,39 @@ class Tokenizer(Protocol):
     def is_continuation(self, token_id: int) -> bool:
         """True when the piece continues the previous word (whole-word masking groups them)."""
 
+    def build_inputs(self, ids_a: list[int], ids_b: list[int] | None = None
+                     ) -> tuple[list[int], list[int]]:
+        """(input ids, segment ids) of one model input: the specials placed around A (and B)."""
+
+    def num_special(self, pair: bool) -> int:
+        """How many special tokens build_inputs adds, for truncation budgets."""
+
     def identity(self) -> dict:
         """JSON-able identity: {"kind", "vocab_sha256", "vocab_size", "lower_case", "strip_accents"}."""
 
+    def hf_tokenizer_config(self) -> dict:
+        """What tokenizer_config.json must hold for transformers' AutoTokenizer: tokenizer_class,
+        the special tokens and the casing."""
+
     def save(self, out_dir: str) -> list[str]:
-        """Writes the vocabulary files (vocab.txt or spiece.model) into out_dir; returns their paths."""
+        """Writes the legacy vocabulary files (vocab.txt, spiece.model or vocab.json + merges.txt),
+        tokenizer.json and tokenizer_config.json into out_dir; returns their paths."""
+
+
+class BertLayout:
+    """build_inputs / num_special of BERT: [CLS] A [SEP] (B [SEP]); segment 0 up to and including
+    the first [SEP], then 1. Subclasses set cls_id and sep_id."""
+
+    def build_inputs(self, ids_a, ids_b=None):
+        ids = [self.cls_id, *ids_a, self.sep_id]
+        segments = [0] * len(ids)
+        if ids_b is not None:
+            ids += [*ids_b, self.sep_id]
+            segments += [1] * (len(ids_b) + 1)
+        return ids, segments
+
+    def num_special(self, pair: bool) -> int:
+        return 3 if pair else 2
 
 
 class VocabTable:

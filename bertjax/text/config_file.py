@@ -1,5 +1,5 @@
-"""tokenizer_config.json: the casing of a tokenizer, in the file and keys Hugging Face uses, so a
-directory written by either side loads the same way."""
+"""tokenizer_config.json: the casing and special tokens of a tokenizer, in the file and keys Hugging
+Face uses, so a directory written by either side loads the same way."""
 from __future__ import annotations
 
 import json
@@ -16,12 +16,17 @@ def write_tokenizer_config(out_dir: str, lower_case: bool, strip_accents: bool) 
     return write_atomic(os.path.join(out_dir, CONFIG_NAME), json.dumps(body, indent=2) + "\n")
 
 
-def read_tokenizer_config(directory: str) -> dict:
-    """Returns {"lower_case": bool|None, "strip_accents": bool|None} from DIR/tokenizer_config.json;
-    both None when the file is absent. A missing or null key means "not stated"."""
+def write_hf_config(out_dir: str, body: dict) -> str:
+    """DIR/tokenizer_config.json holding `body` (a tokenizer's hf_tokenizer_config())."""
+    return write_atomic(os.path.join(out_dir, CONFIG_NAME),
+                        json.dumps(body, indent=2, sort_keys=True) + "\n")
+
+
+def read_config_body(directory: str) -> dict:
+    """DIR/tokenizer_config.json as a dict; {} when the file is absent."""
     path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isfile(path):
-        return {"lower_case": None, "strip_accents": None}
+        return {}
     try:
         with open(path, encoding="utf-8") as f:
             body = json.load(f)
@@ -29,6 +34,14 @@ def read_tokenizer_config(directory: str) -> dict:
         raise UserError(f"{path} is not valid JSON ({e}); fix or delete it") from None
     if not isinstance(body, dict):
         raise UserError(f"{path} must hold a JSON object such as {{\"do_lower_case\": true}}")
+    return body
+
+
+def read_tokenizer_config(directory: str) -> dict:
+    """Returns {"lower_case": bool|None, "strip_accents": bool|None} from DIR/tokenizer_config.json;
+    both None when the file is absent. A missing or null key means "not stated"."""
+    body = read_config_body(directory)
+    path = os.path.join(directory, CONFIG_NAME)
     out = {}
     for ours, theirs in (("lower_case", "do_lower_case"), ("strip_accents", "strip_accents")):
         value = body.get(theirs)
@@ -36,3 +49,16 @@ def read_tokenizer_config(directory: str) -> dict:
             raise UserError(f"{path}: {theirs} must be true, false or null, not {value!r}")
         out[ours] = value
     return out
+
+
+def stated_token(body: dict, key: str) -> tuple[str | None, dict]:
+    """(content, AddedToken flags) of a special token in a tokenizer_config.json body: transformers
+    writes either a plain string or an AddedToken object ({"content", "lstrip", ...})."""
+    value = body.get(key)
+    if isinstance(value, str):
+        return value, {}
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        flags = {k: value[k] for k in ("lstrip", "rstrip", "single_word", "normalized")
+                 if isinstance(value.get(k), bool)}
+        return value["content"], flags
+    return None, {}

@@ -5,6 +5,11 @@ The model must carry the BERT special pieces itself: [UNK] as its unknown piece 
 "[MASK]" typed in the text stays one piece). SentencePiece marks a word start with "▁"; a piece
 without it continues the previous word. lower_case lower-cases the text before the model sees it,
 as ALBERT does; accents are left to the model's own normalisation.
+
+save() also writes tokenizer.json, the same pipeline in the Rust `tokenizers` library (the model's
+precompiled normaliser, whitespace handling as SentencePiece's, Metaspace pieces), so transformers'
+AutoTokenizer loads it without sentencepiece. A literal [PAD] or [UNK] typed in the text is one
+special token there but characters here; plain text gives the same ids (tested).
 """
 from __future__ import annotations
 
@@ -14,10 +19,13 @@ import re
 import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
+from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers,
+                        pre_tokenizers, processors)
 
 from bertjax.errors import UserError
-from bertjax.text.base import VocabTable
-from bertjax.text.config_file import write_tokenizer_config
+from bertjax.text.base import BertLayout, VocabTable
+from bertjax.text.config_file import write_hf_config
+from bertjax.text.tokenizer_json import TOKENIZER_JSON
 from bertjax.store.files import sha256_file, write_atomic
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -26,7 +34,7 @@ WORD_START = "\u2581"
 _Piece = sentencepiece_model_pb2.ModelProto.SentencePiece
 
 
-class SentencePieceTokenizer(VocabTable):
+class SentencePieceTokenizer(BertLayout, VocabTable):
     def __init__(self, model_path: str, lower_case: bool = False):
         if not os.path.isfile(model_path):
             raise UserError(f"SentencePiece model {model_path} does not exist; pass the path of a "
@@ -45,6 +53,7 @@ class SentencePieceTokenizer(VocabTable):
             raise UserError(f"{model_path} is not a SentencePiece model (no pieces); pass a .model "
                             "file written by SentencePiece")
         self._sp = sp
+        self._proto = proto
         self._sha256 = sha256_file(model_path)
         self.lower_case = bool(lower_case)
         self.strip_accents = False
@@ -109,10 +118,71 @@ class SentencePieceTokenizer(VocabTable):
             "strip_accents": self.strip_accents,
         }
 
+    def hf_tokenizer_config(self) -> dict:
+        # The generic class loads tokenizer.json as it is. AlbertTokenizer would rebuild the
+        # pipeline with ALBERT's own text rules (``/'' -> ", accents stripped unless keep_accents),
+        # which are not this tokenizer's.
+        return {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "do_lower_case": self.lower_case,
+            "strip_accents": self.strip_accents,
+            "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+            "cls_token": "[CLS]", "mask_token": "[MASK]",
+        }
+
+    def backend(self) -> Tokenizer:
+        """The model as a tokenizers.Tokenizer (what tokenizer.json holds), after transformers'
+        SpmConverter: Unigram pieces and scores, or BPE with merges recovered from the pieces."""
+        proto = self._proto
+        vocab = [(p.piece, p.score) for p in proto.pieces]
+        if proto.trainer_spec.model_type == 1:  # UNIGRAM
+            tok = Tokenizer(models.Unigram(vocab, unk_id=self.unk_id, byte_fallback=False))
+        elif proto.trainer_spec.model_type == 2:  # BPE
+            tok = Tokenizer(models.BPE({p: i for i, (p, _) in enumerate(vocab)},
+                                       _spm_bpe_merges(vocab), unk_token="[UNK]", fuse_unk=True,
+                                       byte_fallback=False, dropout=None))
+        else:
+            raise UserError(f"{self.model_path} is a SentencePiece model of type "
+                            f"{proto.trainer_spec.model_type}; only unigram and bpe models can be "
+                            "written as tokenizer.json")
+        steps = [normalizers.Lowercase()] if self.lower_case else []
+        if proto.normalizer_spec.precompiled_charsmap:
+            steps.append(normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap))
+        steps += [normalizers.Strip(left=False, right=True),
+                  normalizers.Replace(Regex(" {2,}"), WORD_START)]
+        tok.normalizer = normalizers.Sequence(steps)
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="always")
+        tok.decoder = decoders.Metaspace(replacement=WORD_START, prepend_scheme="always")
+        tok.add_special_tokens(
+            [AddedToken(t, normalized=False, special=True) for t in SPECIAL_TOKENS])
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", self.cls_id), ("[SEP]", self.sep_id)])
+        return tok
+
     def save(self, out_dir: str) -> list[str]:
-        """Writes spiece.model byte for byte (so the hash holds) and tokenizer_config.json."""
+        """Writes spiece.model byte for byte (so the hash holds), tokenizer.json and
+        tokenizer_config.json."""
         with open(self.model_path, "rb") as f:
             blob = f.read()
         model_out = write_atomic(os.path.join(out_dir, "spiece.model"), blob)
-        config_out = write_tokenizer_config(out_dir, self.lower_case, self.strip_accents)
-        return [model_out, config_out]
+        json_out = write_atomic(os.path.join(out_dir, TOKENIZER_JSON), self.backend().to_str())
+        config_out = write_hf_config(out_dir, self.hf_tokenizer_config())
+        return [model_out, json_out, config_out]
+
+
+def _spm_bpe_merges(vocab: list[tuple[str, float]]) -> list[tuple[str, str]]:
+    """The merges of a SentencePiece BPE model, recovered from its pieces as transformers'
+    generate_merges does: every split of a piece into two pieces, in the order of the merged
+    piece's id (SentencePiece BPE numbers pieces in merge order), then by the parts' lengths."""
+    ids = {p: i for i, (p, _) in enumerate(vocab)}
+    merges = []
+    for piece, i in ids.items():
+        if piece in SPECIAL_TOKENS:
+            continue
+        local = [(piece[:k], piece[k:], i) for k in range(1, len(piece))
+                 if piece[:k] in ids and piece[k:] in ids]
+        local.sort(key=lambda m: (ids[m[0]], ids[m[1]]))
+        merges.extend(local)
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])))
+    return [(a, b) for a, b, _ in merges]

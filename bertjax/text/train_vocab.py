@@ -1,4 +1,4 @@
-r"""Trains a WordPiece or SentencePiece vocabulary on a corpus.
+r"""Trains a WordPiece, SentencePiece or byte-level BPE vocabulary on a corpus.
 
     bertjax train-vocab --input='corpus/*.txt' --kind=wordpiece \
         --vocab_size=30522 --out=vocab_dir [--lower_case=true]
@@ -6,7 +6,16 @@ r"""Trains a WordPiece or SentencePiece vocabulary on a corpus.
 Writes DIR/vocab.txt (WordPiece) or DIR/spiece.model + DIR/spiece.vocab (SentencePiece), and
 DIR/tokenizer_config.json with the casing. The special tokens come first: [PAD]=0, [UNK]=1,
 [CLS]=2, [SEP]=3, [MASK]=4; WordPiece tokens follow in sorted order (words, then "##" pieces),
-because the trainer's own order varies between runs. Files are written under temporary names and renamed once the
+because the trainer's own order varies between runs.
+
+--kind=bpe trains RoBERTa's tokenizer, a byte-level BPE (GPT-2's byte alphabet, no lower-casing),
+and writes DIR/vocab.json + DIR/merges.txt (RoBERTa's files), DIR/tokenizer.json and
+DIR/tokenizer_config.json (RobertaTokenizer), which transformers' AutoTokenizer loads. Its specials
+are RoBERTa's: <s>=0, <pad>=1, </s>=2, <unk>=3, and <mask> last. The Rust BPE trainer is
+deterministic here, unlike its WordPiece use: every symbol it starts from is in the 256-character
+byte alphabet, which it numbers in character order, so ties between equally frequent pairs (broken
+by those numbers) fall the same way in every process (checked: fresh processes write the same
+bytes). --exact therefore changes nothing for bpe. Files are written under temporary names and renamed once the
 vocabulary has been checked to load. On a tiny corpus the vocabulary may come out smaller than
 --vocab_size; the size reached is printed.
 """
@@ -29,8 +38,12 @@ from bertjax.text.config_file import CONFIG_NAME
 from bertjax.text.wordpiece import WordPieceTokenizer
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-KINDS = ("wordpiece", "sentencepiece")
-_OUTPUTS = {"wordpiece": ("vocab.txt",), "sentencepiece": ("spiece.model", "spiece.vocab")}
+# RoBERTa's ids: <s>=0, <pad>=1, </s>=2, <unk>=3; <mask> is added last, after the learned tokens.
+BPE_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
+BPE_MASK = "<mask>"
+KINDS = ("wordpiece", "sentencepiece", "bpe")
+_OUTPUTS = {"wordpiece": ("vocab.txt",), "sentencepiece": ("spiece.model", "spiece.vocab"),
+            "bpe": ("vocab.json", "merges.txt", "tokenizer.json")}
 
 
 class _Sentences:
@@ -197,6 +210,27 @@ def train_sentencepiece(sentences: _Sentences, vocab_size: int, model_type: str 
     return blob, ("\n".join(lines) + "\n").encode("utf-8")
 
 
+def train_bpe(sentences: _Sentences, vocab_size: int, min_frequency: int = 2):
+    """A byte-level BPE (RoBERTa's tokenizer) as a ByteLevelBPETokenizer, not yet written: the
+    four specials, GPT-2's 256-character byte alphabet, the learned merges, then <mask>."""
+    from bertjax.text.bpe import ByteLevelBPETokenizer
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, min_frequency=min_frequency,
+                                  special_tokens=BPE_SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(iter(sentences), trainer)
+    sentences.check()
+    model = json.loads(tok.to_str())["model"]
+    vocab = model["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    if [vocab[t] for t in tokens] != list(range(len(tokens))) or tokens[:4] != BPE_SPECIAL_TOKENS:
+        raise RuntimeError("the BPE trainer returned ids out of order")  # not expected
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return ByteLevelBPETokenizer("the trained vocabulary", [*tokens, BPE_MASK], merges)
+
+
 def _check_out_dir(out_dir: str, kind: str) -> None:
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--out={out_dir} is a file; pass a directory")
@@ -230,12 +264,23 @@ def write_outputs(out_dir: str, files: dict[str, bytes], verify) -> list[str]:
     return [os.path.join(out_dir, n) for n in files]
 
 
-def train_vocab(input_spec: str, kind: str, vocab_size: int, out_dir: str, lower_case: bool = True,
-                fmt: str = "auto", text_field: str = "text", doc_unit: str = "paragraph",
-                tfds_data_dir: str = "", tfds_split: str = "train", **options) -> dict:
-    """Trains and writes a vocabulary; returns a summary (files, sizes, corpus counts)."""
+def train_vocab(input_spec: str, kind: str, vocab_size: int, out_dir: str,
+                lower_case: bool | None = None, fmt: str = "auto", text_field: str = "text",
+                doc_unit: str = "paragraph", tfds_data_dir: str = "", tfds_split: str = "train",
+                **options) -> dict:
+    """Trains and writes a vocabulary; returns a summary (files, sizes, corpus counts).
+    lower_case=None is true for wordpiece and sentencepiece, false for bpe (which is cased)."""
     if kind not in KINDS:
         raise UserError(f"--kind={kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "bpe":
+        if lower_case:
+            raise UserError("--kind=bpe trains RoBERTa's byte-level BPE, which is cased; drop "
+                            "--lower_case (or lower-case the corpus yourself)")
+        if vocab_size < 256 + len(BPE_SPECIAL_TOKENS) + 1:
+            raise UserError(f"--vocab_size={vocab_size} is too small for a byte-level BPE; it "
+                            "holds the 256 byte characters and 5 specials, pass at least a few "
+                            "hundred more")
+    lower_case = kind != "bpe" if lower_case is None else bool(lower_case)
     if vocab_size < len(SPECIAL_TOKENS) + 2:
         raise UserError(f"--vocab_size={vocab_size} is too small; it includes the "
                         f"{len(SPECIAL_TOKENS)} special tokens, pass at least a few hundred")
@@ -252,7 +297,30 @@ def train_vocab(input_spec: str, kind: str, vocab_size: int, out_dir: str, lower
     config = json.dumps({"do_lower_case": bool(lower_case),
                          "strip_accents": bool(lower_case) if kind == "wordpiece" else False},
                         indent=2) + "\n"
-    if kind == "wordpiece":
+    if kind == "bpe":
+        from bertjax.text.bpe import ByteLevelBPETokenizer
+
+        sentences = _Sentences(docs, lower_case=False)
+        trained = train_bpe(sentences, vocab_size, min_frequency=options.get("min_frequency", 2))
+        files = {"vocab.json": trained.vocab_json().encode(),
+                 "merges.txt": trained.merges_txt().encode(),
+                 "tokenizer.json": trained.backend().to_str().encode(),
+                 CONFIG_NAME: (json.dumps(trained.hf_tokenizer_config(), indent=2,
+                                          sort_keys=True) + "\n").encode()}
+
+        def verify(t):
+            # Both spellings must load, and as the same tokenizer.
+            from bertjax.text.tokenizer_json import read_tokenizer_json
+
+            a = ByteLevelBPETokenizer.from_files(t["vocab.json"], t["merges.txt"])
+            b = ByteLevelBPETokenizer.from_tokenizer_json(
+                t["tokenizer.json"], read_tokenizer_json(t["tokenizer.json"]))
+            if a.identity() != b.identity() or a.identity() != trained.identity():
+                raise RuntimeError("vocab.json + merges.txt and tokenizer.json differ")
+
+        load = lambda: ByteLevelBPETokenizer.from_files(os.path.join(out_dir, "vocab.json"),
+                                                        os.path.join(out_dir, "merges.txt"))
+    elif kind == "wordpiece":
         sentences = _Sentences(docs, lower_case=False)
         trainer = train_wordpiece_exact if options.get("exact") else train_wordpiece
         vocab = trainer(sentences, vocab_size, lower_case,
@@ -293,20 +361,22 @@ def define_flags() -> None:
     """Flags of the command line only: importing this module must not define them (another
     entrypoint importing it would clash)."""
     flags.DEFINE_string("input", "", "Corpus: globs (comma-separated), a directory, or tfds:NAME.")
-    flags.DEFINE_string("kind", "wordpiece", "wordpiece | sentencepiece")
+    flags.DEFINE_string("kind", "wordpiece", "wordpiece | sentencepiece | bpe (RoBERTa's byte-level BPE)")
     flags.DEFINE_integer("vocab_size", 30522, "Target vocabulary size, special tokens included.")
     flags.DEFINE_string("out", "", "Output directory.")
-    flags.DEFINE_bool("lower_case", True, "Lower-case the text (WordPiece also strips accents).")
+    flags.DEFINE_bool("lower_case", None, "Lower-case the text (WordPiece also strips accents). "
+                      "Default: true for wordpiece and sentencepiece; bpe is always cased.")
     flags.DEFINE_string("format", "auto", "Corpus format: " + " | ".join(FORMATS))
     flags.DEFINE_string("text_field", "text", "JSONL field or TFDS feature holding the text.")
     flags.DEFINE_string("doc_unit", "paragraph", "For --format=text: " + " | ".join(DOC_UNITS))
     flags.DEFINE_string("tfds_data_dir", "", "TFDS data_dir for tfds:NAME inputs.")
     flags.DEFINE_string("tfds_split", "train", "TFDS split for tfds:NAME inputs.")
-    flags.DEFINE_integer("min_frequency", 2, "WordPiece: minimum count for a merge.")
+    flags.DEFINE_integer("min_frequency", 2, "WordPiece and BPE: minimum count for a merge.")
     flags.DEFINE_integer("limit_alphabet", 1000, "WordPiece: most distinct characters kept.")
     flags.DEFINE_bool("exact", False,
                       "WordPiece: the pure-Python trainer, ties broken by text, so every run writes "
-                      "the same bytes (the Rust trainer's ties follow hash-map order); slower.")
+                      "the same bytes (the Rust trainer's ties follow hash-map order); slower. "
+                      "bpe: always exact, the flag changes nothing.")
     flags.DEFINE_string("model_type", "unigram", "SentencePiece: unigram | bpe")
     flags.DEFINE_float("character_coverage", 0.9995, "SentencePiece: share of characters covered.")
     flags.DEFINE_integer("max_sentences", 10_000_000,

@@ -1,5 +1,6 @@
-"""Shared featurisation for fine-tuning tasks: [CLS]/[SEP] packing, pair truncation and padding to
-a static length. Batching lives with the loop's user, bertjax/finetuning (batches.py, predict.py)."""
+"""Shared featurisation for fine-tuning tasks: packing with the tokenizer's input layout
+(build_inputs: BERT's [CLS] A [SEP] B [SEP], RoBERTa's <s> A </s></s> B </s>), pair truncation and
+padding to a static length. Batching lives with the loop's user, bertjax/finetuning (batches.py, predict.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,18 +29,21 @@ def truncate_pair(tokens_a: list, tokens_b: list, max_total: int) -> None:
 
 
 def pack(tok: Tokenizer, ids_a: list[int], ids_b: list[int] | None, max_seq_length: int):
-    """[CLS] A [SEP] (B [SEP]) padded to max_seq_length -> (input_ids, segment_ids, input_mask).
+    """tok.build_inputs(A, B) padded to max_seq_length -> (input_ids, segment_ids, input_mask).
 
-    Callers truncate first; an over-long input here is a programming error, not a user one."""
-    ids = [tok.cls_id, *ids_a, tok.sep_id]
-    segments = [0] * len(ids)
-    if ids_b is not None:
-        ids += [*ids_b, tok.sep_id]
-        segments += [1] * (len(ids_b) + 1)
+    Callers truncate first (to max_seq_length - tok.num_special(pair)); an over-long input here is
+    a programming error, not a user one."""
+    ids, segments = tok.build_inputs(ids_a, ids_b)
     if len(ids) > max_seq_length:
         raise ValueError(f"packed length {len(ids)} exceeds max_seq_length {max_seq_length}")
     return pad_row(ids, max_seq_length, tok.pad_id), pad_row(segments, max_seq_length, 0), \
         pad_row([1] * len(ids), max_seq_length, 0)
+
+
+def second_offset(tok: Tokenizer, len_a: int) -> int:
+    """Where B starts in build_inputs(A, B) when A has len_a pieces (a SQuAD passage's offset)."""
+    ids, _ = tok.build_inputs([tok.pad_id] * len_a, [-1])
+    return ids.index(-1)
 
 
 def pad_row(values: list, length: int, fill) -> list:

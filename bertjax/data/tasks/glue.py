@@ -340,7 +340,7 @@ def featurize(examples: list[GlueExample], tokenizer: Tokenizer, task: GlueTask 
     """One feature row per example, in order. `labels` is present only when every example has
     one (test splits have none): int32 class ids, float32 scores for regression."""
     task = get_task(task) if isinstance(task, str) else task
-    if max_seq_length < (5 if task.is_pair else 3):
+    if max_seq_length < tokenizer.num_special(task.is_pair) + (2 if task.is_pair else 1):
         raise UserError(f"max_seq_length {max_seq_length} is too short for GLUE {task.name}")
     rows = {"input_ids": [], "segment_ids": [], "input_mask": []}
     labels = []
@@ -350,9 +350,9 @@ def featurize(examples: list[GlueExample], tokenizer: Tokenizer, task: GlueTask 
     for ex, ids_a in zip(examples, encoded_a, strict=True):
         ids_b = next(encoded_b) if ex.text_b is not None else None
         if ids_b is None:
-            del ids_a[max_seq_length - 2:]
+            del ids_a[max_seq_length - tokenizer.num_special(False):]
         else:
-            F.truncate_pair(ids_a, ids_b, max_seq_length - 3)
+            F.truncate_pair(ids_a, ids_b, max_seq_length - tokenizer.num_special(True))
         ids, seg, mask = F.pack(tokenizer, ids_a, ids_b, max_seq_length)
         rows["input_ids"].append(ids)
         rows["segment_ids"].append(seg)

@@ -86,7 +86,10 @@ def featurize(sentences: list[NerSentence], tokenizer: Tokenizer, labels: list[s
               max_seq_length: int) -> NerFeatures:
     """Sentences whose pieces do not fit are split at word boundaries into several rows, so every
     word is predicted once; a single word longer than a row keeps its first pieces."""
-    room = max_seq_length - 2
+    room = max_seq_length - tokenizer.num_special(False)
+    # Specials build_inputs puts before and after the pieces ([CLS] and [SEP], <s> and </s>).
+    layout, _ = tokenizer.build_inputs([-1])
+    lead, trail = layout.index(-1), len(layout) - layout.index(-1) - 1
     if room < 1:
         raise UserError(f"max_seq_length {max_seq_length} is too short for NER")
     label_ids = {t: i for i, t in enumerate(labels)}
@@ -94,14 +97,14 @@ def featurize(sentences: list[NerSentence], tokenizer: Tokenizer, labels: list[s
     sentence_index, word_rows = [], []
 
     def emit(si, chunk):
-        ids = [tokenizer.cls_id] + [p for _, _, p in chunk] + [tokenizer.sep_id]
-        words = [-1] + [w for w, _, _ in chunk] + [-1]
-        lab = [0] + [y for _, y, _ in chunk] + [0]
-        first = [0.0] + [1.0 if j == 0 or chunk[j - 1][0] != w else 0.0
-                         for j, (w, _, _) in enumerate(chunk)] + [0.0]
+        ids, segments = tokenizer.build_inputs([p for _, _, p in chunk])
+        words = [-1] * lead + [w for w, _, _ in chunk] + [-1] * trail
+        lab = [0] * lead + [y for _, y, _ in chunk] + [0] * trail
+        first = [0.0] * lead + [1.0 if j == 0 or chunk[j - 1][0] != w else 0.0
+                                for j, (w, _, _) in enumerate(chunk)] + [0.0] * trail
         pad = max_seq_length - len(ids)
         rows["input_ids"].append(ids + [tokenizer.pad_id] * pad)
-        rows["segment_ids"].append([0] * max_seq_length)
+        rows["segment_ids"].append(segments + [0] * pad)
         rows["input_mask"].append([1] * len(ids) + [0] * pad)
         rows["labels"].append([y if f else 0 for y, f in zip(lab, first, strict=True)] + [0] * pad)
         rows["label_weights"].append(first + [0.0] * pad)

@@ -205,7 +205,8 @@ def _passage_pieces(tokenizer: Tokenizer, examples: list[SquadExample]) -> dict:
 def featurize(examples: list[SquadExample], tokenizer: Tokenizer, max_seq_length: int = 384,
               doc_stride: int = 128, max_query_length: int = 64,
               is_training: bool = False) -> SquadFeatures:
-    """[CLS] question [SEP] passage-window [SEP], one row per window."""
+    """tokenizer.build_inputs(question, passage window), one row per window: [CLS] question [SEP]
+    window [SEP] for BERT, <s> question </s></s> window </s> for RoBERTa."""
     if doc_stride < 1:
         raise UserError(f"doc_stride must be at least 1, got {doc_stride}")
     rows = {"input_ids": [], "segment_ids": [], "input_mask": []}
@@ -220,7 +221,7 @@ def featurize(examples: list[SquadExample], tokenizer: Tokenizer, max_seq_length
         piece_ids, pieces, p2w, first_piece = passages[ex.context]
         all_pieces.append(pieces)
         all_p2w.append(p2w)
-        max_doc = max_seq_length - len(query_ids) - 3
+        max_doc = max_seq_length - len(query_ids) - tokenizer.num_special(True)
         if max_doc < 1:
             raise UserError(f"max_seq_length {max_seq_length} leaves no room for the passage after "
                             f"a {len(query_ids)}-piece question; raise it or lower "
@@ -232,7 +233,7 @@ def featurize(examples: list[SquadExample], tokenizer: Tokenizer, max_seq_length
             target = _tighten(pieces, s, e, tokenizer.tokenize(ex.answer_text))
         spans = _windows(len(pieces), max_doc, doc_stride)
         best = _best_window(spans, len(pieces))
-        offset = len(query_ids) + 2
+        offset = F.second_offset(tokenizer, len(query_ids))
         for w, (start, length) in enumerate(spans):
             ids, seg, mask = F.pack(tokenizer, query_ids, piece_ids[start:start + length],
                                     max_seq_length)
