@@ -359,7 +359,7 @@ def prepared(roberta, bert, tmp_path_factory):
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(SENTENCES[:150]) + "\n", encoding="utf-8")
     out = {}
-    for name, vocab in (("bpe", roberta["hf"]), ("wordpiece", bert[True][0])):
+    for name, vocab in (("bpe", roberta["files"]), ("wordpiece", bert[True][0])):
         out[name] = str(root / name)
         prepare.prepare(prepare.Options(
             input=str(corpus), vocab=vocab, output_dir=out[name], max_seq_length=32,
