@@ -114,7 +114,7 @@ class Model:
         real tokens ([CLS] and [SEP] included), exactly what `bertjax embed` saves."""
         self._ids(texts, max_seq_length)  # the same argument checks as the other methods
         return embed_lib.embed_texts(self.encoder, self.tokenizer, list(texts), pooling,
-                                     batch_size, max_seq_length or self.config.max_position_embeddings)
+                                     batch_size, max_seq_length or self.config.max_length)
 
     def fill_mask(self, texts: Sequence[str], top_k: int = 5) -> list[list[dict]]:
         """Per text, one entry per [MASK] in order: {"position", "candidates": [{"token", "id",

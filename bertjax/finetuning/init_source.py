@@ -135,7 +135,9 @@ def model_for(cfg, source: Source, num_labels: int, log: Callable[[str], None] =
         log(f"model shape from {cfg.init_from}: {', '.join(changed)}")
     model["num_labels"] = int(num_labels)
     seq = int(cfg.data.max_seq_length)
-    if seq > model["max_position_embeddings"]:
-        raise UserError(f"data.max_seq_length {seq} exceeds the model's max_position_embeddings "
-                        f"{model['max_position_embeddings']}; lower --config.data.max_seq_length")
+    limit = model["max_position_embeddings"] - model["position_offset"]
+    if seq > limit:
+        raise UserError(f"data.max_seq_length {seq} exceeds the model's {limit} positions "
+                        f"(max_position_embeddings {model['max_position_embeddings']}, offset "
+                        f"{model['position_offset']}); lower --config.data.max_seq_length")
     return model

@@ -84,6 +84,11 @@ class BertConfig:
         return self.hidden_size // self.num_heads
 
     @property
+    def max_length(self) -> int:
+        """The longest input: the position table less its offset (514 rows hold 512 at pad 1)."""
+        return self.max_position_embeddings - self.position_offset
+
+    @property
     def embedding_width(self) -> int:
         return self.embedding_size or self.hidden_size
 

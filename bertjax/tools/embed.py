@@ -46,7 +46,7 @@ def encoder_of(model, task: str):
 
 def seq_limit(cfg, max_seq_length: int) -> int:
     """max_seq_length checked against the model's position table; 0 means the whole table."""
-    limit = cfg.max_position_embeddings
+    limit = cfg.max_length
     max_seq_length = max_seq_length or limit
     if not 3 <= max_seq_length <= limit:
         raise UserError(f"max_seq_length must be between 3 and the model's limit {limit}, not "
@@ -184,14 +184,14 @@ def save_npy(path: str, array: np.ndarray) -> None:
 def embed_file(checkpoint: str, input_path: str, output_path: str, pooling: str = "cls",
                batch_size: int = 32, max_seq_length: int = 0, vocab: str | None = None) -> np.ndarray:
     """Embeds every line of input_path and saves [N, H] float32 to output_path.
-    max_seq_length 0 means the model's limit (max_position_embeddings)."""
+    max_seq_length 0 means the model's limit (its positions)."""
     if pooling not in POOLINGS:
         raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
     texts = read_texts(input_path)
     model, cfg, task = load_checkpoint(checkpoint, needs=ENCODER)
     tokenizer = checkpoint_tokenizer(checkpoint, cfg.vocab_size, vocab)
     emb = embed_texts(encoder_of(model, task), tokenizer, texts, pooling, batch_size,
-                      max_seq_length or cfg.max_position_embeddings)
+                      max_seq_length or cfg.max_length)
     save_npy(output_path, emb)
     return emb
 
@@ -207,7 +207,7 @@ def define_flags() -> None:
                       "cls: final hidden state at [CLS]; mean: average over real tokens.")
     flags.DEFINE_integer("batch_size", 32, "Texts per forward pass.")
     flags.DEFINE_integer("max_seq_length", 0, "Tokens per text incl. [CLS]/[SEP]; longer texts "
-                         "are cut. 0 = the model's max_position_embeddings.")
+                         "are cut. 0 = the model's limit.")
     flags.DEFINE_string("vocab", None, "Vocabulary to use when none is stored with the checkpoint.")
 
 

@@ -73,7 +73,7 @@ def export(checkpoint: str, fmt: str, out: str, vocab: str | None = None,
         raise UserError(f"cannot write to {parent} ({e.strerror}); choose a writable --out") from None
     try:
         tok_files = _write_tokenizer(tokenizer, os.path.join(stage, "tokenizer"), fmt == "hf",
-                                     cfg.max_position_embeddings)
+                                     cfg.max_length)
         built = os.path.join(stage, "export")
         if fmt == "hf":
             interop.save_hf(model, cfg, task, built, extra_files=tok_files, id2label=labels)

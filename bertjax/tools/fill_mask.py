@@ -92,7 +92,7 @@ def fill_mask(model, tokenizer, texts: list[str], top_k: int = 5) -> list[list[d
     if not texts:
         raise UserError(f'give at least one text containing {MASK}, e.g. "the {MASK} sat down ."')
     cfg = model.bert.config
-    seqs = _encode(tokenizer, texts, cfg.max_position_embeddings)
+    seqs = _encode(tokenizer, texts, cfg.max_length)
     predict = make_predictor(model)
     # Only ids the tokenizer knows can be shown; a model's table may be padded beyond them.
     k = min(top_k, tokenizer.vocab_size)
@@ -100,7 +100,7 @@ def fill_mask(model, tokenizer, texts: list[str], top_k: int = 5) -> list[list[d
     for start in range(0, len(seqs), BATCH):
         chunk = seqs[start:start + BATCH]
         rows = len(chunk)
-        length = bucket_length(max(map(len, chunk)), cfg.max_position_embeddings)
+        length = bucket_length(max(map(len, chunk)), cfg.max_length)
         where = [[i for i, t in enumerate(s) if t == tokenizer.mask_id] for s in chunk]
         slots = max(map(len, where))
         ids = np.full((rows, length), tokenizer.pad_id, np.int32)
