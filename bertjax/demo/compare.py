@@ -142,6 +142,9 @@ def heldout_mlm(checkpoint: str, data_dir: str, batch_size: int = 64) -> dict:
 
 
 def _run_arm(arm: str, w: str, data_from: str) -> dict:
+    """Runs `bertjax demo --pretrain_style=ARM` in DIR/ARM (reusing the data stages of the demo
+    workdir `data_from` when given; the random-init fine-tuning only in the first arm, as it does
+    not depend on pretraining) and returns its report.json."""
     out = os.path.join(w, arm)
     report_path = os.path.join(out, "report.json")
     if FLAGS.reuse_finished and os.path.exists(report_path):
@@ -152,7 +155,7 @@ def _run_arm(arm: str, w: str, data_from: str) -> dict:
            f"--finetune_seeds={FLAGS.finetune_seeds}", f"--finetune_epochs={FLAGS.finetune_epochs}",
            f"--skip_finetune={FLAGS.skip_finetune}"]
     if data_from:
-        cmd.append(f"--reuse_data_from={data_from}")
+        cmd += [f"--reuse_data_from={data_from}", "--skip_random_init"]
     logs = os.path.join(w, "logs")
     os.makedirs(logs, exist_ok=True)
     log_path = os.path.join(logs, f"demo_{arm}.log")
@@ -204,18 +207,27 @@ def verdict(reports: dict, cross: dict) -> dict:
     out = {}
     ft = {a: r.get("finetune", {}).get("pretrained", {}) for a, r in reports.items()}
     if all(f.get("runs") for f in ft.values()):
-        best = max(ft, key=lambda a: ft[a]["final_mean"])
-        others = [a for a in ft if a != best]
-        worst_best = min(r["final"] for r in ft[best]["runs"])
+        means = {a: f["final_mean"] for a, f in ft.items()}
+        best = _winner(means)
+        lead = max(means, key=means.get)
+        others = [a for a in ft if a != lead]
+        worst_best = min(r["final"] for r in ft[lead]["runs"])
         best_other = max(r["final"] for a in others for r in ft[a]["runs"])
         out["finetune"] = {"winner": best,
-                           "margin": ft[best]["final_mean"] - max(ft[a]["final_mean"] for a in others),
+                           "margin": means[lead] - max(means[a] for a in others),
                            "every_seed_above": worst_best > best_other}
     for h in next(iter(cross.values())):
         scores = {a: cross[a][h]["mlm_accuracy"] for a in cross}
-        best = max(scores, key=scores.get)
-        out[f"heldout_mlm_on_{h}"] = {"winner": best, "scores": scores}
+        out[f"heldout_mlm_on_{h}"] = {"winner": _winner(scores), "scores": scores}
     return out
+
+
+def _winner(scores: dict) -> str:
+    """The arm with the highest score, or "tie" when the best two are equal."""
+    ranked = sorted(scores.values(), reverse=True)
+    if len(ranked) > 1 and ranked[0] - ranked[1] < 1e-12:
+        return "tie"
+    return max(scores, key=scores.get)
 
 
 def table(result: dict) -> str:
@@ -233,7 +245,7 @@ def table(result: dict) -> str:
                      f"({seen * tr['mean_tokens_per_instance'] / 1e6:.2f} M real tokens seen)")
     lines += ["", "held-out MLM accuracy (%) of the final checkpoint; a column is one set of "
               "masked tokens for every arm:"]
-    width = 30
+    width = 36
     heads = [f"{h} held-out ({cross[arms[0]][h]['masked_tokens']:,} masked)" for h in arms]
     lines.append(f"{'':10s}" + "".join(f"{x:>{width}}" for x in heads))
     for a in arms:
@@ -270,12 +282,16 @@ def table(result: dict) -> str:
     v = result["verdict"]
     if "finetune" in v:
         f = v["finetune"]
-        lines.append(f"fine-tuning: {f['winner']} ahead by {100 * f['margin']:.2f} points of mean "
-                     f"final dev accuracy; its worst seed above every other arm's best: "
-                     f"{'yes' if f['every_seed_above'] else 'no'}")
+        if f["winner"] == "tie":
+            lines.append("fine-tuning: a tie in mean final dev accuracy")
+        else:
+            lines.append(f"fine-tuning: {f['winner']} ahead by {100 * f['margin']:.2f} points of "
+                         f"mean final dev accuracy; its worst seed above every other arm's best: "
+                         f"{'yes' if f['every_seed_above'] else 'no'}")
     for h in arms:
         m = v[f"heldout_mlm_on_{h}"]
-        lines.append(f"held-out MLM on the {h} held-out set: {m['winner']} ahead")
+        who = "a tie" if m["winner"] == "tie" else f"{m['winner']} ahead"
+        lines.append(f"held-out MLM on the {h} held-out set: {who}")
     for a in arms:
         lines.append(f"{a} arm: demo wall {reports[a]['wall_seconds']:.0f} s, CPU "
                      f"{reports[a]['cpu_seconds']:.0f} s")

@@ -54,6 +54,9 @@ def define_flags() -> None:
     flags.DEFINE_float("finetune_epochs", 10.0, "Fine-tuning epochs per run.")
     flags.DEFINE_float("finetune_lr", 1e-4, "Fine-tuning peak learning rate (both arms).")
     flags.DEFINE_bool("skip_finetune", False, "Stop after pretraining and export.")
+    flags.DEFINE_bool("skip_random_init", False, "Fine-tune from the pretrained checkpoint only "
+                      "(the random-init arm does not depend on pretraining; compare.py runs it "
+                      "once).")
     flags.DEFINE_enum("pretrain_style", "bert", list(PREPARE_FLAGS),
                       "bert: sentence pairs, MLM+NSP; roberta: full sentences packed across "
                       "documents, no NSP (MLM only), dynamic masks. Changes only prepare's flags.")
@@ -430,7 +433,8 @@ def _finetune_comparison(progress, logs, w, ckpt, vocab, labelled, model_cfg) ->
     shape = [f"--config.model.{k}={model_cfg[k]}" for k in
              ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size")]
     results = {}
-    for name, init in (("pretrained", ckpt), ("random_init", "")):
+    inits = (("pretrained", ckpt),) + ((("random_init", ""),) if not FLAGS.skip_random_init else ())
+    for name, init in inits:
         workdir = os.path.join(w, "finetune", name)
         out = _run(progress, logs, f"finetune_{name}", "bertjax.finetune",
                    f"--config=configs/text_classification.py:{labelled}", f"--workdir={workdir}",
