@@ -28,6 +28,8 @@ def get_config(arg: str = "base"):
         raise ValueError(f"configs/roberta.py takes one of {sorted(RECIPES)}, not {arg!r}")
     lr, warmup = RECIPES[preset]
     c = base_config(preset, arch="roberta")
+    # GPT-2's byte-level BPE, as the released models; pretraining checks it against the data.
+    c.model.vocab_size = 50265
     c.objective.name = "mlm"
     c.data.masking = "dynamic"
     c.data.max_seq_length = 512
