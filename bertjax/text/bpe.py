@@ -25,7 +25,7 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from bertjax.errors import UserError
-from bertjax.text.base import VocabTable
+from bertjax.text.base import RustPipeline, VocabTable
 from bertjax.text.config_file import stated_token, write_hf_config
 from bertjax.text.tokenizer_json import (TOKENIZER_JSON, canonical_sha256, normalizer_steps,
                                          read_json, token_list)
@@ -89,7 +89,7 @@ def _merge_pairs(path: str, merges) -> list[tuple[str, str]]:
     return out
 
 
-class ByteLevelBPETokenizer(VocabTable):
+class ByteLevelBPETokenizer(RustPipeline, VocabTable):
     """The Tokenizer protocol for a byte-level BPE. Build it with from_files (vocab.json +
     merges.txt) or from_tokenizer_json; `config` is the directory's tokenizer_config.json body."""
 
@@ -205,17 +205,6 @@ class ByteLevelBPETokenizer(VocabTable):
 
     # ------------------------------------------------------------------------------ protocol
 
-    def tokenize(self, text: str) -> list[str]:
-        return self._tok.encode(text, add_special_tokens=False).tokens
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
-
-    def decode(self, ids: list[int]) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def build_inputs(self, ids_a, ids_b=None):
         ids = [self.cls_id, *ids_a, self.sep_id]

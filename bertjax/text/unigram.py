@@ -21,7 +21,7 @@ import numpy as np
 from tokenizers import Tokenizer, processors
 
 from bertjax.errors import UserError
-from bertjax.text.base import BertLayout, VocabTable
+from bertjax.text.base import BertLayout, RustPipeline, VocabTable
 from bertjax.text.config_file import stated_token, write_hf_config
 from bertjax.text.tokenizer_json import TOKENIZER_JSON, canonical_sha256, normalizer_steps
 from bertjax.store.files import write_atomic
@@ -54,7 +54,7 @@ def _with_casing(normalizer, lower: bool):
     return steps[0] if len(steps) == 1 else {"type": "Sequence", "normalizers": steps}
 
 
-class UnigramTokenizer(BertLayout, VocabTable):
+class UnigramTokenizer(RustPipeline, BertLayout, VocabTable):
     def __init__(self, path: str, body: dict, config: dict | None = None,
                  lower_case: bool | None = None):
         config = config or {}
@@ -131,17 +131,6 @@ class UnigramTokenizer(BertLayout, VocabTable):
         written = json.loads(self._tok.to_str())
         self._hashed = {k: written.get(k) for k in ("model", "normalizer", "pre_tokenizer")}
 
-    def tokenize(self, text: str) -> list[str]:
-        return self._tok.encode(text, add_special_tokens=False).tokens
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
-
-    def decode(self, ids: list[int]) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def identity(self) -> dict:
         return {

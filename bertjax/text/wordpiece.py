@@ -22,7 +22,7 @@ from tokenizers import (AddedToken, Tokenizer, decoders, models, normalizers, pr
                         processors)
 
 from bertjax.errors import UserError
-from bertjax.text.base import BertLayout, VocabTable
+from bertjax.text.base import BertLayout, RustPipeline, VocabTable
 from bertjax.text.config_file import write_hf_config
 from bertjax.text.tokenizer_json import TOKENIZER_JSON, token_list
 from bertjax.store.files import sha256_file, write_atomic
@@ -129,7 +129,7 @@ def vocab_looks_cased(tokens: list[str]) -> bool:
     return upper >= max(1, int(0.005 * len(words)))
 
 
-class WordPieceTokenizer(BertLayout, VocabTable):
+class WordPieceTokenizer(RustPipeline, BertLayout, VocabTable):
     """The Tokenizer protocol (bertjax.text.base) for a BERT vocab.txt.
 
     lower_case=None decides from the vocabulary itself (see vocab_looks_cased);
@@ -183,16 +183,6 @@ class WordPieceTokenizer(BertLayout, VocabTable):
         self._continuation = np.array(
             [t.startswith(CONTINUATION_PREFIX) and len(t) > len(CONTINUATION_PREFIX)
              for t in self._tokens], dtype=bool)
-
-    def tokenize(self, text: str) -> list[str]:
-        return self._tok.encode(text, add_special_tokens=False).tokens
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Many texts at once: one call into Rust, several times faster than a loop of encode()."""
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
 
 
     def identity(self) -> dict:
