@@ -245,3 +245,92 @@ def test_large_lamb_recipe_phases_and_accumulation():
         recipe.get_config("1:3000")
     with pytest.raises(ValueError, match="PHASE"):
         recipe.get_config("3")
+
+
+# The original BERT optimizer's exclusion list (google-research/bert optimization.py):
+# exclude_from_weight_decay=["LayerNorm", "layer_norm", "bias"], searched in the variable's name;
+# NVIDIA's LAMB recipe excludes the same tensors from the trust ratio. Written here on the "/"
+# joined parameter path, independently of optim.is_decayed.
+_ORIGINAL_EXCLUDE = ("LayerNorm", "layer_norm", "bias")
+# The tiny pretraining model's decayed tensors, by name: every kernel and embedding, nothing else.
+_DECAYED = {
+    "bert/embeddings/word_embeddings/embedding", "bert/embeddings/position_embeddings/embedding",
+    "bert/embeddings/token_type_embeddings/embedding",
+    "bert/encoder/layers/0/attention/qkv/kernel", "bert/encoder/layers/0/attention/out/kernel",
+    "bert/encoder/layers/0/intermediate/kernel", "bert/encoder/layers/0/output/kernel",
+    "bert/pooler/dense/kernel", "mlm/transform/kernel", "nsp/dense/kernel"}
+
+
+def _path_name(path) -> str:
+    parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    return "/".join(p for p in parts if p != "value")
+
+
+def test_one_real_lamb_step_on_a_sharded_mesh_equals_the_float64_reference():
+    """One train step of the real step function (make_steps) with optim.name="lamb" on a
+    (data=2, fsdp=2, tensor=2) mesh of the tiny pretraining model, against _lamb_reference in
+    float64 applied to the real parameter tree with the step's own gradient (read out by a
+    keep-the-gradient optimizer on the same mesh and batch). The decay and trust-ratio exclusions
+    of the reference come from the original's rule on the real paths, so an exclusion lost (or
+    added) in bertjax, or a norm taken over one shard, fails here."""
+    from bertjax.model import BertConfig, build_model
+    from bertjax.train import mesh as mesh_lib, objectives
+    from bertjax.train.step import make_steps
+
+    B, S, P, V = 8, 16, 4, 64
+    lr, b1, b2, eps, wd, clip = 0.02, 0.9, 0.999, 1e-6, 0.01, 1.0
+    cfg = base_config("tiny")
+    with cfg.unlocked():
+        cfg.model.update(vocab_size=V, hidden_size=16, num_heads=2, intermediate_size=32,
+                         num_layers=1, max_position_embeddings=S, hidden_dropout=0.0,
+                         attention_dropout=0.0, attention_backend="xla")
+    model_cfg = BertConfig.from_dict(cfg.model.to_dict())
+    mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    rng = np.random.default_rng(3)
+    ids = rng.integers(5, V, (B, S)).astype(np.int32)
+    ids[:, 0] = 2
+    mask = (np.arange(S)[None] < rng.integers(8, S + 1, (B, 1))).astype(np.int32)
+    batch = {"input_ids": ids * mask, "segment_ids": (np.arange(S)[None] >= 6).astype(np.int32) * mask,
+             "input_mask": mask,
+             "masked_lm_positions": np.stack([np.sort(rng.choice(np.arange(1, 8), P, replace=False))
+                                              for _ in range(B)]).astype(np.int32),
+             "masked_lm_ids": rng.integers(5, V, (B, P)).astype(np.int32),
+             "masked_lm_weights": (rng.random((B, P)) < 0.8).astype(np.float32),
+             "next_sentence_labels": rng.integers(0, 2, B).astype(np.int32)}
+
+    def step(tx):
+        fns = make_steps(lambda: build_model("pretraining", model_cfg), objectives.Pretraining(),
+                         tx, mesh)
+        state = fns.init()
+        before = jax.device_get(state["params"])
+        fsdp_split = any("fsdp" in str(x.sharding.spec)
+                         for x in jax.tree.leaves(state["params"]))
+        state, _ = fns.train(state, mesh_lib.make_global_batch(batch, mesh), jax.random.key(0))
+        return before, jax.device_get(state["params"]), jax.device_get(state["opt_state"]), \
+            fsdp_split
+
+    keep_gradient = optax.GradientTransformation(
+        lambda params: jax.tree.map(jnp.zeros_like, params),
+        lambda g, state, params=None: (jax.tree.map(jnp.zeros_like, g), g))
+    params, _, grads, fsdp_split = step(keep_gradient)
+    assert fsdp_split, "no parameter is split over fsdp: the test would not cover FSDP"
+    tx, _ = optim.make_optimizer(
+        _cfg(name="lamb", learning_rate=lr, b1=b1, b2=b2, eps=eps, weight_decay=wd, clip_norm=clip,
+             schedule="constant", warmup_steps=0, bias_correction=True), num_steps=10)
+    params_again, got, _, _ = step(tx)
+
+    flat = lambda tree: {_path_name(p): np.asarray(x)  # noqa: E731
+                         for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+    w0, g, new = flat(params), flat(grads), flat(got)
+    assert all(np.array_equal(w0[k], v) for k, v in flat(params_again).items())
+    excluded = {k for k in w0 if any(x in k for x in _ORIGINAL_EXCLUDE)}
+    assert set(w0) - excluded == _DECAYED, sorted(set(w0) - excluded)
+    qkv = {k for k in w0 if k.endswith("attention/qkv/kernel")}
+    want = _lamb_reference(w0, [g], lr=lr, b1=b1, b2=b2, eps=eps, wd=wd, clip=clip,
+                           excluded=excluded, split=qkv)
+    assert sorted(new) == sorted(want)
+    for k in want:
+        moved = np.abs(want[k] - w0[k]).max()
+        assert moved > 0, k
+        # To 1e-4 of how far the step moved the tensor (float32 against float64; 1e-5 seen).
+        np.testing.assert_allclose(new[k], want[k], rtol=0, atol=1e-4 * moved, err_msg=k)
