@@ -48,11 +48,12 @@ def _tiny_config():
 
 
 def test_cli_names_a_failed_comparison_and_exits_non_zero():
-    """No GPU here: both HF runs fail. The bertjax row still prints, each failure is a row with
-    its type and message, and the exit status says a requested comparison did not happen."""
+    """Both HF runs fail when torch sees no GPU (hidden here with CUDA_VISIBLE_DEVICES, so the
+    test means the same on a GPU runner). The bertjax row still prints, each failure is a row
+    with its type and message, and the exit status says a requested comparison did not happen."""
     r = subprocess.run([sys.executable, "-c", DRIVER, *TINY, "--compare=hf"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                       env=dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES=""))
     assert r.returncode == 1, r.stderr
     rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
     ours, *hf = rows
