@@ -38,6 +38,9 @@ RETRY_ENV = {
     "GCS_RETRY_CONFIG_MAX_DELAY_TIME_US": "100000",  # TensorFlow's GCS filesystem
 }
 STEPS, EVERY = 8, 4
+# From the first fault of a persistent failure to the process's exit: the retries themselves
+# take ~1 s (RETRY_ENV); the rest is the save's other work and the exit, on a loaded 2-core box.
+FAILURE_BOUND_S = 60.0
 SHARD_READ = r"part-00000-pass-00[01]\.rec($|\?)"  # the shards, not their .done files
 
 @pytest.fixture(scope="module")
@@ -112,6 +115,20 @@ def _retried(stats) -> tuple[int, int]:
             retried += any(m == method and n == name and isinstance(o, int) and o < 300
                            for _, m, n, o in log[i + 1:])
     return served, retried
+
+
+def _faults_per_request(stats) -> dict[tuple[str, str], int]:
+    """Faults served per (method, object): one request and its retries."""
+    counts: dict[tuple[str, str], int] = {}
+    for _, method, name, outcome in stats["log"]:
+        if outcome == "stall" or (isinstance(outcome, int) and outcome >= 429):
+            counts[(method, name)] = counts.get((method, name), 0) + 1
+    return counts
+
+
+def _first_fault_time(stats) -> float:
+    return min(t for t, _, _, outcome in stats["log"]
+               if outcome == "stall" or (isinstance(outcome, int) and outcome >= 429))
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -227,6 +244,7 @@ def test_checkpoint_writes_that_keep_failing_stop_in_one_line_and_the_rerun_resu
             break
         time.sleep(0.1)
     out, err = proc.communicate(timeout=300)  # a process that hangs after its error fails here
+    ended = time.time()
     secs = time.monotonic() - t0
     stats = gcs.faults.stats()
     assert before is not None, f"step 4 was not committed while the run lived: {err[-3000:]}"
@@ -237,7 +255,14 @@ def test_checkpoint_writes_that_keep_failing_stop_in_one_line_and_the_rerun_resu
     assert "checkpoint save of step" in line and "last committed step is 4" in line, line
     assert "storage HTTP 503 after 3 retries" in line, line
     served = stats["rules"][0]["served"]
-    assert served >= 4, stats["rules"]  # 1 + 3 retries of at least one upload
+    per_request = _faults_per_request(stats)
+    # Bounded both ways: each upload is tried 1 + 3 times (RETRY_ENV), at least one of them all
+    # 4, and the failure ends the run soon after the first fault (the retries back off 0.05 s to
+    # 0.2 s each, so a few seconds; an unbounded retry loop would run to the timeout).
+    assert served >= 4 and max(per_request.values()) == 4, per_request
+    assert served == sum(per_request.values()) <= 4 * len(per_request), per_request
+    give_up_s = ended - _first_fault_time(stats)
+    assert give_up_s < FAILURE_BOUND_S, (give_up_s, per_request)
     assert _digest(gcs, f"{ckpt}/4/") == before  # never damaged
     assert _committed(gcs, run) == [4]
 
@@ -257,7 +282,8 @@ def test_checkpoint_writes_that_keep_failing_stop_in_one_line_and_the_rerun_resu
     fs.record("gcs_persistent_write", trials=1, message=line, faults_served=served,
               restore_faults_served=read_served, restore_faults_retried=read_retried,
               last_committed=4, loss_rows_compared=len(rows), seconds=round(secs, 1),
-              rerun_seconds=round(rerun_secs, 1),
+              rerun_seconds=round(rerun_secs, 1), faults_per_upload=max(per_request.values()),
+              uploads_failed=len(per_request), gave_up_after_s=round(give_up_s, 1),
               injected="every TensorStore upload of step 8's checkpoint answered 503; then the "
               "rerun's first 2 TensorStore reads of step 4 answered 503",
               survived="exit 2, one line (the step, HTTP 503 after the retries, last committed "
@@ -269,6 +295,7 @@ def test_checkpoint_writes_that_keep_failing_stop_in_one_line_and_the_rerun_resu
 def test_input_reads_that_keep_failing_stop_in_one_line(gcs, data):
     gcs.faults.set({"method": "GET", "match": SHARD_READ, "status": 503, "times": -1})
     r, secs = _run(gcs, "unreadable", _args(data))
+    ended = time.time()
     stats = gcs.faults.stats()
     gcs.faults.clear()
     errors = _error_lines(r.stderr)
@@ -276,9 +303,15 @@ def test_input_reads_that_keep_failing_stop_in_one_line(gcs, data):
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "part-00000-pass-00" in errors[0] and "503" in errors[0], errors[0]
     served = stats["rules"][0]["served"]
-    assert served >= 4, stats["rules"]  # TensorFlow's 1 + 3 retries, at least
+    per_request = _faults_per_request(stats)
+    # TensorFlow's 1 + 3 tries of a read, and no more; the run gives up soon after.
+    assert served >= 4 and max(per_request.values()) == 4, per_request
+    assert served == sum(per_request.values()) <= 4 * len(per_request), per_request
+    give_up_s = ended - _first_fault_time(stats)
+    assert give_up_s < FAILURE_BOUND_S, (give_up_s, per_request)
     fs.record("gcs_persistent_read", trials=1, message=errors[0], faults_served=served,
-              seconds=round(secs, 1),
+              faults_per_read=max(per_request.values()), reads_failed=len(per_request),
+              gave_up_after_s=round(give_up_s, 1), seconds=round(secs, 1),
               injected="every read of an input shard (tf.data, through TensorFlow's GCS "
               "filesystem) answered 503",
               survived="exit 2, one line naming the shard and the HTTP 503 left after "
