@@ -100,6 +100,7 @@ FINETUNE_FAMILIES = {
     "glue": "sequence_classification",
     "squad": "question_answering",
     "ner": "token_classification",
+    "embeddings": "sentence_embedding",
 }
 
 
@@ -142,6 +143,22 @@ _TASK_FAMILY = {
         train_file="",  # CoNLL column files, relative to data_dir unless absolute
         dev_file="",
         test_file="",  # "" = none
+    ),
+    # Sentence embeddings (bertjax/finetuning/embedding_task.py): JSONL of {"query", "positive",
+    # "negatives"} (infonce), {"text_a", "text_b", "score"} (cosent, cosine_mse) or
+    # {"text_a", "text_b", "label"} (sbert_softmax); objective.name=auto picks from the data.
+    "embeddings": dict(
+        train_file="",
+        dev_file="",
+        pooling="mean",  # mean | cls | last
+        normalize=True,  # L2-normalise the pooled vector
+        temperature=0.05,  # InfoNCE's tau (sentence-transformers' scale 20); E5/BGE use 0.01-0.02
+        symmetric=False,  # InfoNCE: also passage -> query, averaged (GTE's extra direction)
+        scale=20.0,  # CoSENT's scale
+        num_negatives=-1,  # hard negatives per query (static shape); -1 = the most any row has
+        query_length=0,  # query tokens; 0 = data.max_seq_length
+        query_prefix="",  # e.g. E5's "query: ", BGE's instruction; also on both texts of pairs
+        passage_prefix="",  # e.g. E5's "passage: "
     ),
 }
 
@@ -192,6 +209,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "task.family": tuple(FINETUNE_FAMILIES),
     "task.model_task": tuple(TASK_MODELS),
     "task.source": GLUE_SOURCES,
+    "task.pooling": ("mean", "cls", "last"),
 }
 
 

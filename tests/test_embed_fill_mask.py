@@ -75,7 +75,9 @@ def hf_embeddings(hf, texts):
     with torch.no_grad():
         seq = hf["model"].bert(**enc).last_hidden_state.numpy()
     w = enc["attention_mask"].numpy()[..., None].astype(np.float32)
-    return {"cls": seq[:, 0], "mean": (seq * w).sum(1) / w.sum(1)}
+    last = enc["attention_mask"].numpy().sum(1) - 1
+    return {"cls": seq[:, 0], "mean": (seq * w).sum(1) / w.sum(1),
+            "last": seq[np.arange(len(seq)), last]}
 
 
 def write_texts(path, texts):

@@ -23,7 +23,7 @@ from etils import epath
 
 from bertjax.errors import UserError
 from bertjax.evaluate import writers
-from bertjax.finetuning import glue_task, init_source, ner_task, squad_task
+from bertjax.finetuning import embedding_task, glue_task, init_source, ner_task, squad_task
 from bertjax.finetuning.best import BestCheckpoint
 from bertjax.finetuning.batches import EpochBatches, num_rows, steps_per_epoch
 from bertjax.finetuning.family import Prepared
@@ -37,7 +37,8 @@ from bertjax.train import mesh as mesh_lib
 from bertjax.train.run_plan import RunPlan
 from bertjax.train.step import model_arrays
 
-FAMILIES = {"glue": glue_task.prepare, "squad": squad_task.prepare, "ner": ner_task.prepare}
+FAMILIES = {"glue": glue_task.prepare, "squad": squad_task.prepare, "ner": ner_task.prepare,
+            "embeddings": embedding_task.prepare}
 SUMMARY_FILE = "summary.json"
 
 

@@ -6,6 +6,7 @@ from flax import nnx
 
 from bertjax.model.encoder import BertConfig, BertModel, DropoutKeys
 from bertjax.model.heads import Classifier, MaskedLM
+from bertjax.model.sentence import BertForSentenceEmbedding
 
 # The head's dropout key is folded from the step key with a constant no encoder site uses.
 _HEAD_KEY = 0x7FFFFFFF
@@ -85,6 +86,7 @@ TASK_MODELS = {
     "sequence_classification": BertForSequenceClassification,
     "token_classification": BertForTokenClassification,
     "question_answering": BertForQuestionAnswering,
+    "sentence_embedding": BertForSentenceEmbedding,
 }
 TASK_MODELS["base"] = BertModel
 

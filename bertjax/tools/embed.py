@@ -17,17 +17,18 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
 from flax import nnx
 
 from bertjax import cli
 from bertjax.errors import UserError
+from bertjax.interop import sentence_transformers as st_interop
+from bertjax.model import sentence
 from bertjax.store.files import write_atomic
 from bertjax.load.model_files import ENCODER, checkpoint_tokenizer, load_checkpoint  # noqa: F401
 
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "last")
 # Batches are padded to a power-of-two length no shorter than this, so a file of mixed lengths
 # compiles a handful of shapes instead of one per batch.
 MIN_BUCKET = 8
@@ -94,28 +95,26 @@ def pack(seqs: list[list[int]], length: int, rows: int, pad_id: int):
 # --------------------------------------------------------------------------- embedding
 
 
-def _pool(graphdef, pooling: str, state, ids, seg, mask):
+def _pool(graphdef, pooling: str, normalize: bool, state, ids, seg, mask):
     seq, _ = nnx.merge(graphdef, state)(ids, seg, mask)
-    seq = seq.astype(jnp.float32)
-    if pooling == "cls":
-        return seq[:, 0]
-    w = mask[..., None].astype(jnp.float32)
-    return (seq * w).sum(axis=1) / jnp.maximum(w.sum(axis=1), 1.0)
+    emb = sentence.pool(seq, mask, pooling)
+    return sentence.l2_normalize(emb) if normalize else emb
 
 
 _jitted_pool = None
 
 
-def make_pooler(encoder, pooling: str):
+def make_pooler(encoder, pooling: str, normalize: bool = False):
     """(ids, seg, mask) -> [B, H] float32 embeddings of `encoder`. One jitted function serves every
     call: models of one structure and batches of one shape share a compilation."""
     global _jitted_pool
     if pooling not in POOLINGS:
         raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
     if _jitted_pool is None:
-        _jitted_pool = jax.jit(_pool, static_argnums=(0, 1))
+        _jitted_pool = jax.jit(_pool, static_argnums=(0, 1, 2))
     graphdef, state = nnx.split(encoder)
-    return lambda ids, seg, mask: np.asarray(_jitted_pool(graphdef, pooling, state, ids, seg, mask))
+    return lambda ids, seg, mask: np.asarray(_jitted_pool(graphdef, pooling, bool(normalize), state,
+                                                          ids, seg, mask))
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -124,13 +123,13 @@ def check_batch_size(batch_size: int) -> None:
 
 
 def embed_texts(encoder, tokenizer, texts: list[str], pooling: str = "cls", batch_size: int = 32,
-                max_seq_length: int = 128) -> np.ndarray:
-    """[len(texts), hidden] float32 embeddings; texts longer than max_seq_length are cut (a warning
-    on stderr says how many)."""
+                max_seq_length: int = 128, normalize: bool = False) -> np.ndarray:
+    """[len(texts), hidden] float32 embeddings, L2-normalised if `normalize`; texts longer than
+    max_seq_length are cut (a warning on stderr says how many)."""
     check_batch_size(batch_size)
     max_seq_length = seq_limit(encoder.config, max_seq_length)
     seqs = encode_cut(tokenizer, texts, max_seq_length)
-    run = make_pooler(encoder, pooling)
+    run = make_pooler(encoder, pooling, normalize)
     # Longest first: similar lengths share a batch (less padding), and a batch too large for
     # memory fails at once rather than at the end.
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
@@ -181,17 +180,35 @@ def save_npy(path: str, array: np.ndarray) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def embed_file(checkpoint: str, input_path: str, output_path: str, pooling: str = "cls",
-               batch_size: int = 32, max_seq_length: int = 0, vocab: str | None = None) -> np.ndarray:
-    """Embeds every line of input_path and saves [N, H] float32 to output_path.
-    max_seq_length 0 means the model's limit (its positions)."""
-    if pooling not in POOLINGS:
+def sentence_settings(checkpoint: str, pooling: str = "", prompt: str = ""):
+    """(pooling, normalize, max_seq_length or 0, prefix): what a sentence-transformers directory
+    or a checkpoint fine-tuned for embeddings (sentence_config.json) says, unless `pooling` is
+    given; else CLS, not normalised. `prompt` names one of its prompts (query, document)."""
+    stored = st_interop.read_config(checkpoint) or {}
+    if pooling and pooling not in POOLINGS:
         raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
-    texts = read_texts(input_path)
+    prompts = stored.get("prompts") or {}
+    if prompt and prompt not in prompts:
+        raise UserError(f"--prompt={prompt!r} is not one of the checkpoint's prompts "
+                        f"({', '.join(prompts) or 'none'})")
+    if pooling:
+        return pooling, False, 0, prompts.get(prompt, "")
+    return (stored.get("pooling", "cls"), bool(stored.get("normalize", False)),
+            int(stored.get("max_seq_length") or 0), prompts.get(prompt, ""))
+
+
+def embed_file(checkpoint: str, input_path: str, output_path: str, pooling: str = "",
+               batch_size: int = 32, max_seq_length: int = 0, vocab: str | None = None,
+               prompt: str = "") -> np.ndarray:
+    """Embeds every line of input_path and saves [N, H] float32 to output_path.
+    pooling "" means the checkpoint's sentence settings (else cls); max_seq_length 0 means
+    the checkpoint's (a sentence-transformers max_seq_length) else the model's limit."""
+    pooling, normalize, stored_len, prefix = sentence_settings(checkpoint, pooling, prompt)
+    texts = [prefix + t for t in read_texts(input_path)]
     model, cfg, task = load_checkpoint(checkpoint, needs=ENCODER)
     tokenizer = checkpoint_tokenizer(checkpoint, cfg.vocab_size, vocab)
     emb = embed_texts(encoder_of(model, task), tokenizer, texts, pooling, batch_size,
-                      max_seq_length or cfg.max_length)
+                      max_seq_length or stored_len or cfg.max_length, normalize)
     save_npy(output_path, emb)
     return emb
 
@@ -203,8 +220,13 @@ def define_flags() -> None:
                         "bertjax checkpoint, training workdir or HF BERT directory.")
     flags.DEFINE_string("input", None, "UTF-8 text file, one text per line.")
     flags.DEFINE_string("output", None, "Where to write the [N, hidden] float32 .npy file.")
-    flags.DEFINE_enum("pooling", "cls", list(POOLINGS),
-                      "cls: final hidden state at [CLS]; mean: average over real tokens.")
+    flags.DEFINE_enum("pooling", "", ["", *POOLINGS],
+                      "cls: final hidden state at [CLS]; mean: average over real tokens; last: "
+                      "the last real token; \"\" = the checkpoint's (a sentence-transformers "
+                      "directory's or a fine-tuned embedding model's, normalised as it says), "
+                      "else cls.")
+    flags.DEFINE_string("prompt", "", "A prompt the checkpoint stores (query, document), put "
+                        "before every text.")
     flags.DEFINE_integer("batch_size", 32, "Texts per forward pass.")
     flags.DEFINE_integer("max_seq_length", 0, "Tokens per text incl. [CLS]/[SEP]; longer texts "
                          "are cut. 0 = the model's limit.")
@@ -222,9 +244,9 @@ def main(argv):
             raise UserError(f"--{name} is required: bertjax embed --checkpoint=DIR "
                             "--input=texts.txt --output=emb.npy")
     emb = embed_file(FLAGS.checkpoint, FLAGS.input, FLAGS.output, FLAGS.pooling, FLAGS.batch_size,
-                     FLAGS.max_seq_length, FLAGS.vocab)
-    print(f"wrote {emb.shape[0]} x {emb.shape[1]} {FLAGS.pooling}-pooled embeddings to "
-          f"{FLAGS.output}")
+                     FLAGS.max_seq_length, FLAGS.vocab, FLAGS.prompt)
+    pooling = sentence_settings(FLAGS.checkpoint, FLAGS.pooling)[0]
+    print(f"wrote {emb.shape[0]} x {emb.shape[1]} {pooling}-pooled embeddings to {FLAGS.output}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ step) or a Hugging Face BERT directory. Formats:
   safetensors  params.safetensors: bertjax's own parameter tree, keys joined with "/"
                (e.g. "bert/encoder/layers/0/attention/qkv/kernel").
   msgpack      params.msgpack: the same tree written by flax.serialization.msgpack_serialize.
+  sentence-transformers
+               the encoder as a plain HF model plus modules.json, the pooling and Normalize
+               modules, the max sequence length and the prompts, which
+               `SentenceTransformer(dir)` loads (bertjax/interop/sentence_transformers.py).
 Every export also holds model_config.json (the model config plus "task"), the vocabulary files and
 tokenizer_identity.json; `load_export` reads the two own formats back.
 
@@ -33,15 +37,16 @@ from safetensors.numpy import load_file, save_file
 
 from bertjax import cli
 from bertjax.errors import UserError
-from bertjax.interop import hf_dir, params as interop
+from bertjax.interop import hf_dir, params as interop, sentence_transformers as st
 from bertjax.model.bert import TASK_MODELS, build_model
 from bertjax.model.encoder import BertConfig
 from bertjax.store import workdir as wd
 
-FORMATS = ("hf", "safetensors", "msgpack")
+FORMATS = ("hf", "safetensors", "msgpack", "sentence-transformers")
 # The name bertjax.train.checkpoint uses; repeated so load_export works without importing Orbax.
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_FILES = {"safetensors": "params.safetensors", "msgpack": "params.msgpack"}
+HF_FORMATS = ("hf", "sentence-transformers")
 _STORED_DTYPES = (np.float16, np.float32, np.float64, np.int32, np.int64)
 
 
@@ -72,10 +77,12 @@ def export(checkpoint: str, fmt: str, out: str, vocab: str | None = None,
     except OSError as e:
         raise UserError(f"cannot write to {parent} ({e.strerror}); choose a writable --out") from None
     try:
-        tok_files = _write_tokenizer(tokenizer, os.path.join(stage, "tokenizer"), fmt == "hf",
+        tok_files = _write_tokenizer(tokenizer, os.path.join(stage, "tokenizer"), fmt in HF_FORMATS,
                                      cfg.max_length)
         built = os.path.join(stage, "export")
-        if fmt == "hf":
+        if fmt == "sentence-transformers":
+            _save_sentence_transformers(checkpoint, model, cfg, task, built, tok_files)
+        elif fmt == "hf":
             interop.save_hf(model, cfg, task, built, extra_files=tok_files, id2label=labels)
         else:
             os.mkdir(built)
@@ -91,6 +98,20 @@ def export(checkpoint: str, fmt: str, out: str, vocab: str | None = None,
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return task
+
+
+def _save_sentence_transformers(checkpoint, model, cfg, task, built, tok_files) -> None:
+    """The encoder as the arch's bare HF model (BertModel, RobertaModel) plus the module files
+    (interop/sentence_transformers.py), with the pooling, normalisation, length and prompts the
+    checkpoint was fine-tuned with (its sentence_config.json), else mean pooling, normalised."""
+    encoder = model if task == "base" else model.bert
+    if encoder.pooler is None:
+        raise UserError(f"{checkpoint} is a {task} model, whose encoder has no pooler for a "
+                        "Hugging Face BertModel; fine-tune it with configs/embeddings.py first")
+    sentence = st.read_config(checkpoint) or {"pooling": "mean", "normalize": True}
+    sentence["max_seq_length"] = int(sentence.get("max_seq_length") or cfg.max_length)
+    interop.save_hf(encoder, cfg, "base", built, extra_files=tok_files)
+    st.write_modules(built, cfg.hidden_size, sentence)
 
 
 def _check_out(checkpoint: str, out: str, overwrite: bool) -> None:
@@ -255,7 +276,8 @@ def define_flags() -> None:
     # Only when run as a command: tests import this module beside others defining --checkpoint.
     flags.DEFINE_string("checkpoint", None,
                         "bertjax checkpoint, training workdir or Hugging Face BERT directory.")
-    flags.DEFINE_enum("format", "hf", list(FORMATS), "hf | safetensors | msgpack (see module doc).")
+    flags.DEFINE_enum("format", "hf", list(FORMATS),
+                      "hf | safetensors | msgpack | sentence-transformers (see module doc).")
     flags.DEFINE_string("out", None, "Directory to write; must not exist unless --overwrite.")
     flags.DEFINE_string("vocab", None, "Vocabulary to use when none is stored with the checkpoint.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing --out once the new export is complete.")

@@ -1,0 +1,4 @@
+# The sentence-embedding objectives (infonce, cosent, cosine_mse, sbert_softmax) build on
+# objectives.py and register themselves there; imported with the package, so OBJECTIVES always
+# holds them, without objectives.py importing its own extension.
+from bertjax.train import contrastive  # noqa: F401

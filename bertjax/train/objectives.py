@@ -306,7 +306,8 @@ def from_config(cfg, nsp: bool | None = None) -> Objective:
                 regression = str(cfg.task.name) == "stsb" or int(cfg.model.num_labels) == 1
                 name = "regression" if regression else "classification"
             else:
-                name = {"squad": "span_qa", "ner": "token_classification"}[family]
+                name = {"squad": "span_qa", "ner": "token_classification",
+                        "embeddings": "infonce"}[family]
         else:
             name = "mlm" if nsp is False else "mlm_nsp"
     objective = make(name)

@@ -12,7 +12,7 @@ ARCHITECTURES = {
     "BertForQuestionAnswering": "question_answering",
 }
 # The task models whose HF class has a pooler (for the others HF builds the encoder without one).
-POOLED = ("pretraining", "base", "sequence_classification")
+POOLED = ("pretraining", "base", "sequence_classification", "sentence_embedding")
 
 
 def encoder_entries(cfg, task: str, encoder: str, pooled=POOLED) -> list[common.Entry]:

@@ -21,7 +21,7 @@ ARCHITECTURES = {
 
 
 def entries(cfg, task: str) -> list[common.Entry]:
-    out = bert.encoder_entries(cfg, task, "roberta", pooled=("base",))
+    out = bert.encoder_entries(cfg, task, "roberta", pooled=("base", "sentence_embedding"))
     if task == "masked_lm":
         out += common.mlm_entries("lm_head", norm="layer_norm")
     elif task == "sequence_classification":

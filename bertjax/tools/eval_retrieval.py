@@ -1,0 +1,216 @@
+"""Retrieval and STS evaluation of an embedding model.
+
+bertjax eval-retrieval --checkpoint=CKPT --data=DIR [--split=test] [--pooling=mean]
+bertjax eval-retrieval --checkpoint=CKPT --data=pairs.jsonl
+
+CKPT is anything `embed` reads: a bertjax checkpoint (a fine-tuned embedding model keeps its
+pooling, normalisation and prompts), a training workdir, a Hugging Face directory or a
+sentence-transformers directory (its pooling, Normalize and prompts are used).
+
+DIR is in BEIR's layout: corpus.jsonl ({"_id", "title", "text"}), queries.jsonl ({"_id",
+"text"}) and qrels/<split>.tsv (query-id, corpus-id, score; a header line). Documents are
+embedded as "title text" with the checkpoint's "document" prompt, queries with its "query"
+prompt. Search is exact: the corpus embeddings sit on the devices, split over all of them by
+rows, and each chunk of queries is one matmul and top-k there. Printed: a progress line, a
+table, then a last JSON line with ndcg@10, mrr@10, recall@1, recall@10 and recall@100.
+
+A .jsonl of scored pairs ({"text_a", "text_b", "score"}) is scored as STS: the Spearman (and
+Pearson) correlation of the cosine of the two embeddings with the score.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from jax.sharding import NamedSharding, PartitionSpec
+
+from bertjax import cli
+from bertjax.errors import UserError
+from bertjax.evaluate import retrieval
+from bertjax.finetuning.embedding_task import read_jsonl
+from bertjax.tools import embed as embed_lib
+
+QUERY_CHUNK = 256
+
+
+def _read_jsonl(path: str, what: str) -> list[dict]:
+    if not os.path.isfile(path):
+        raise UserError(f"{path} does not exist; --data must hold {what}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path} line {i} is not JSON ({e.msg})") from None
+            if not isinstance(row, dict) or "_id" not in row or "text" not in row:
+                raise UserError(f"{path} line {i}: every line needs \"_id\" and \"text\"")
+            rows.append(row)
+    if not rows:
+        raise UserError(f"{path} is empty; {what} needs at least one line")
+    return rows
+
+
+def read_beir(directory: str, split: str = "test"):
+    """(corpus ids, corpus texts, query ids, query texts, qrels {qid: {doc index: grade}})."""
+    corpus = _read_jsonl(os.path.join(directory, "corpus.jsonl"), "corpus.jsonl (BEIR layout)")
+    queries = _read_jsonl(os.path.join(directory, "queries.jsonl"), "queries.jsonl (BEIR layout)")
+    doc_ids = [str(r["_id"]) for r in corpus]
+    doc_at = {d: i for i, d in enumerate(doc_ids)}
+    docs = [(str(r.get("title") or "") + " " + str(r["text"])).strip() for r in corpus]
+    qids = {str(r["_id"]): str(r["text"]) for r in queries}
+    path = os.path.join(directory, "qrels", f"{split}.tsv")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} does not exist; --data must hold qrels/{split}.tsv")
+    qrels: dict[str, dict[int, float]] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        for i, row in enumerate(csv.reader(f, delimiter="\t"), 1):
+            if not row or (i == 1 and not _is_number(row[-1])):
+                continue  # the header
+            if len(row) < 3 or not _is_number(row[2]):
+                raise UserError(f"{path} line {i}: want query-id, corpus-id, score")
+            qid, did = row[0], row[1]
+            if qid not in qids:
+                raise UserError(f"{path} line {i} names query {qid!r}, which queries.jsonl lacks")
+            if did not in doc_at:
+                raise UserError(f"{path} line {i} names document {did!r}, which corpus.jsonl "
+                                "lacks")
+            qrels.setdefault(qid, {})[doc_at[did]] = float(row[2])
+    if not qrels:
+        raise UserError(f"{path} judges no query; write query-id, corpus-id, score lines")
+    judged = sorted(qrels)
+    return doc_ids, docs, judged, [qids[q] for q in judged], [qrels[q] for q in judged]
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def device_search(queries: np.ndarray, corpus: np.ndarray, k: int = 100):
+    """Exact inner-product top-k with the corpus split by rows over every device: one matmul and
+    top-k per chunk of queries. Returns (indices [Q, k'], scores [Q, k'])."""
+    devices = jax.devices()
+    n_dev = len(devices)
+    d = len(corpus)
+    k = min(k, d)
+    padded = -(-d // n_dev) * n_dev
+    c = np.zeros((padded, corpus.shape[1]), np.float32)
+    c[:d] = corpus
+    mesh = jax.sharding.Mesh(np.array(devices), ("rows",))
+    c_dev = jax.device_put(c, NamedSharding(mesh, PartitionSpec("rows")))
+    valid = jax.device_put(np.arange(padded) < d, NamedSharding(mesh, PartitionSpec("rows")))
+
+    @jax.jit
+    def top(q, c, valid):
+        s = jnp.where(valid[None, :], q @ c.T, -jnp.inf)
+        return jax.lax.top_k(s, k)
+
+    idx, sc = [], []
+    for start in range(0, len(queries), QUERY_CHUNK):
+        q = np.zeros((QUERY_CHUNK, corpus.shape[1]), np.float32)
+        part = queries[start:start + QUERY_CHUNK]
+        q[:len(part)] = part
+        s, i = top(jnp.asarray(q), c_dev, valid)
+        idx.append(np.asarray(i)[:len(part)])
+        sc.append(np.asarray(s)[:len(part)])
+    return np.concatenate(idx), np.concatenate(sc)
+
+
+class Embedder:
+    """Texts -> embeddings with a checkpoint's own sentence settings."""
+
+    def __init__(self, checkpoint: str, pooling: str = "", batch_size: int = 64,
+                 max_seq_length: int = 0):
+        self.pooling, self.normalize, stored, _ = embed_lib.sentence_settings(checkpoint, pooling)
+        model, cfg, task = embed_lib.load_checkpoint(checkpoint, needs=embed_lib.ENCODER)
+        self.encoder = embed_lib.encoder_of(model, task)
+        self.tokenizer = embed_lib.checkpoint_tokenizer(checkpoint, cfg.vocab_size)
+        self.prompts = (embed_lib.st_interop.read_config(checkpoint) or {}).get("prompts") or {}
+        self.batch_size = batch_size
+        self.max_len = max_seq_length or stored or min(cfg.max_length, 512)
+
+    def __call__(self, texts: list[str], prompt: str = "") -> np.ndarray:
+        prefix = self.prompts.get(prompt, "") if prompt else ""
+        return embed_lib.embed_texts(self.encoder, self.tokenizer, [prefix + t for t in texts],
+                                     self.pooling, self.batch_size, self.max_len, self.normalize)
+
+
+def evaluate_beir(embed, directory: str, split: str = "test", log=print) -> dict:
+    _, docs, _, queries, qrels = read_beir(directory, split)
+    log(f"embedding {len(docs)} documents and {len(queries)} queries ...")
+    c = embed(docs, "document")
+    q = embed(queries, "query")
+    ranked, _ = device_search(q, c, k=100)
+    return retrieval.retrieval_metrics(ranked, qrels)
+
+
+def read_pairs(path: str) -> tuple[list[str], list[str], np.ndarray]:
+    kind, rows = read_jsonl(path)
+    if kind != "scored":
+        raise UserError(f"{path} holds {kind} rows; STS needs text_a, text_b, score")
+    return ([r["text_a"] for r in rows], [r["text_b"] for r in rows],
+            np.array([float(r["score"]) for r in rows]))
+
+
+def evaluate_sts(embed, path: str) -> dict:
+    a, b, gold = read_pairs(path)
+    cos = retrieval.cosine_rows(embed(a, "query"), embed(b, "query"))
+    return {"spearman": retrieval.spearman(cos, gold), "pearson": retrieval.pearson(cos, gold),
+            "pairs": float(len(gold))}
+
+
+def table(metrics: dict) -> str:
+    keys = [k for k in metrics if k not in ("queries", "pairs")]
+    head = " | ".join(f"{k:>10}" for k in keys)
+    row = " | ".join(f"{metrics[k]:>10.4f}" for k in keys)
+    return f"{head}\n{'-' * len(head)}\n{row}"
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("checkpoint", None, "Anything `bertjax embed` reads.")
+    flags.DEFINE_string("data", None, "A BEIR directory (corpus.jsonl, queries.jsonl, "
+                        "qrels/SPLIT.tsv) or a .jsonl of scored pairs (STS).")
+    flags.DEFINE_string("split", "test", "Which qrels/SPLIT.tsv to score.")
+    flags.DEFINE_enum("pooling", "", ["", *embed_lib.POOLINGS],
+                      "\"\" = the checkpoint's own (see bertjax embed).")
+    flags.DEFINE_integer("batch_size", 64, "Texts per forward pass.")
+    flags.DEFINE_integer("max_seq_length", 0, "0 = the checkpoint's (else the model's limit).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {' '.join(argv[1:])}")
+    FLAGS = flags.FLAGS
+    for name in ("checkpoint", "data"):
+        if not getattr(FLAGS, name):
+            raise UserError(f"--{name} is required: bertjax eval-retrieval --checkpoint=CKPT "
+                            "--data=DIR")
+    data = FLAGS.data
+    sts = os.path.isfile(data) and data.endswith(".jsonl")
+    if not sts and not os.path.isdir(data):
+        raise UserError(f"--data={data} is neither a BEIR directory nor a .jsonl of pairs")
+    if sts:
+        read_pairs(data)  # bad input fails before the model loads
+    else:
+        read_beir(data, FLAGS.split)
+    embed = Embedder(FLAGS.checkpoint, FLAGS.pooling, FLAGS.batch_size, FLAGS.max_seq_length)
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    metrics = evaluate_sts(embed, data) if sts else evaluate_beir(embed, data, FLAGS.split, log)
+    print(table(metrics))
+    print(json.dumps(metrics, sort_keys=True))
+
+
+if __name__ == "__main__":
+    cli.run(main, define_flags)

