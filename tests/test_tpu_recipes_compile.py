@@ -1,0 +1,68 @@
+"""Every configs/tpu.py recipe compiles, in the suite, for a TPU slice of 4 hosts: v5e-16 (v5e:4x4,
+16 chips, fsdp 4 across each host's chips). Each compile is the real train step as `bertjax plan`
+builds it (tools/plan.py's Planner: the recipe's mesh, remat policy, dtype, splash attention and
+per-chip batch), with only model.num_layers cut to 1 to keep it affordable on a CPU.
+
+A recipe whose mesh no longer builds, whose step no longer partitions (a Mosaic kernel outside
+shard_map), or whose per-chip batch overflows a chip even at one layer fails here. The full-depth
+memory of each recipe is checked against docs/plan/ by test_tpu_recipes.py. Every preset a family
+issue adds to configs/tpu.py's PER_CHIP_BATCH joins this test by itself.
+
+Cost, measured 2026-12-04 on the 2-core box: Base 128 took 150 s of CPU (329 s wall at load
+7 to 9); XLA's persistent cache does not keep these TPU compiles. A per-chip batch that does not
+fit fails in seconds (RESOURCE_EXHAUSTED at compile time).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import libtpu  # noqa: F401  (pinned in requirements.txt: imported plainly, never skipped)
+import pytest
+
+from bertjax.tools.plan import Planner
+
+ROOT = Path(__file__).resolve().parents[1]
+SLICE, TOPOLOGY, HOSTS = "v5e-16", "v5e:4x4", 4
+
+
+def _tpu_recipes():
+    spec = importlib.util.spec_from_file_location("tpu_recipe_compiled", ROOT / "configs" / "tpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RECIPES = [f"{SLICE}:{preset}" + (":512" if seq == 512 else "")
+           for preset, seq in sorted(_tpu_recipes().PER_CHIP_BATCH)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arg", RECIPES)
+def test_recipe_step_compiles_and_fits_on_a_four_host_slice(arg):
+    module = _tpu_recipes()
+    cfg = module.get_config(arg)
+    full_layers = int(cfg.model.num_layers)
+    with cfg.unlocked():
+        cfg.model.num_layers = 1
+    t0 = time.monotonic()
+    planner = Planner(cfg, TOPOLOGY, 1)
+    per_chip = cfg.train.batch_size // planner.rows
+    assert per_chip * planner.rows == cfg.train.batch_size
+    row = planner.run(per_chip, str(cfg.model.remat))
+    seconds = time.monotonic() - t0
+    print(json.dumps({"recipe": arg, "seconds": round(seconds, 1),
+                      **{k: row.get(k) for k in ("per_chip_batch", "mesh", "total_gib", "fits")}}))
+
+    assert row["hosts"] == HOSTS and row["chips"] == 16, row
+    assert row["mesh"] == {"data": 16 // module.fsdp_size(module.parse_slice(SLICE)),
+                           "fsdp": module.fsdp_size(module.parse_slice(SLICE)), "tensor": 1}, row
+    assert (row["remat"], row["dtype"]) == (str(cfg.model.remat), str(cfg.model.dtype)), row
+    assert row["attention"]["train"] == str(cfg.model.attention_backend) == "splash", row
+    assert row["compiled"], f"{arg}: the step did not compile: {row.get('error')}"
+    assert row["uses_splash_kernel"], row
+    assert row["fits"], (f"{arg}: {per_chip} per chip plans {row['total_gib']} GiB on a "
+                         f"{row['hbm_gib']} GiB chip with 1 of its {full_layers} layers")
+    assert {"all-reduce", "all-gather"} <= {c["kind"] for c in row["collectives"]}, row
