@@ -159,6 +159,9 @@ _TASK_FAMILY = {
         query_length=0,  # query tokens; 0 = data.max_seq_length
         query_prefix="",  # e.g. E5's "query: ", BGE's instruction; also on both texts of pairs
         passage_prefix="",  # e.g. E5's "passage: "
+        # > 0: gradient caching, the encoder runs over chunks of this many texts (GradCache);
+        # the batch can then exceed what one forward pass holds in memory
+        mini_batch=0,
     ),
 }
 

@@ -1,6 +1,7 @@
 """Sentence embeddings: the InfoNCE loss over the global batch on the (data=2, fsdp=2, tensor=2)
 mesh equals a float64 numpy reference and a one-device run (loss and gradients); the objectives'
 declarations; the JSONL readers' one-line errors; CoSENT against its written-out definition."""
+import functools
 import json
 
 import jax
@@ -121,15 +122,15 @@ def _model_step(mesh, objective, batch):
     return float(metrics["loss"]), jax.device_get(state["opt_state"])
 
 
-@pytest.mark.slow
-def test_model_step_on_8_devices_equals_one_device():
-    """The whole train step (encoder, mean pooling, normalisation, InfoNCE with hard negatives):
-    loss and every parameter's gradient on the (2, 2, 2) mesh equal one device's."""
+@functools.cache
+def _one_device_reference():
     objective = objectives.make("infonce", num_negatives=N, symmetric=True)
-    batch = _triplet_batch()
     one = mesh_lib.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
-    loss1, g1 = _model_step(one, objective, batch)
-    loss8, g8 = _model_step(_mesh222(), objective, batch)
+    return _model_step(one, objective, _triplet_batch())
+
+
+def _assert_same_step(got, ref):
+    (loss8, g8), (loss1, g1) = got, ref
     assert np.isfinite(loss1) and loss1 > 0
     np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
     flat1 = dict(jax.tree_util.tree_leaves_with_path(g1))
@@ -137,6 +138,27 @@ def test_model_step_on_8_devices_equals_one_device():
         ref = flat1[path]
         scale = np.max(np.abs(ref)) + 1e-12
         assert np.max(np.abs(g - ref)) / scale < 2e-4, jax.tree_util.keystr(path)
+
+
+@pytest.mark.slow
+def test_model_step_on_8_devices_equals_one_device():
+    """The whole train step (encoder, mean pooling, normalisation, InfoNCE with hard negatives):
+    loss and every parameter's gradient on the (2, 2, 2) mesh equal one device's."""
+    objective = objectives.make("infonce", num_negatives=N, symmetric=True)
+    _assert_same_step(_model_step(_mesh222(), objective, _triplet_batch()),
+                      _one_device_reference())
+
+
+@pytest.mark.slow
+def test_gradient_cache_equals_uncached():
+    """GradCache (task.mini_batch=2: queries and passages in 4 chunks, negatives in 8, each
+    recomputed in the backward pass), on the 8-device mesh: the loss and gradients of the
+    uncached one-device step."""
+    objective = objectives.make("infonce", num_negatives=N, symmetric=True, mini_batch=2)
+    _assert_same_step(_model_step(_mesh222(), objective, _triplet_batch()),
+                      _one_device_reference())
+    with pytest.raises(UserError, match="must divide"):
+        _model_step(_mesh222(), objectives.make("infonce", mini_batch=3), _triplet_batch())
 
 
 def test_contrastive_objectives_declare_themselves():
@@ -228,3 +250,21 @@ def test_cosine_mse_and_softmax_losses():
     ref = np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(1.0))])
     np.testing.assert_allclose(float(loss), ref, rtol=1e-6)
     assert float(sums["accuracy"][0]) == 1.0
+
+
+def test_benchmark_tfidf_is_sklearns_and_wordnet_glosses_parse(tmp_path):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from bertjax.bench import embeddings as bench
+    texts = ["The cat sat on the mat.", "A dog, a cat and a bird!", "bird song at dawn", "x"]
+    ours = bench.TfIdf(texts)(texts)
+    theirs = TfidfVectorizer().fit_transform(texts).toarray()  # columns: sorted vocabulary
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    (tmp_path / "data.verb").write_text(
+        "  1 This software and database is provided \"as is\"\n"
+        "00001740 29 v 04 breathe 0 take_a_breath 0 respire 0 suspire 3 000 | draw air into, "
+        "and expel out of, the lungs; \"I can breathe better now\"; \"she breathes deeply\"\n"
+        "00002000 29 v 01 doze 0 000 | sleep lightly\n")
+    got = bench.wordnet_glosses(str(tmp_path), "verb")
+    assert got == [("verb-00001740", "draw air into, and expel out of, the lungs",
+                    ["I can breathe better now", "she breathes deeply"])]

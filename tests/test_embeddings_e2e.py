@@ -47,6 +47,7 @@ def test_finetune_triplets_trains_and_stores_sentence_config(trained):
     dev = s["runs"][0]["dev"]
     assert set(dev) == {"ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100"}
     assert dev["recall@100"] == 1.0  # the dev corpus has fewer than 100 texts
+    assert s["runs"][0]["train_step_compilations"] == 1  # static shapes: one compile
     with open(os.path.join(trained["best"], "sentence_config.json")) as f:
         sc = json.load(f)
     assert sc == {"pooling": "mean", "normalize": True, "max_seq_length": 32, "query_length": 16,

