@@ -254,3 +254,17 @@ def test_plan_with_splash_and_attention_dropout_ends_in_one_line():
                    "--config.model.attention_backend=splash",
                    "--config.model.attention_dropout=0.1")
     one_line(proc, "attention_backend='splash'", "attention_dropout")
+
+
+@pytest.mark.slow
+def test_plan_compiles_roberta_with_splash_and_writes_its_records(tmp_path):
+    records = tmp_path / "roberta-tiny.jsonl"
+    proc = run_cli("plan", "--config=configs/roberta.py:tiny", "--topology=v5e:2x2",
+                   "--config.model.vocab_size=512", "--config.model.attention_dropout=0.0",
+                   f"--records={records}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    assert len(rows) == 1 and rows[0] == json.loads(proc.stdout.splitlines()[0])
+    row = rows[0]
+    assert row["task"] == "masked_lm" and row["compiled"] and row["fits"]
+    assert row["uses_splash_kernel"] and row["attention"]["train"] == "splash"

@@ -23,6 +23,7 @@ from absl import flags
 
 from bertjax import cli
 from bertjax.errors import UserError
+from bertjax.store.files import write_atomic
 from bertjax.model import BertConfig, build_model
 from bertjax.model.attention import describe
 from bertjax.train import aot, flops, objectives
@@ -38,6 +39,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("num_slices", 1, "Slices joined over the data-center network (multi-slice).")
     flags.DEFINE_list("sweep", [], "batch: the largest per-chip batch that fits; remat: for each "
                       "remat policy (none, dots, full).")
+    flags.DEFINE_string("records", "", "Also write the compiles' JSON rows to this file (replaced "
+                        "whole once the plan is done), as docs/plan/ keeps them.")
     flags.DEFINE_integer("batch_step", 8, "Per-chip batch granularity of --sweep=batch.")
     flags.DEFINE_integer("sweep_guess", 0, "Where --sweep=batch starts looking, e.g. the answer "
                          "for a slice with the same HBM and mesh; 0: predict it from two compiles.")
@@ -251,8 +254,20 @@ def main(argv):
     if FLAGS.batch_step < 1 or FLAGS.sweep_guess < 0:
         raise UserError(f"--batch_step must be at least 1 and --sweep_guess at least 0, got "
                         f"{FLAGS.batch_step} and {FLAGS.sweep_guess}")
-    plan(cfg, FLAGS.topology, FLAGS.num_slices, tuple(FLAGS.sweep), FLAGS.batch_step,
-         sweep_guess=FLAGS.sweep_guess)
+    records: list[str] = []
+
+    def emit(line: str) -> None:
+        _emit(line)
+        if line.startswith("{"):
+            records.append(line)
+
+    try:
+        plan(cfg, FLAGS.topology, FLAGS.num_slices, tuple(FLAGS.sweep), FLAGS.batch_step,
+             emit=emit, sweep_guess=FLAGS.sweep_guess)
+    finally:
+        # A plan that does not fit is a record too; a compile that crashed leaves what came before.
+        if FLAGS.records and records:
+            write_atomic(FLAGS.records, "\n".join(records) + "\n")
 
 
 if __name__ == "__main__":
