@@ -189,3 +189,52 @@ def test_eval_retrieval_on_a_beir_dir_and_sts(trained, tmp_path):
                         f"--checkpoint={trained['best']}", f"--data={empty}"], cwd=fs.ROOT,
                        env=env, capture_output=True, text=True, timeout=300)
     fs.assert_one_line_failure(r, "corpus.jsonl is empty")
+
+
+@pytest.mark.slow
+def test_roberta_sentence_transformers_dir_both_ways(tmp_path):
+    """The other family member: a RoBERTa sentence-transformers directory (RobertaModel saved by
+    transformers, byte-level BPE tokenizer.json, CLS pooling, no Normalize, a query prompt) embeds
+    through bertjax as sentence-transformers embeds it, and our export of it loads back equal."""
+    import random
+
+    import torch
+    import transformers
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import AddedToken, ByteLevelBPETokenizer
+
+    import toy_tasks as toy
+    from bertjax.interop import sentence_transformers as st_interop
+
+    rng = random.Random(0)
+    words = toy.TOY_WORDS + [w.capitalize() for w in toy.CITIES]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) for _ in range(300)]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=400, min_frequency=1, show_progress=False,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(tmp_path))
+    tok = transformers.RobertaTokenizerFast(
+        vocab=str(tmp_path / "vocab.json"), merges=str(tmp_path / "merges.txt"),
+        mask_token=AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False, special=True))
+    torch.manual_seed(0)
+    model = transformers.RobertaModel(transformers.RobertaConfig(
+        vocab_size=len(tok), hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+        intermediate_size=37, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
+        bos_token_id=0, eos_token_id=2)).eval()
+    src = str(tmp_path / "st_src")
+    model.save_pretrained(src)
+    tok.save_pretrained(src)
+    st_interop.write_modules(src, 48, {"pooling": "cls", "normalize": False, "max_seq_length": 32,
+                                       "prompts": {"query": "query: ", "document": ""}})
+    inputs = ["Paris is near the tree", "a big dog sees Oslo and then runs quickly", "x"]
+    path = str(tmp_path / "in.txt")
+    with open(path, "w") as f:
+        f.write("\n".join(inputs) + "\n")
+    theirs = SentenceTransformer(src, device="cpu").encode(inputs, prompt_name="query")
+    ours = embed_lib.embed_file(src, path, str(tmp_path / "e.npy"), prompt="query")
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    out = str(tmp_path / "st_out")
+    export_lib.export(src, "sentence-transformers", out)
+    assert st_interop.read_config(out) == st_interop.read_config(src)
+    again = SentenceTransformer(out, device="cpu").encode(inputs, prompt_name="query")
+    np.testing.assert_allclose(again, theirs, atol=1e-5)
