@@ -185,10 +185,18 @@ def test_eval_retrieval_on_a_beir_dir_and_sts(trained, tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-m", "bertjax", "eval-retrieval",
-                        f"--checkpoint={trained['best']}", f"--data={empty}"], cwd=fs.ROOT,
-                       env=env, capture_output=True, text=True, timeout=300)
-    fs.assert_one_line_failure(r, "corpus.jsonl is empty")
+    for data in (beir, empty):
+        r = subprocess.run([sys.executable, "-m", "bertjax", "eval-retrieval",
+                            f"--checkpoint={trained['best']}", f"--data={data}"], cwd=fs.ROOT,
+                           env=env, capture_output=True, text=True, timeout=300)
+        if data == empty:
+            fs.assert_one_line_failure(r, "corpus.jsonl is empty")
+            continue
+        assert r.returncode == 0, r.stderr[-2000:]
+        last = json.loads(r.stdout.strip().splitlines()[-1])
+        assert last["mrr@10"] == pytest.approx(m["mrr@10"], abs=1e-6)
+        assert "ndcg@10" in r.stdout.splitlines()[0]  # the table's header
+        assert "queries   [##############################] 12/12" in r.stderr
 
 
 @pytest.mark.slow

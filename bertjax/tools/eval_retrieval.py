@@ -37,6 +37,7 @@ from bertjax.finetuning.embedding_task import read_jsonl
 from bertjax.tools import embed as embed_lib
 
 QUERY_CHUNK = 256
+PROGRESS_BLOCK = 512
 
 
 def _read_jsonl(path: str, what: str) -> list[dict]:
@@ -141,17 +142,34 @@ class Embedder:
         self.batch_size = batch_size
         self.max_len = max_seq_length or stored or min(cfg.max_length, 512)
 
-    def __call__(self, texts: list[str], prompt: str = "") -> np.ndarray:
+    def __call__(self, texts: list[str], prompt: str = "", progress=None) -> np.ndarray:
+        """progress(done, total) is called after every block of PROGRESS_BLOCK texts."""
         prefix = self.prompts.get(prompt, "") if prompt else ""
-        return embed_lib.embed_texts(self.encoder, self.tokenizer, [prefix + t for t in texts],
-                                     self.pooling, self.batch_size, self.max_len, self.normalize)
+        out = []
+        for start in range(0, len(texts), PROGRESS_BLOCK):
+            block = [prefix + t for t in texts[start:start + PROGRESS_BLOCK]]
+            out.append(embed_lib.embed_texts(self.encoder, self.tokenizer, block, self.pooling,
+                                             self.batch_size, self.max_len, self.normalize))
+            if progress:
+                progress(start + len(block), len(texts))
+        return np.concatenate(out)
+
+
+def bar(what: str):
+    """A progress bar on stderr: `what [#####.....] done/total`."""
+    def show(done: int, total: int) -> None:
+        filled = int(30 * done / max(total, 1))
+        end = "\n" if done >= total else ""
+        print(f"\r{what} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end=end,
+              file=sys.stderr, flush=True)
+    return show
 
 
 def evaluate_beir(embed, directory: str, split: str = "test", log=print) -> dict:
     _, docs, _, queries, qrels = read_beir(directory, split)
     log(f"embedding {len(docs)} documents and {len(queries)} queries ...")
-    c = embed(docs, "document")
-    q = embed(queries, "query")
+    c = embed(docs, "document", progress=bar("documents"))
+    q = embed(queries, "query", progress=bar("queries  "))
     ranked, _ = device_search(q, c, k=100)
     return retrieval.retrieval_metrics(ranked, qrels)
 
