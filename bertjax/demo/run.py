@@ -91,14 +91,14 @@ class Progress:
     """One line for the whole demo: stage, share done, elapsed and ETA. Rewritten in place on a
     terminal; on a pipe a new line every 20 s so logs stay short."""
 
-    def __init__(self, seeds: int) -> None:
+    def __init__(self, seeds: int, inits: int = 2) -> None:
         self.start = time.monotonic()
         self.total = sum(w for _, w in STAGES)
         self.done = 0.0
         self.stage, self.frac, self.detail = "", 0.0, ""
-        # Fine-tuning trains 2 x seeds runs in two commands; each run counts its steps from the
-        # start again, which is how a new run is recognised.
-        self.runs, self.run, self._prev = 2 * seeds, 0, 0
+        # Fine-tuning trains inits x seeds runs, one command per initialisation; each run counts
+        # its steps from the start again, which is how a new run is recognised.
+        self.runs, self.run, self._prev = inits * seeds, 0, 0
         self.tty = sys.stdout.isatty()
         self._last = 0.0
         self._lock = threading.Lock()
@@ -350,7 +350,7 @@ def main(argv):
     if reuse and os.path.abspath(reuse) == os.path.abspath(w):
         raise UserError("--reuse_data_from names the workdir itself; give another demo workdir")
     logs = os.path.join(w, "logs")
-    progress = Progress(FLAGS.finetune_seeds)
+    progress = Progress(FLAGS.finetune_seeds, 1 if FLAGS.skip_random_init else 2)
     t_start, cpu_start = time.time(), _cpu_seconds()
     corpus, data = os.path.join(w, "corpus"), os.path.join(w, "data")
     labelled = os.path.join(w, "wordnet")
