@@ -46,6 +46,7 @@ from bertjax.data import corpus, masking, prepare_beam, records, storage
 from bertjax.data import prepare_units as units
 from bertjax.data.prepare_units import Options, Plan, echo, shard_name
 from bertjax.errors import UserError
+from bertjax.text import identity_diffs
 
 METADATA = "metadata.json"
 CONTINUATION = "continuation.npy"
@@ -217,8 +218,6 @@ def _check_same_tokenizer(o: Options, tok, meta_path: str) -> None:
                 earlier = ((done or {}).get("params") or {}).get("tokenizer")
                 break
     if isinstance(earlier, dict) and earlier != tok.identity():
-        from bertjax.text import identity_diffs
-
         raise UserError(f"--output_dir={o.output_dir} holds data prepared with another tokenizer "
                         f"(earlier vs --vocab: {'; '.join(identity_diffs(earlier, tok.identity()))}"
                         f"); pass a new --output_dir, or delete it to prepare it again with "

@@ -23,7 +23,9 @@ from bertjax.errors import UserError
 from bertjax.text.base import Tokenizer
 from bertjax.text.config_file import CONFIG_NAME, read_config_body, read_tokenizer_config
 from bertjax.text.tokenizer_json import TOKENIZER_JSON, model_type, read_tokenizer_json
-from bertjax.text.wordpiece import WordPieceTokenizer
+from bertjax.text.bpe import ByteLevelBPETokenizer
+from bertjax.text.unigram import UnigramTokenizer
+from bertjax.text.wordpiece import WordPieceTokenizer, tokens_from_tokenizer_json
 
 __all__ = ["Tokenizer", "load_tokenizer", "check_identity", "identity_diffs",
            "resolve_tokenizer_file", "tokenizer_files"]
@@ -107,8 +109,6 @@ def load_tokenizer(path: str, lower_case: bool | None = None) -> Tokenizer:
     directory = os.path.dirname(os.path.abspath(file))
     stated = read_tokenizer_config(directory)
     if kind == "bpe":
-        from bertjax.text.bpe import ByteLevelBPETokenizer
-
         return ByteLevelBPETokenizer.from_files(file, os.path.join(directory, MERGES_TXT),
                                                 read_config_body(directory), lower_case)
     if kind == "tokenizer.json":
@@ -131,15 +131,9 @@ def _from_tokenizer_json(file: str, directory: str, stated: dict, lower_case: bo
     config = read_config_body(directory)
     model = model_type(body["model"])
     if model == "BPE":
-        from bertjax.text.bpe import ByteLevelBPETokenizer
-
         return ByteLevelBPETokenizer.from_tokenizer_json(file, body, config, lower_case)
     if model == "Unigram":
-        from bertjax.text.unigram import UnigramTokenizer
-
         return UnigramTokenizer(file, body, config, lower_case)
-    from bertjax.text.wordpiece import tokens_from_tokenizer_json
-
     tokens = tokens_from_tokenizer_json(file, body)
     norm = body.get("normalizer") or {}
     # Casing: the argument, then tokenizer_config.json, then the file's BertNormalizer.

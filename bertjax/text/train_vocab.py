@@ -35,6 +35,8 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from bertjax.data.corpus import DOC_UNITS, FORMATS, expand_inputs, iter_documents
 from bertjax.errors import UserError, user_errors_exit
 from bertjax.text.config_file import CONFIG_NAME
+from bertjax.text.bpe import ByteLevelBPETokenizer
+from bertjax.text.tokenizer_json import read_tokenizer_json
 from bertjax.text.wordpiece import WordPieceTokenizer
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -213,8 +215,6 @@ def train_sentencepiece(sentences: _Sentences, vocab_size: int, model_type: str 
 def train_bpe(sentences: _Sentences, vocab_size: int, min_frequency: int = 2):
     """A byte-level BPE (RoBERTa's tokenizer) as a ByteLevelBPETokenizer, not yet written: the
     four specials, GPT-2's 256-character byte alphabet, the learned merges, then <mask>."""
-    from bertjax.text.bpe import ByteLevelBPETokenizer
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, min_frequency=min_frequency,
@@ -298,8 +298,6 @@ def train_vocab(input_spec: str, kind: str, vocab_size: int, out_dir: str,
                          "strip_accents": bool(lower_case) if kind == "wordpiece" else False},
                         indent=2) + "\n"
     if kind == "bpe":
-        from bertjax.text.bpe import ByteLevelBPETokenizer
-
         sentences = _Sentences(docs, lower_case=False)
         trained = train_bpe(sentences, vocab_size, min_frequency=options.get("min_frequency", 2))
         files = {"vocab.json": trained.vocab_json().encode(),
@@ -310,8 +308,6 @@ def train_vocab(input_spec: str, kind: str, vocab_size: int, out_dir: str,
 
         def verify(t):
             # Both spellings must load, and as the same tokenizer.
-            from bertjax.text.tokenizer_json import read_tokenizer_json
-
             a = ByteLevelBPETokenizer.from_files(t["vocab.json"], t["merges.txt"])
             b = ByteLevelBPETokenizer.from_tokenizer_json(
                 t["tokenizer.json"], read_tokenizer_json(t["tokenizer.json"]))
