@@ -268,3 +268,21 @@ def test_benchmark_tfidf_is_sklearns_and_wordnet_glosses_parse(tmp_path):
     got = bench.wordnet_glosses(str(tmp_path), "verb")
     assert got == [("verb-00001740", "draw air into, and expel out of, the lungs",
                     ["I can breathe better now", "she breathes deeply"])]
+
+
+def test_a_start_models_other_sentence_settings_are_named(tmp_path):
+    from bertjax.config import finetune_config
+    from bertjax.interop import sentence_transformers as st_interop
+    st_interop.write_modules(str(tmp_path), 8, {"pooling": "cls", "normalize": False,
+                                                "max_seq_length": 16,
+                                                "prompts": {"query": "query: "}})
+    cfg = finetune_config("tiny", "embeddings")
+    cfg.init_from = str(tmp_path)
+    logs = []
+    embedding_task._warn_if_start_differs(cfg, logs.append)
+    assert len(logs) == 1 and "pooling 'cls' there, 'mean' here" in logs[0]
+    assert "query prompt 'query: ' there, '' here" in logs[0]
+    cfg.task.pooling, cfg.task.normalize, cfg.task.query_prefix = "cls", False, "query: "
+    logs.clear()
+    embedding_task._warn_if_start_differs(cfg, logs.append)
+    assert logs == []

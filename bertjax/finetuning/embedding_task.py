@@ -31,6 +31,7 @@ import numpy as np
 from bertjax.errors import UserError
 from bertjax.evaluate import retrieval
 from bertjax.finetuning.family import Prepared, task_path
+from bertjax.interop import sentence_transformers as st_interop
 from bertjax.train import objectives
 
 SENTENCE_CONFIG = "sentence_config.json"
@@ -164,6 +165,24 @@ def pair_features(rows, enc: Encoder, prefix: str, seq: int, kind: str, labels=N
     return out
 
 
+def _warn_if_start_differs(cfg, log) -> None:
+    """A start model with its own sentence settings (a sentence-transformers directory or an
+    embedding checkpoint) trained with other pooling or prompts than this run's: say so."""
+    init = str(cfg.init_from)
+    stored = st_interop.read_config(init) if init and os.path.isdir(init) else None
+    if not stored:
+        return
+    ours = sentence_config(cfg)
+    diff = [f"{k} {stored.get(k)!r} there, {ours[k]!r} here" for k in ("pooling", "normalize")
+            if k in stored and stored[k] != ours[k]]
+    for k, v in (stored.get("prompts") or {}).items():
+        if v and v != ours["prompts"].get(k):
+            diff.append(f"{k} prompt {v!r} there, {ours['prompts'].get(k)!r} here")
+    if diff:
+        log(f"warning: {init} was trained with other sentence settings ({'; '.join(diff)}); set "
+            "--config.task.pooling/normalize/query_prefix/passage_prefix to keep them")
+
+
 def model_inputs(ids: np.ndarray, mask: np.ndarray) -> dict:
     return {"input_ids": ids, "segment_ids": np.zeros_like(ids), "input_mask": mask}
 
@@ -182,6 +201,7 @@ def prepare(cfg, tokenizer, log: Callable[[str], None]) -> Prepared:
         raise UserError(f"task.query_length must be between 3 and data.max_seq_length={seq}")
     prefixes = (str(t.query_prefix), str(t.passage_prefix))
     enc = Encoder(tokenizer)
+    _warn_if_start_differs(cfg, log)
 
     num_negatives, labels = 0, None
     if kind == "triplets":
