@@ -153,7 +153,10 @@ _TASK_FAMILY = {
         pooling="mean",  # mean | cls | last
         normalize=True,  # L2-normalise the pooled vector
         temperature=0.05,  # InfoNCE's tau (sentence-transformers' scale 20); E5/BGE use 0.01-0.02
-        symmetric=False,  # InfoNCE: also passage -> query, averaged (GTE's extra direction)
+        symmetric=False,  # InfoNCE: also passage -> query as a second softmax, averaged
+        # InfoNCE's one denominator: query_to_doc plus any of query_to_query, doc_to_query,
+        # doc_to_doc (GTE's improved contrastive loss), comma-separated
+        directions="query_to_doc",
         scale=20.0,  # CoSENT's scale
         num_negatives=-1,  # hard negatives per query (static shape); -1 = the most any row has
         query_length=0,  # query tokens; 0 = data.max_seq_length

@@ -309,3 +309,33 @@ def test_gradient_cache_shrinks_the_compiled_steps_memory():
                                   jax.random.key(0))
         temp[m] = lowered.compile().memory_analysis().temp_size_in_bytes
     assert temp[4] < 0.35 * temp[0], temp
+
+
+@pytest.mark.parametrize("directions", [("query_to_doc",),
+                                        ("query_to_doc", "query_to_query", "doc_to_query",
+                                         "doc_to_doc"),
+                                        ("query_to_doc", "doc_to_doc")])
+def test_infonce_equals_sentence_transformers_mnrl(directions):
+    """Our loss on the same normalised embeddings equals sentence-transformers'
+    MultipleNegativesRankingLoss (scale 1/tau, joint partition) with two hard negatives each:
+    the default and GTE's directions."""
+    import torch
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    rng = np.random.default_rng(2)
+    q, p, n = rng.normal(size=(B, H)), rng.normal(size=(B, H)), rng.normal(size=(B, N, H))
+    norm = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    q, p, n = norm(q), norm(p), norm(n)
+    ours, _ = contrastive.infonce_loss(jnp.asarray(q), jnp.asarray(p), jnp.asarray(n),
+                                       jnp.ones((B, N)), TAU, False, directions)
+    mnrl = MultipleNegativesRankingLoss.__new__(MultipleNegativesRankingLoss)
+    torch.nn.Module.__init__(mnrl)
+    mnrl.__dict__.update(scale=1 / TAU, similarity_fct=lambda a, b: a @ b.T,
+                         gather_across_devices=False, directions=directions,
+                         partition_mode="joint", hardness_mode=None, hardness_strength=0.0)
+    t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    theirs = mnrl.compute_loss_from_embeddings([t(q), t(p)] + [t(n[:, k]) for k in range(N)],
+                                               None)
+    np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-5)
+    with pytest.raises(UserError, match="task.directions"):
+        objectives.make("infonce", directions=("doc_to_doc",))

@@ -130,6 +130,8 @@ def _objective(cfg, kind: str, num_negatives: int):
     t = cfg.task
     return objectives.make(name, pooling=str(t.pooling), normalize=bool(t.normalize),
                            temperature=float(t.temperature), symmetric=bool(t.symmetric),
+                           directions=tuple(d.strip() for d in str(t.directions).split(",")
+                                            if d.strip()),
                            scale=float(t.scale), num_negatives=num_negatives,
                            query_length=int(t.query_length), mini_batch=int(t.mini_batch))
 

@@ -5,8 +5,9 @@
   negative of the global batch is a negative. The [B x B(1+N)] similarity is computed on the
   mesh's global arrays under jit, so each device's queries see every other device's passages,
   and the gradient flows into all of them: no hand-written all-gather, no detached copies.
-  `symmetric` adds the passage -> query direction (MultipleNegativesSymmetricRankingLoss, GTE's
-  extra direction) and averages the two.
+  `symmetric` adds the passage -> query direction as a second softmax and averages the two
+  (MultipleNegativesSymmetricRankingLoss); `directions` puts GTE's extra directions (query to
+  query, document to query, document to document) into the one softmax denominator.
 - `cosent`: CoSENT over scored pairs: log(1 + sum over (i, j) with score_i > score_j of
   exp(scale * (cos_j - cos_i))) (sentence-transformers' CoSENTLoss, scale 20).
 - `cosine_mse`: (cos(u, v) - score)^2 (CosineSimilarityLoss).
@@ -41,18 +42,42 @@ from bertjax.train.objectives import F32, I32, Objective, encoder_spec, register
 NEG_INF = -1e9
 
 
-def infonce_loss(q, p, n=None, n_valid=None, temperature: float = 0.05, symmetric: bool = False):
+DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+
+
+def infonce_loss(q, p, n=None, n_valid=None, temperature: float = 0.05, symmetric: bool = False,
+                 directions: tuple[str, ...] = ("query_to_doc",)):
     """q, p [B, H]; n [B, N, H] and n_valid [B, N] or None: the embeddings (already pooled and
-    normalised as the objective says). Returns (mean loss, rows whose positive ranks first)."""
+    normalised as the objective says). Returns (mean loss, rows whose positive ranks first).
+
+    `directions` beyond query_to_doc add terms to each row's one softmax denominator (GTE's
+    improved contrastive loss; sentence-transformers' MultipleNegativesRankingLoss(directions=...,
+    partition_mode="joint")): q_i against the other queries, every query against d_i, and d_i
+    against the documents of the other rows."""
     b = q.shape[0]
     cands = p if n is None else jnp.concatenate([p, n.reshape(-1, n.shape[-1])], axis=0)
-    logits = (q @ cands.T).astype(jnp.float32) / temperature
+    owner = jnp.concatenate([jnp.arange(b)] + ([] if n is None else
+                                               [jnp.repeat(jnp.arange(b), n.shape[1])]))
+    valid = jnp.ones((cands.shape[0],), bool)
     if n is not None:
-        valid = jnp.concatenate([jnp.ones((b,), jnp.float32),
-                                 n_valid.reshape(-1).astype(jnp.float32)])
-        logits = jnp.where(valid[None, :] > 0, logits, NEG_INF)
+        valid = jnp.concatenate([valid[:b], n_valid.reshape(-1) > 0])
+    scale = lambda x: x.astype(jnp.float32) / temperature  # noqa: E731
+    logits = jnp.where(valid[None, :], scale(q @ cands.T), NEG_INF)
     labels = jnp.arange(b)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    blocks = [logits]
+    eye = jnp.eye(b, dtype=bool)
+    if "query_to_query" in directions:
+        blocks.append(jnp.where(eye, NEG_INF, scale(q @ q.T)))
+    if "doc_to_query" in directions:
+        blocks.append(scale(p @ q.T))
+    if "doc_to_doc" in directions:
+        mine = owner[None, :] == labels[:, None]
+        blocks.append(jnp.where(mine | ~valid[None, :], NEG_INF, scale(p @ cands.T)))
+    if len(blocks) == 1:
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    else:
+        joint = jnp.concatenate(blocks, axis=1)
+        loss = jnp.mean(jax.nn.logsumexp(joint, axis=1) - logits[labels, labels])
     if symmetric:
         back = (p @ q.T).astype(jnp.float32) / temperature
         loss = 0.5 * (loss + optax.softmax_cross_entropy_with_integer_labels(back, labels).mean())
@@ -84,6 +109,7 @@ class _Embedding(Objective):
     normalize: bool = True
     temperature: float = 0.05
     symmetric: bool = False
+    directions: tuple[str, ...] = ("query_to_doc",)
     scale: float = 20.0
     num_negatives: int = 0
     query_length: int = 0  # 0 = the passages' length
@@ -101,6 +127,10 @@ class _Embedding(Objective):
                             "0.05 is sentence-transformers' default, 0.01-0.02 E5's and BGE's")
         if self.num_negatives < 0:
             raise UserError(f"task.num_negatives must be >= 0, got {self.num_negatives}")
+        bad = [d for d in self.directions if d not in DIRECTIONS]
+        if bad or "query_to_doc" not in self.directions:
+            raise UserError(f"task.directions must list query_to_doc and any of "
+                            f"{', '.join(DIRECTIONS[1:])}; got {','.join(self.directions)}")
         if self.mini_batch < 0:
             raise UserError(f"task.mini_batch must be >= 0, got {self.mini_batch}")
 
@@ -198,7 +228,7 @@ class InfoNCE(_Embedding):
 
     def loss(self, out, batch, denoms=None):
         loss, correct = infonce_loss(out["q"], out["p"], out.get("n"), batch.get("negative_valid"),
-                                     self.temperature, self.symmetric)
+                                     self.temperature, self.symmetric, tuple(self.directions))
         b = jnp.asarray(out["q"].shape[0], jnp.float32)
         return loss, {"loss": (loss * b, b), "accuracy": (correct, b)}
 
