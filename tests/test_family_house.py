@@ -68,12 +68,18 @@ def test_no_objective_is_named_by_the_loop_plan_bench_aot_or_hooks():
 
 
 def test_each_objective_declares_what_the_house_needs():
+    from bertjax.model import TASK_MODELS
+
     for name, cls in objectives.OBJECTIVES.items():
         obj = cls()
-        assert obj.name == name
+        assert obj.name == name and obj.model_task in TASK_MODELS, name
         spec = obj.batch_spec(4, 16, 3)
-        assert {"input_ids", "segment_ids", "input_mask"} <= set(spec), name
-        assert obj.model_task and obj.metrics[0] == "loss", name
+        assert spec and all(len(shape) and shape[0] == 4 for shape, _ in spec.values()), name
+        assert obj.metrics[0] == "loss" and isinstance(obj.summable, bool), name
+    for name in ("mlm_nsp", "mlm", "classification", "regression", "token_classification",
+                 "span_qa"):  # the encoder's three inputs, plus what the loss reads
+        assert {"input_ids", "segment_ids", "input_mask"} <= set(
+            objectives.make(name).batch_spec(4, 16, 3)), name
     assert objectives.make("mlm").model_task == "masked_lm"
     assert "next_sentence_labels" not in objectives.make("mlm").batch_spec(2, 8, 2)
     with pytest.raises(UserError, match="objective.name='rtd' is not one of"):
