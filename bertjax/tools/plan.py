@@ -62,8 +62,9 @@ def objective_and_task(cfg):
 class Planner:
     """Compiles one config's step for one topology at any per-chip batch and remat policy."""
 
-    def __init__(self, cfg, topology: str, num_slices: int):
+    def __init__(self, cfg, topology: str, num_slices: int, effort: float | None = None):
         self.cfg, self.topology, self.num_slices = cfg, topology, num_slices
+        self.effort = effort
         self.family = aot.chip_family(topology)
         self.hbm_gib, self.peak_tflops = aot.CHIPS[self.family]
         self.devices = aot.topology_devices(topology, num_slices)
@@ -102,7 +103,8 @@ class Planner:
             "hbm_gib": self.hbm_gib, "memory": "compiled (XLA memory_analysis), not a TPU run",
         }
         try:
-            c = aot.compile_train_step(steps, self.objective, self.mesh, batch, seq, preds)
+            c = aot.compile_train_step(steps, self.objective, self.mesh, batch, seq, preds,
+                                        self.effort)
         except Exception as e:  # XLA reports an HBM overflow as a compile error
             text = str(e)
             if "RESOURCE_EXHAUSTED" not in text and "out of memory" not in text.lower():
