@@ -15,7 +15,7 @@ from bertjax.model.archs import ARCHS
 from bertjax.model.encoder import ACTIVATIONS, DTYPES, REMAT_POLICIES, BertConfig
 from bertjax.model.presets import PRESETS
 from bertjax.train.objectives import OBJECTIVES
-from bertjax.train.optim import OPTIMIZERS, SCHEDULES
+from bertjax.train.optim import OPTIMIZERS, SCHEDULES, check_layer_decay
 
 
 def model_config(preset: str = "base", arch: str = "bert") -> mlc.ConfigDict:
@@ -58,6 +58,10 @@ def base_config(preset: str = "base", arch: str = "bert") -> mlc.ConfigDict:
             clip_norm=1.0,
             # The original BERT optimizer skips Adam bias correction.
             bias_correction=False,
+            # Layer-wise learning-rate decay d in (0, 1]: lr * d**(L + 2 - depth), embeddings at
+            # depth 0, layer i at i + 1, heads at L + 2 (train/optim.py). 1.0 = off; ELECTRA
+            # fine-tunes with 0.8 (small/base) or 0.9 (large).
+            layer_decay=1.0,
         )
     )
     c.train = mlc.ConfigDict(
@@ -219,14 +223,31 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Numeric keys checked at parse by the code that acts on them (each check raises a UserError
+# naming its key), for the same reason.
+CHECKS = {
+    "optim.layer_decay": check_layer_decay,
+}
+
+
+def _lookup(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node.get(part) if hasattr(node, "get") else None
+    return node
+
+
 def check_choices(cfg) -> None:
-    """Raises UserError naming the allowed values for the first enum-like key set to another.
-    Keys a config does not have (a pretraining config has no task) are skipped."""
+    """Raises UserError naming the allowed values for the first enum-like key set to another,
+    then runs CHECKS. Keys a config does not have (a pretraining config has no task) are
+    skipped."""
     for key, allowed in CHOICES.items():
-        node = cfg
-        for part in key.split("."):
-            node = node.get(part) if hasattr(node, "get") else None
+        node = _lookup(cfg, key)
         if node is not None and node not in allowed:
             shown = ", ".join(repr(a) if a == "" else a for a in allowed)
             raise UserError(f"{key}={node!r} is not one of {shown}; set --config.{key} to one "
                             "of them")
+    for key, check in CHECKS.items():
+        node = _lookup(cfg, key)
+        if node is not None:
+            check(node)

@@ -111,7 +111,7 @@ def bench_bertjax(cfg, steps: int, warmup: int, batch_size: int | None = None,
                   profile_dir: str = "") -> dict:
     mesh = mesh_lib.make_mesh(cfg.mesh)
     model_cfg = BertConfig.from_dict(cfg.model.to_dict())
-    tx, _ = optim.make_optimizer(cfg.optim, int(cfg.train.num_steps))
+    tx, _ = optim.make_optimizer(cfg.optim, int(cfg.train.num_steps), model_cfg=model_cfg)
     objective = objectives.from_config(cfg)
     fns = make_steps(lambda: build_model(objective.model_task, model_cfg), objective, tx,
                      mesh, grad_accum_steps=int(cfg.train.grad_accum_steps))

@@ -69,7 +69,8 @@ def build_steps(cfg, plan, objective, model_fn, mesh) -> tuple[StepFns, Any, Any
     """The optimizer and jitted steps for a run's config and plan: what the training loop runs,
     and what `compile_train_step` compiles. Returns (steps, optimizer, learning-rate schedule)."""
     t_cfg = cfg.train
-    tx, schedule = optim.make_optimizer(cfg.optim, plan.num_steps, plan.warmup_steps)
+    tx, schedule = optim.make_optimizer(cfg.optim, plan.num_steps, plan.warmup_steps,
+                                        model_cfg=plan.model)
     if t_cfg.batch_size % t_cfg.grad_accum_steps:
         raise UserError(f"train.batch_size {t_cfg.batch_size} is not divisible by "
                         f"train.grad_accum_steps {t_cfg.grad_accum_steps}")

@@ -9,6 +9,12 @@ lower-cased): a parameter is NOT decayed when
 - any component of its path contains "norm" (LayerNorm, layer_norm, attention_norm, ...), or
 - any component has a token "ln" or "ln<digits>" between underscores (ln, ln_1, attn_ln).
 Everything else (kernels, embeddings) is decayed.
+
+Layer-wise learning-rate decay (`optim.layer_decay` = d < 1; ELECTRA's fine-tuning recipe: 0.8 for
+small/base, 0.9 for large) gives a parameter at depth k the rate lr * d ** (L + 2 - k), L the
+model's num_layers: depth 0 for anything under an `embeddings` component (tables, their LayerNorm,
+the E->H projection), i + 1 for `.../encoder/layers/<i>/...`, L + 2 for everything else (pooler,
+task heads), whatever the path's first component (bert/, generator/). See `layer_depth`.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from bertjax.errors import UserError
@@ -29,8 +36,13 @@ OPTIMIZERS = ("adamw", "lamb")
 _LN_TOKEN = re.compile(r"^ln\d*$")
 
 
-def _get(cfg: Any, name: str) -> Any:
-    return cfg[name] if isinstance(cfg, Mapping) else getattr(cfg, name)
+_MISSING = object()
+
+
+def _get(cfg: Any, name: str, default: Any = _MISSING) -> Any:
+    if default is _MISSING:
+        return cfg[name] if isinstance(cfg, Mapping) else getattr(cfg, name)
+    return cfg.get(name, default) if isinstance(cfg, Mapping) else getattr(cfg, name, default)
 
 
 def _names(path: tuple) -> list[str]:
@@ -119,6 +131,78 @@ def scale_by_layer_trust_ratio(mask: Callable[[Any], Any]) -> optax.GradientTran
     return optax.GradientTransformation(init, update)
 
 
+def check_layer_decay(value: Any) -> float:
+    """optim.layer_decay as a float in (0, 1]; a UserError of one line for anything else."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < value <= 1.0
+    if not ok:  # NaN fails the range test too
+        raise UserError(f"optim.layer_decay={value!r} must be a number in (0, 1]: 1.0 is off, "
+                        "ELECTRA fine-tunes with 0.8 (small/base) or 0.9 (large)")
+    return float(value)
+
+
+def layer_depth(path: tuple, num_layers: int, num_hidden_groups: int = 0) -> int | tuple[int, ...]:
+    """The depth that sets a parameter's learning rate under layer decay (module docstring): an
+    int, or for a scanned stack (`.../encoder/layers/<array>`, every layer on the leading axis)
+    one depth per slice, (1, ..., L).
+
+    These are google-research/electra's depths (model/optimization.py, _get_layer_lrs): 0 for
+    "/embeddings/" and "/embeddings_project/", "encoder/layer_<i>/" at i + 1, "task_specific/" at
+    L + 2, each key matched anywhere in a variable's name (so whatever scope holds the encoder,
+    as here for generator/). That map has no depth L + 1, so its top layer already runs at
+    d**2, not d: followed here. ELECTRA has no pooler (modeling.py: the pooled output is the
+    first token's vector; its classifier is one dense layer under task_specific/), so the
+    reference does not place ours; it sits between the last layer and the task head, where
+    Hugging Face's ELECTRA classification head has its first dense layer, and gets the head's
+    L + 2.
+
+    Shared layers (num_hidden_groups = G > 0, ALBERT): entry g is run by layers l with
+    l*G//L == g, and takes the depth of the last of them. Its update sums the gradients of every
+    layer that runs it, the top one included; the first one's depth would hold ALBERT's single
+    shared layer (G = 1), the whole encoder, at an unshared stack's bottom-layer rate d**(L+1)
+    (0.055 of the rate at L = 12, d = 0.8) though it also does the top layer's work. G = L gives
+    the unshared rule exactly."""
+    names = _names(path)
+    for i in range(len(names) - 1):
+        if names[i] == "encoder" and names[i + 1] == "layers":
+            if i + 2 >= len(names) or not names[i + 2].isdigit():
+                return tuple(range(1, num_layers + 1))
+            entry = int(names[i + 2])
+            groups = num_hidden_groups or num_layers
+            runs = [layer for layer in range(num_layers) if layer * groups // num_layers == entry]
+            if not runs:
+                raise ValueError(f"parameter {'/'.join(names)}: layer entry {entry} is run by no "
+                                 f"layer of num_layers={num_layers}, "
+                                 f"num_hidden_groups={num_hidden_groups}")
+            return runs[-1] + 1
+    if "embeddings" in names:
+        return 0
+    return num_layers + 2
+
+
+def scale_by_layer_decay(inner: optax.GradientTransformation, layer_decay: float,
+                         num_layers: int, num_hidden_groups: int = 0
+                         ) -> optax.GradientTransformation:
+    """`inner` with each update leaf multiplied by layer_decay ** (L + 2 - depth) (`layer_depth`)
+    after it: the same as giving each parameter its own learning rate, on top of whatever inner
+    does (clipping, Adam, weight decay, LAMB's ratio, the schedule). Stateless, and the state is
+    inner's own: a checkpoint loads whatever layer_decay the run that saved it had."""
+    def factor(path, u):
+        depth = layer_depth(path, num_layers, num_hidden_groups)
+        f = float(layer_decay) ** (num_layers + 2 - np.asarray(depth, np.float64))
+        if f.ndim:  # a scanned stack: one factor per layer along the leading axis
+            if u.ndim == 0 or u.shape[0] != f.shape[0]:
+                raise ValueError(f"parameter {'/'.join(_names(path))} of shape {u.shape} is not a "
+                                 f"stack of num_layers={num_layers} layers")
+            f = f.reshape((-1,) + (1,) * (u.ndim - 1))
+        return u * jnp.asarray(f, u.dtype)
+
+    def update(updates, state, params=None):
+        updates, state = inner.update(updates, state, params)
+        return jax.tree_util.tree_map_with_path(factor, updates), state
+
+    return optax.GradientTransformation(inner.init, update)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Schedule:
     name: str
@@ -171,14 +255,16 @@ def make_schedule(name: str, learning_rate: float, warmup_steps: int, num_steps:
                      float(end_lr_fraction) * float(learning_rate))
 
 
-def make_optimizer(optim_cfg: Any, num_steps: int, warmup_steps: int | None = None
-                   ) -> tuple[optax.GradientTransformation, Callable]:
+def make_optimizer(optim_cfg: Any, num_steps: int, warmup_steps: int | None = None,
+                   model_cfg: Any = None) -> tuple[optax.GradientTransformation, Callable]:
     """Returns (optimizer, schedule) for the `optim` section of the config; `warmup_steps` (a run
-    plan's) replaces optim.warmup_steps when given.
+    plan's) replaces optim.warmup_steps when given. `model_cfg` (BertConfig, dict or ConfigDict:
+    num_layers, num_hidden_groups) is needed when optim.layer_decay < 1.
 
     Chain: clip by global norm (skipped when clip_norm <= 0) -> Adam (bias correction per
     `optim.bias_correction`) -> decoupled weight decay on the params `decay_mask` selects ->
-    [lamb only: the layer-wise trust ratio on the same params] -> scale by -schedule(count).
+    [lamb only: the layer-wise trust ratio on the same params] -> scale by -schedule(count)
+    [-> layer_decay < 1 only: each parameter's layer factor, `scale_by_layer_decay`].
     With bias correction and no clipping "adamw" is exactly optax.adamw.
     """
     name = str(_get(optim_cfg, "name"))
@@ -206,4 +292,12 @@ def make_optimizer(optim_cfg: Any, num_steps: int, warmup_steps: int | None = No
     if name == "lamb":
         parts.append(scale_by_layer_trust_ratio(decay_mask))
     parts.append(optax.scale_by_learning_rate(schedule))
-    return optax.chain(*parts), schedule
+    tx = optax.chain(*parts)
+    # A config saved before the key existed has no layer decay.
+    layer_decay = check_layer_decay(_get(optim_cfg, "layer_decay", 1.0))
+    if layer_decay < 1.0:
+        if model_cfg is None:
+            raise ValueError("optim.layer_decay < 1 needs the model config (num_layers)")
+        tx = scale_by_layer_decay(tx, layer_decay, int(_get(model_cfg, "num_layers")),
+                                  int(_get(model_cfg, "num_hidden_groups", 0)))
+    return tx, schedule
