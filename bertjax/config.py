@@ -84,7 +84,9 @@ def base_config(preset: str = "base", arch: str = "bert") -> mlc.ConfigDict:
     )
     # What the step computes (bertjax.train.objectives.OBJECTIVES); "auto" = what the run is:
     # mlm_nsp or mlm from the prepared data, the task family's objective when fine-tuning.
-    c.objective = mlc.ConfigDict(dict(name="auto"))
+    # mask_rate and disc_weight are ELECTRA's (objective.name=electra): the share of real tokens
+    # the step masks (0.15; 0.25 for large) and the discriminator loss's weight (50).
+    c.objective = mlc.ConfigDict(dict(name="auto", mask_rate=0.15, disc_weight=50.0))
     c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.distributed = mlc.ConfigDict(
         dict(

@@ -9,6 +9,8 @@ ARCHS: dict[str, dict] = {
     # one segment type, LayerNorm eps 1e-5.
     "roberta": dict(type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, position_offset=2,
                     max_position_embeddings=514),
+    # ELECTRA's encoder is BERT's; its sequence classifier (our pooler) uses gelu, not tanh.
+    "electra": dict(pooler_act="gelu"),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from bertjax.model.electra import ElectraDiscriminator, ElectraForPretraining
 from bertjax.model.encoder import BertConfig, BertModel, DropoutKeys
 from bertjax.model.heads import Classifier, MaskedLM
 from bertjax.model.sentence import BertForSentenceEmbedding
@@ -87,6 +88,8 @@ TASK_MODELS = {
     "token_classification": BertForTokenClassification,
     "question_answering": BertForQuestionAnswering,
     "sentence_embedding": BertForSentenceEmbedding,
+    "electra_pretraining": ElectraForPretraining,
+    "replaced_token_detection": ElectraDiscriminator,
 }
 TASK_MODELS["base"] = BertModel
 

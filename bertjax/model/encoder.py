@@ -51,6 +51,15 @@ class BertConfig:
     pad_token_id: int = _field(0, "the tokenizer's padding id", arch=True)
     hidden_act: str = _field("gelu", "gelu (exact erf), gelu_tanh or relu", arch=True)
     layer_norm_eps: float = _field(1e-12, "LayerNorm epsilon", arch=True)
+    pooler_act: str = _field("tanh", "the [CLS] head's activation: tanh (BERT's pooler, RoBERTa's "
+                             "classifier) or gelu (ELECTRA's classifier)", arch=True)
+    generator_hidden_size: int = _field(0, "ELECTRA: the generator's width (0 = no generator); "
+                                        "it shares the embeddings and has the same depth",
+                                        arch=True)
+    generator_num_heads: int = _field(0, "ELECTRA: the generator's heads (0 = max(1, width/64))",
+                                      arch=True)
+    generator_intermediate_size: int = _field(0, "ELECTRA: the generator's FFN width (0 = 4x "
+                                              "its width)", arch=True)
     hidden_dropout: float = _field(0.1, "dropout on hidden states")
     attention_dropout: float = _field(0.1, "dropout on attention probabilities")
     initializer_range: float = _field(0.02, "truncated normal stddev of fresh weights")
@@ -92,6 +101,18 @@ class BertConfig:
     def embedding_width(self) -> int:
         return self.embedding_size or self.hidden_size
 
+    def generator_config(self) -> "BertConfig":
+        """ELECTRA's generator: this encoder at the generator's width, reading the same
+        embedding tables (so at the same embedding width E, projected to its own width)."""
+        width = self.generator_hidden_size
+        if not width:
+            raise ModelConfigError("this model has no generator: set model.generator_hidden_size")
+        return dataclasses.replace(
+            self, hidden_size=width, num_heads=self.generator_num_heads or max(1, width // 64),
+            intermediate_size=self.generator_intermediate_size or 4 * width,
+            embedding_size=self.embedding_width, generator_hidden_size=0, generator_num_heads=0,
+            generator_intermediate_size=0)
+
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ModelConfigError(f"model.arch={self.arch!r} is not an architecture this bertjax "
@@ -100,6 +121,20 @@ class BertConfig:
             raise ModelConfigError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
             )
+        if self.generator_hidden_size > self.hidden_size:
+            raise ModelConfigError(
+                f"model.generator_hidden_size={self.generator_hidden_size} is wider than the "
+                f"discriminator (hidden_size={self.hidden_size}); ELECTRA's generator is 1/4 to "
+                "1 times its width (a strong generator leaves the discriminator nothing to learn)")
+        if self.generator_hidden_size < 0 or self.generator_num_heads < 0 or \
+                self.generator_intermediate_size < 0:
+            raise ModelConfigError("model.generator_* sizes must be >= 0")
+        gen_heads = self.generator_num_heads or max(1, self.generator_hidden_size // 64)
+        if self.generator_hidden_size and self.generator_hidden_size % gen_heads:
+            raise ModelConfigError(f"model.generator_hidden_size={self.generator_hidden_size} is "
+                                   f"not a multiple of its {gen_heads} heads")
+        if self.pooler_act not in ("tanh", "gelu"):
+            raise ModelConfigError(f"pooler_act must be tanh or gelu, got {self.pooler_act!r}")
         if self.hidden_act not in ACTIVATIONS:
             raise ModelConfigError(f"hidden_act must be one of {sorted(ACTIVATIONS)}, got "
                                    f"{self.hidden_act!r}")
@@ -373,11 +408,16 @@ def _run_layer(layer, x, mask, key):
 
 
 class Pooler(nnx.Module):
+    """dense -> activation on the first token: BERT's pooler, and the first half of RoBERTa's
+    (tanh) and ELECTRA's (gelu) sequence classifiers, which have no pooler of their own."""
+
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         self.dense = dense(cfg, cfg.hidden_size, cfg.hidden_size, ("embed", None), rngs=rngs)
+        self.act = cfg.pooler_act
 
     def __call__(self, sequence_output):
-        return jnp.tanh(self.dense(sequence_output[:, 0]))
+        x = self.dense(sequence_output[:, 0])
+        return jnp.tanh(x) if self.act == "tanh" else ACTIVATIONS["gelu"](x)
 
 
 class BertModel(nnx.Module):

@@ -26,7 +26,7 @@ from bertjax.errors import UserError
 from bertjax.store.files import write_atomic
 from bertjax.model import BertConfig, build_model
 from bertjax.model.attention import describe
-from bertjax.train import aot, flops, objectives
+from bertjax.train import aot, objectives
 from bertjax.train import mesh as mesh_lib
 from bertjax.train.run_plan import RunPlan
 
@@ -114,7 +114,7 @@ class Planner:
         gib = lambda b: round(b / aot.GIB, 3)  # noqa: E731
         tokens = batch * seq
         preds_for_flops = preds if "masked_lm_positions" in self.objective.batch_spec(1, 1, 1) else None
-        model_flops = flops.model_flops_per_token(model_dict, seq, preds_for_flops) * tokens
+        model_flops = self.objective.flops_per_token(model_dict, seq, preds_for_flops) * tokens
         per_chip_flops = model_flops / len(self.devices)
         roofline = None
         if c.xla_flops and c.xla_bytes_accessed:

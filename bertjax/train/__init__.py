@@ -1,4 +1,5 @@
-# The sentence-embedding objectives (infonce, cosent, cosine_mse, sbert_softmax) build on
+# The sentence-embedding objectives (infonce, cosent, cosine_mse, sbert_softmax) and ELECTRA's
+# replaced-token detection (electra) build on
 # objectives.py and register themselves there; imported with the package, so OBJECTIVES always
 # holds them, without objectives.py importing its own extension.
-from bertjax.train import contrastive  # noqa: F401
+from bertjax.train import contrastive, rtd  # noqa: F401

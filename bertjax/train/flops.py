@@ -65,3 +65,23 @@ def mfu(tokens_per_second: float, flops_per_token_: float, num_devices: int,
     if peak is None or num_devices <= 0:
         return None
     return tokens_per_second * flops_per_token_ / (peak * num_devices)
+
+
+def electra_flops_per_token(model_cfg: Any, seq_len: int, num_masked: int) -> float:
+    """ELECTRA's step per token: the discriminator's encoder with its head (dense H->H, then
+    H->1) on every token, plus the generator's encoder (model_cfg's generator_* width, same depth)
+    with its MLM head (H_g->E transform and the tied E->V output) on the `num_masked` positions.
+    The E->H projections add 6*E*H per network when E differs from H."""
+    def get(name):
+        return model_cfg[name] if isinstance(model_cfg, Mapping) else getattr(model_cfg, name)
+
+    L, d, d_ff, V, T = (get("num_layers"), get("hidden_size"), get("intermediate_size"),
+                        get("vocab_size"), seq_len)
+    e = get("embedding_size") or d
+    g = get("generator_hidden_size")
+    g_ff = get("generator_intermediate_size") or 4 * g
+    f = num_masked / T
+    disc = 6 * L * (4 * d * d + 2 * d * d_ff) + 12 * L * d * T + 6 * (d * d + d)
+    gen = 6 * L * (4 * g * g + 2 * g * g_ff) + 12 * L * g * T + 6 * (g * e + e * V) * f
+    projections = 6 * e * d * (e != d) + 6 * e * g * (e != g)
+    return float(disc + gen + projections)

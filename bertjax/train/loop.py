@@ -23,7 +23,6 @@ from bertjax.store import lock as workdir_lock
 from bertjax.store import workdir as wd
 from bertjax.train import aot, objectives
 from bertjax.train import checkpoint as ckpt_lib
-from bertjax.train import flops as flops_lib
 from bertjax.train import mesh as mesh_lib
 from bertjax.train import metrics as metrics_lib
 from bertjax.train.hooks import Checkpoint, Evaluate, LogMetrics, Preemption, Profile
@@ -128,8 +127,8 @@ def _write_run_files(cfg, plan, attention, mesh, workdir, log) -> None:
 
 def _hooks(run: Run, eval_hooks) -> list:
     t = run.cfg.train
-    flops_per_token = flops_lib.model_flops_per_token(run.plan.model, run.inputs.seq_len,
-                                                      run.inputs.predictions_per_seq)
+    flops_per_token = run.objective.flops_per_token(run.plan.model, run.inputs.seq_len,
+                                                    run.inputs.predictions_per_seq)
     hooks = [LogMetrics(int(t.log_every), int(t.batch_size), flops_per_token,
                         run.objective.metrics)]
     if run.inputs.evaluate is not None:

@@ -32,6 +32,7 @@ import optax
 from flax import nnx
 
 from bertjax.errors import UserError
+from bertjax.train import flops as flops_lib
 
 I32, F32 = jnp.int32, jnp.float32
 OBJECTIVES: dict[str, type] = {}
@@ -71,6 +72,18 @@ class Objective:
 
     def batch_spec(self, batch: int, seq: int, preds: int) -> dict:
         raise NotImplementedError
+
+    @classmethod
+    def configure(cls, cfg, special_ids: dict | None) -> "Objective":
+        """The objective a run's config asks for; one with knobs of its own (`objective.*`) or
+        that needs the tokenizer's special ids reads them here."""
+        del cfg, special_ids
+        return cls()
+
+    def flops_per_token(self, model, seq: int, preds: int | None) -> float:
+        """Training FLOPs per token of the model this objective runs (train/flops.py); `preds`
+        is the MLM head's positions per sequence (None = every position)."""
+        return flops_lib.model_flops_per_token(model, seq, preds)
 
 
 def _weighted_ce(logits, labels, weights):
@@ -293,11 +306,11 @@ def add_sums(a: dict | None, b: dict) -> dict:
     return jax.tree.map(lambda x, y: x + y, a, b)
 
 
-def from_config(cfg, nsp: bool | None = None) -> Objective:
+def from_config(cfg, nsp: bool | None = None, special_ids: dict | None = None) -> Objective:
     """The objective a config trains. `objective.name=auto` picks it from what the run is: the
     fine-tuning family (and regression for one label), or for pretraining the prepared data
     (`nsp`: whether its metadata holds sentence-pair labels; None when there is no data, as in
-    `plan` and `bench`)."""
+    `plan` and `bench`). `special_ids` are the prepared data's ({"pad", "cls", "sep", "mask"})."""
     name = str(cfg.objective.name)
     if name == "auto":
         if "task" in cfg:
@@ -310,7 +323,8 @@ def from_config(cfg, nsp: bool | None = None) -> Objective:
                         "embeddings": "infonce"}[family]
         else:
             name = "mlm" if nsp is False else "mlm_nsp"
-    objective = make(name)
+    make(name)  # an unknown name ends here, in one line
+    objective = OBJECTIVES[name].configure(cfg, special_ids)
     if nsp is False and getattr(objective, "use_nsp", False):
         raise UserError(f"objective.name={name!r} needs sentence-pair labels but the prepared "
                         "data has none (prepared with --no_nsp); use --config.objective.name=mlm "
