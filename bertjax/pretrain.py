@@ -97,7 +97,8 @@ def pretrain(cfg, workdir: str):
         _copy_vocab(os.path.join(cfg.data.train_dir, wd.VOCAB_DIR), os.path.join(workdir, wd.VOCAB_DIR))
 
     objective = objectives.from_config(cfg, nsp=bool(meta.get("nsp", True)),
-                                       special_ids=meta.get("special_ids"))
+                                       special_ids=meta.get("special_ids"),
+                                       pair_task=meta.get("pair_task"))
     # The model's pad id is the data's; where positions count from it (RoBERTa), so does the
     # position table (run_plan.json records the result).
     model = archs.with_pad_id(cfg.model.to_dict(), int(meta["special_ids"]["pad"]))

@@ -32,6 +32,19 @@ MEMBERS = {
         "question_answering": "RobertaForQuestionAnswering",
     }),
 }
+# ALBERT: E = 16 != H, one layer shared by 3, and 2 groups over 4 layers (0,0,1,1: a mapping by
+# l mod G would show). A member id "arch/variant" tests one more configuration of that arch.
+ALBERT = {"pretraining": "AlbertForPreTraining", "base": "AlbertModel",
+          "masked_lm": "AlbertForMaskedLM",
+          "sequence_classification": "AlbertForSequenceClassification",
+          "token_classification": "AlbertForTokenClassification",
+          "question_answering": "AlbertForQuestionAnswering"}
+MEMBERS["albert"] = (transformers.AlbertConfig, dict(
+    max_position_embeddings=64, type_vocab_size=2, embedding_size=16, num_hidden_groups=1,
+    num_hidden_layers=3, hidden_act="gelu_new"), ALBERT)
+MEMBERS["albert/g2"] = (transformers.AlbertConfig, dict(
+    max_position_embeddings=64, type_vocab_size=2, embedding_size=16, num_hidden_groups=2,
+    num_hidden_layers=4, hidden_act="gelu_new"), ALBERT)
 CASES = [(m, t) for m, (_, _, classes) in MEMBERS.items() for t in classes]
 HF_CLASSES = MEMBERS["bert"][2]
 
@@ -97,10 +110,12 @@ def compare(task, ours_model, hf_model, b):
         hf_mlm = torch.gather(hf.prediction_logits, 1,
                               torch.tensor(pos, dtype=torch.long)[..., None].expand(-1, -1, 99))
         close(out["mlm_logits"], hf_mlm, "mlm logits")
-        close(out["nsp_logits"], hf.seq_relationship_logits, "nsp logits")
+        pair = getattr(hf, "seq_relationship_logits", None)  # ALBERT's pair head is SOP's
+        close(out["nsp_logits"], hf.sop_logits if pair is None else pair, "nsp logits")
         hidden, _ = ours_model.bert(b["input_ids"], b["segment_ids"], b["input_mask"])
         close(hidden, hf.hidden_states[-1], "hidden states", real)
-        close(out["pooled_output"], hf_model.bert.pooler(hf.hidden_states[-1]), "pooled")
+        base = hf_forward(hf_model.base_model, b)
+        close(out["pooled_output"], base.pooler_output, "pooled")
     elif task == "masked_lm":
         pos = torch.tensor(b["masked_lm_positions"], dtype=torch.long)[..., None].expand(-1, -1, 99)
         close(out["mlm_logits"], torch.gather(hf.logits, 1, pos), "mlm logits")
@@ -119,7 +134,9 @@ def compare(task, ours_model, hf_model, b):
 def test_hf_to_bertjax_to_hf(member, task, tmp_path):
     torch.manual_seed(0)
     # HF's QA head is sized by num_labels and needs exactly 2 (start, end).
-    labels = 2 if task == "question_answering" else 3
+    # So is ALBERT's SOP head (sop_classifier.classifier), a 2-way pair head like BERT's NSP.
+    labels = 2 if task == "question_answering" or member.startswith("albert") and \
+        task == "pretraining" else 3
     hf_model = hf_class(member, task)(hf_config(member, num_labels=labels)).eval()
     # Random init leaves biases and LayerNorm at 0/1; perturb them so the test sees every tensor.
     with torch.no_grad():
@@ -128,7 +145,7 @@ def test_hf_to_bertjax_to_hf(member, task, tmp_path):
     hf_model.save_pretrained(tmp_path / "hf")
     model, cfg, got_task, report = interop.load_hf(str(tmp_path / "hf"))
     assert got_task == task and report["unexpected"] == [] and report["missing"] == []
-    assert cfg.arch == member
+    assert cfg.arch == member.split("/")[0]
     compare(task, model, hf_model, make_batch(member=member))
 
     # Round trip: HF -> bertjax -> HF reproduces every tensor exactly.
@@ -138,7 +155,8 @@ def test_hf_to_bertjax_to_hf(member, task, tmp_path):
         if k in back:
             np.testing.assert_array_equal(back[k], v, err_msg=k)
     tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
-            "lm_head.decoder.weight", "lm_head.decoder.bias"}
+            "lm_head.decoder.weight", "lm_head.decoder.bias",
+            "predictions.decoder.weight", "predictions.decoder.bias"}
     assert set(original) - set(back) <= tied
 
 

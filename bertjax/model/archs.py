@@ -11,6 +11,9 @@ ARCHS: dict[str, dict] = {
                     max_position_embeddings=514),
     # ELECTRA's encoder is BERT's; its sequence classifier (our pooler) uses gelu, not tanh.
     "electra": dict(pooler_act="gelu"),
+    # ALBERT: a 128-wide factorised embedding projected to H, one layer shared by the whole depth
+    # and the tanh GELU (Hugging Face's "gelu_new"), as every released ALBERT.
+    "albert": dict(embedding_size=128, num_hidden_groups=1, hidden_act="gelu_tanh"),
 }
 
 

@@ -150,8 +150,10 @@ class BertConfig:
                                    ">= 0")
         groups = self.num_hidden_groups
         if groups and (groups > self.num_layers or self.num_layers % groups):
-            raise ModelConfigError(f"num_hidden_groups {groups} must divide num_layers "
-                                   f"{self.num_layers}")
+            raise ModelConfigError(f"model.num_hidden_groups={groups} does not divide "
+                                   f"model.num_layers={self.num_layers} (layer l runs group "
+                                   "l*G/L, so every group must cover as many layers); use a "
+                                   "divisor of num_layers, 1 for ALBERT's one shared layer")
         if groups and self.scan_layers:
             raise ModelConfigError("scan_layers stacks one set of weights per layer; with shared "
                                    "layers (num_hidden_groups > 0) set model.scan_layers=false")

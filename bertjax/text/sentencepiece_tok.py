@@ -128,6 +128,9 @@ class SentencePieceTokenizer(BertLayout, VocabTable):
             "strip_accents": self.strip_accents,
             "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
             "cls_token": "[CLS]", "mask_token": "[MASK]",
+            # The generic class returns no segment ids unless told to, and a pair fed to the
+            # model without them reads B as segment 0, not the 1 it was trained with.
+            "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
         }
 
     def backend(self) -> Tokenizer:

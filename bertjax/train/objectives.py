@@ -128,6 +128,8 @@ class Pretraining(Objective):
     model_task: str = "pretraining"
     use_nsp: bool = True
     metrics = ("loss", "mlm_loss", "mlm_accuracy", "nsp_accuracy")
+    # The prepared data's pair task (metadata "pair_task") these labels must come from.
+    pair_task = "nsp"
 
     def batch_spec(self, batch, seq, preds):
         spec = {**encoder_spec(batch, seq), "masked_lm_positions": ((batch, preds), I32),
@@ -306,11 +308,13 @@ def add_sums(a: dict | None, b: dict) -> dict:
     return jax.tree.map(lambda x, y: x + y, a, b)
 
 
-def from_config(cfg, nsp: bool | None = None, special_ids: dict | None = None) -> Objective:
+def from_config(cfg, nsp: bool | None = None, special_ids: dict | None = None,
+                pair_task: str | None = None) -> Objective:
     """The objective a config trains. `objective.name=auto` picks it from what the run is: the
     fine-tuning family (and regression for one label), or for pretraining the prepared data
     (`nsp`: whether its metadata holds sentence-pair labels; None when there is no data, as in
-    `plan` and `bench`). `special_ids` are the prepared data's ({"pad", "cls", "sep", "mask"})."""
+    `plan` and `bench`; `pair_task`: its "nsp" or "sop"). `special_ids` are the prepared data's
+    ({"pad", "cls", "sep", "mask"})."""
     name = str(cfg.objective.name)
     if name == "auto":
         if "task" in cfg:
@@ -322,11 +326,18 @@ def from_config(cfg, nsp: bool | None = None, special_ids: dict | None = None) -
                 name = {"squad": "span_qa", "ner": "token_classification",
                         "embeddings": "infonce"}[family]
         else:
-            name = "mlm" if nsp is False else "mlm_nsp"
+            name = "mlm" if nsp is False else "mlm_sop" if pair_task == "sop" else "mlm_nsp"
     make(name)  # an unknown name ends here, in one line
     objective = OBJECTIVES[name].configure(cfg, special_ids)
     if nsp is False and getattr(objective, "use_nsp", False):
         raise UserError(f"objective.name={name!r} needs sentence-pair labels but the prepared "
                         "data has none (prepared with --no_nsp); use --config.objective.name=mlm "
                         "or prepare the data with pairs")
+    wants = getattr(objective, "pair_task", None) if getattr(objective, "use_nsp", False) else None
+    if nsp and pair_task and wants and wants != pair_task:
+        right = {"nsp": "mlm_nsp", "sop": "mlm_sop"}.get(pair_task, "auto")
+        raise UserError(f"objective.name={name!r} trains {wants.upper()} but the prepared data "
+                        f"holds {pair_task.upper()} pairs (prepared with --pair_task={pair_task});"
+                        f" use --config.objective.name={right} or prepare with "
+                        f"--pair_task={wants}")
     return objective
