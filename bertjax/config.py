@@ -12,6 +12,7 @@ from bertjax.errors import UserError
 from bertjax.model.attention import BACKENDS
 from bertjax.model.bert import TASK_MODELS
 from bertjax.model.archs import ARCHS
+from bertjax.model import lora as lora_lib
 from bertjax.model.encoder import ACTIVATIONS, DTYPES, REMAT_POLICIES, BertConfig
 from bertjax.model.presets import PRESETS
 from bertjax.train.objectives import OBJECTIVES
@@ -25,7 +26,9 @@ def model_config(preset: str = "base", arch: str = "bert") -> mlc.ConfigDict:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
-    fields = {f.name: f.default for f in dataclasses.fields(BertConfig)}
+    # The lora_* fields come from the run's `lora` section (lora_fields), not the model's.
+    fields = {f.name: f.default for f in dataclasses.fields(BertConfig)
+              if not f.name.startswith("lora_")}
     return mlc.ConfigDict({**fields, **ARCHS[arch], "arch": arch, **PRESETS[preset]})
 
 
@@ -201,7 +204,34 @@ def finetune_config(preset: str = "base", family: str = "glue",
         c.train.keep_checkpoints = 1
         c.optim.learning_rate = 2e-5
         c.optim.warmup_steps = 0
+        # LoRA (model/lora.py): adapters of rank r on `targets` (query, key, value,
+        # attention_output, intermediate, output, or all), the update scaled by alpha/r; only
+        # they and the task head train, the base stays frozen and out of the checkpoints.
+        c.lora = mlc.ConfigDict(dict(enabled=False, rank=8, alpha=8.0, dropout=0.0,
+                                     targets=lora_lib.DEFAULT_TARGETS))
     return c
+
+
+def check_lora(section) -> None:
+    """The `lora` section: its values when enabled; a changed value while it is off (a run that
+    would silently fine-tune every weight) is refused too."""
+    if section.enabled:
+        lora_lib.check(section.rank, section.alpha, section.dropout, section.targets)
+        return
+    defaults = dict(rank=8, alpha=8.0, dropout=0.0, targets=lora_lib.DEFAULT_TARGETS)
+    changed = [k for k, v in defaults.items() if section[k] != v]
+    if changed:
+        raise UserError(f"lora.{changed[0]} is set but lora.enabled is false; add "
+                        "--config.lora.enabled=true to fine-tune with LoRA")
+
+
+def lora_fields(cfg) -> dict:
+    """The model fields (BertConfig.lora_*) of a config's `lora` section; {} without LoRA."""
+    section = cfg.get("lora")
+    if section is None or not section.enabled:
+        return {}
+    return {"lora_rank": int(section.rank), "lora_alpha": float(section.alpha),
+            "lora_dropout": float(section.dropout), "lora_targets": str(section.targets)}
 
 
 # Config keys whose value must be one of a fixed set, with the set taken from the code that acts
@@ -229,6 +259,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # naming its key), for the same reason.
 CHECKS = {
     "optim.layer_decay": check_layer_decay,
+    "lora": check_lora,
 }
 
 

@@ -11,6 +11,7 @@ from bertjax.model.sentence import BertForSentenceEmbedding
 
 # The head's dropout key is folded from the step key with a constant no encoder site uses.
 _HEAD_KEY = 0x7FFFFFFF
+_LORA_STREAM = 0x4C6F5241  # "LoRA": the adapters' initialisation stream, apart from the params'
 
 
 class BertForPretraining(nnx.Module):
@@ -99,8 +100,13 @@ def build_model(task: str, cfg: BertConfig, seed: int = 0) -> nnx.Module:
         raise ValueError(f"unknown task model {task!r}; choose one of {sorted(TASK_MODELS)}")
     # Sharding is applied by the trainer (jit out_shardings from the logical names), not eagerly at
     # creation, so the same model builds with or without a mesh.
+    rngs = nnx.Rngs(params=seed)
+    if cfg.lora_rank:
+        # LoRA's A matrices draw from their own stream (model/lora.py): the other parameters
+        # initialise as they would without adapters.
+        rngs = nnx.Rngs(params=seed, lora=jax.random.fold_in(jax.random.key(seed), _LORA_STREAM))
     with nnx.use_eager_sharding(False):
-        return TASK_MODELS[task](cfg, rngs=nnx.Rngs(params=seed))
+        return TASK_MODELS[task](cfg, rngs=rngs)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -13,6 +13,7 @@ from flax import nnx
 
 from bertjax.errors import UserError
 from bertjax.model import attention as attn_lib
+from bertjax.model import lora as lora_lib
 from bertjax.model.archs import ARCHS
 
 
@@ -70,6 +71,12 @@ class BertConfig:
     remat: str = _field("none", "per-layer rematerialisation: none, full or dots")
     scan_layers: bool = _field(False, "one scanned layer holding every layer's weights stacked")
     num_labels: int = _field(2, "classifier outputs (1 = regression)")
+    # LoRA adapters (model/lora.py), set from the run's `lora` config section, not the model's.
+    lora_rank: int = _field(0, "LoRA rank r; 0 = no adapters")
+    lora_alpha: float = _field(8.0, "LoRA alpha: the update is scaled by alpha/r")
+    lora_dropout: float = _field(0.0, "dropout on the adapters' input")
+    lora_targets: str = _field(lora_lib.DEFAULT_TARGETS, "the adapted maps, comma-separated: "
+                               + ", ".join(lora_lib.TARGETS))
 
     @classmethod
     def from_dict(cls, d, what: str = "the model config") -> "BertConfig":
@@ -121,6 +128,8 @@ class BertConfig:
             raise ModelConfigError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
             )
+        if self.lora_rank:
+            lora_lib.check(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets)
         if self.generator_hidden_size > self.hidden_size:
             raise ModelConfigError(
                 f"model.generator_hidden_size={self.generator_hidden_size} is wider than the "
@@ -323,10 +332,16 @@ class SelfAttention(nnx.Module):
         )
         self.backend = cfg.attention_backend
         self.attention_dropout = cfg.attention_dropout
+        self.lora = lora_lib.adapters(cfg, {
+            **{t: ((h,), (nh, hd), ("embed",), ("heads", None)) for t in lora_lib.QKV},
+            "attention_output": ((nh, hd), (h,), ("heads", None), ("embed",))}, rngs=rngs)
 
     def __call__(self, x, mask, keys: DropoutKeys):
         qkv = self.qkv(x)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if self.lora is not None:
+            q, k, v = (lora_lib.add(self.lora, name, t, x, keys)
+                       for t, name in zip((q, k, v), lora_lib.QKV))
         ctx = attn_lib.attend(
             q,
             k,
@@ -336,7 +351,7 @@ class SelfAttention(nnx.Module):
             dropout_rate=self.attention_dropout,
             dropout_key=keys(),
         )
-        return self.out(ctx)
+        return lora_lib.add(self.lora, "attention_output", self.out(ctx), ctx, keys)
 
 
 class EncoderLayer(nnx.Module):
@@ -350,11 +365,17 @@ class EncoderLayer(nnx.Module):
         self.output_layer_norm = LayerNorm(cfg, rngs=rngs)
         self.act = cfg.hidden_act
         self.rate = cfg.hidden_dropout
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        self.lora = lora_lib.adapters(cfg, {
+            "intermediate": ((h,), (i,), ("embed",), ("mlp",)),
+            "output": ((i,), (h,), ("mlp",), ("embed",))}, rngs=rngs)
 
     def __call__(self, x, mask, keys: DropoutKeys):
         a = dropout(self.attention(x, mask, keys), self.rate, keys)
         x = self.attention_layer_norm(x + a)
-        f = self.output(ACTIVATIONS[self.act](self.intermediate(x)))
+        z = ACTIVATIONS[self.act](lora_lib.add(self.lora, "intermediate", self.intermediate(x), x,
+                                               keys))
+        f = lora_lib.add(self.lora, "output", self.output(z), z, keys)
         return self.output_layer_norm(x + dropout(f, self.rate, keys))
 
 

@@ -1,0 +1,201 @@
+"""LoRA (issue 28): adapters on the chosen linear maps of the one encoder, trained alone with the
+task head while the base stays frozen, saved in kilobytes, exported for PEFT and merged for
+Hugging Face; and the bad inputs, each ending in one line."""
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from bertjax.errors import UserError
+from bertjax.interop import params as interop
+from bertjax.model import BertConfig, build_model
+from bertjax.train import adapters
+from bertjax.train import mesh as mesh_lib
+from bertjax.train import objectives
+from bertjax.train.step import make_steps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Odd sizes (hidden 48, 3 heads, FFN 37) so that a transposed or swapped matrix shows.
+TINY = BertConfig(vocab_size=99, hidden_size=48, num_layers=2, num_heads=3, intermediate_size=37,
+                  max_position_embeddings=64, num_labels=3, hidden_dropout=0.0,
+                  attention_dropout=0.0)
+ALL = "query,key,value,attention_output,intermediate,output"
+
+
+def _lora(cfg=TINY, rank=4, alpha=8.0, targets=ALL, **kw):
+    return dataclasses.replace(cfg, lora_rank=rank, lora_alpha=alpha, lora_targets=targets, **kw)
+
+
+def _batch(n=8, seq=12, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"input_ids": rng.integers(5, 99, (n, seq)).astype(np.int32),
+            "segment_ids": np.zeros((n, seq), np.int32),
+            "input_mask": np.ones((n, seq), np.int32),
+            "labels": rng.integers(0, 3, (n,)).astype(np.int32)}
+
+
+def _logits(model, b):
+    return np.asarray(model(b["input_ids"], b["segment_ids"], b["input_mask"])["logits"])
+
+
+def _flat(model):
+    return {"/".join(map(str, k)): v for k, v in interop.flat_params(model).items()}
+
+
+# --------------------------------------------------------------------------- the adapters
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_step_zero_equals_the_base_model_exactly(scan):
+    cfg = dataclasses.replace(TINY, scan_layers=scan)
+    base = build_model("sequence_classification", cfg, seed=1)
+    model = build_model("sequence_classification", _lora(cfg), seed=1)
+    flat_base, flat = _flat(base), _flat(model)
+    # Adapters add parameters and change none: every other one initialises as without them.
+    assert set(flat_base) < set(flat)
+    for k, v in flat_base.items():
+        np.testing.assert_array_equal(flat[k], v)
+    added = sorted(k for k in flat if k not in flat_base)
+    assert all("/lora/" in k for k in added)
+    assert {k.split("/lora/")[1] for k in added} == {
+        f"{t}/{m}" for t in ALL.split(",") for m in "ab"}
+    # B starts at zero, so the model computes exactly what its base does.
+    assert all(not flat[k].any() for k in added if k.endswith("/b"))
+    b = _batch()
+    np.testing.assert_array_equal(_logits(model, b), _logits(base, b))
+
+
+def test_adapters_compute_the_low_rank_update_of_each_target():
+    """With random B, each target's adapter changes the model as W0 + (alpha/r) B A would: the
+    merged weights, written out here with numpy, give the same logits."""
+    rng = np.random.default_rng(3)
+    model = build_model("sequence_classification", _lora(alpha=6.0, rank=3), seed=2)
+    flat = interop.flat_params(model)
+    for k in flat:
+        if k[-1] == "b" and "lora" in k:
+            flat[k] = rng.normal(0, 0.3, flat[k].shape).astype(np.float32)
+    interop.set_flat_params(model, flat)
+    merged = dict(flat)
+    scale = 6.0 / 3
+    for i in range(TINY.num_layers):
+        layer = ("bert", "encoder", "layers", i)
+
+        def ab(*where):
+            a, b = flat[layer + where + ("a",)], flat[layer + where + ("b",)]
+            return np.tensordot(a, b, axes=1) * scale
+
+        qkv = merged[layer + ("attention", "qkv", "kernel")].copy()
+        for t, name in enumerate(("query", "key", "value")):
+            qkv[:, t] += ab("attention", "lora", name)
+        merged[layer + ("attention", "qkv", "kernel")] = qkv
+        merged[layer + ("attention", "out", "kernel")] = (
+            flat[layer + ("attention", "out", "kernel")] + ab("attention", "lora",
+                                                               "attention_output"))
+        for name in ("intermediate", "output"):
+            merged[layer + (name, "kernel")] = flat[layer + (name, "kernel")] + ab("lora", name)
+    plain = build_model("sequence_classification", TINY)
+    interop.set_flat_params(plain, {k: v for k, v in merged.items() if "lora" not in k})
+    b = _batch()
+    got, want = _logits(model, b), _logits(plain, b)
+    assert np.abs(got - _logits(build_model("sequence_classification", TINY, seed=2), b)).max() > 1e-2
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_base_no_optimizer_state_for_it_and_adapters_sharded_like_their_base():
+    mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    # 4 heads, so that the heads axis splits over tensor=2 (3 would be replicated).
+    cfg = _lora(dataclasses.replace(TINY, num_heads=4), rank=4)
+    objective = adapters.wrap(objectives.make("classification"), cfg.to_dict())
+    assert objective.name == "classification" and objective.save_frozen is False
+    steps = make_steps(lambda: build_model("sequence_classification", cfg), objective,
+                       optax.adam(1e-2), mesh)
+    state = steps.init()
+    flat_params = jax.tree_util.tree_flatten_with_path(state["params"])[0]
+    names = sorted("/".join(str(adapters._key(p)) for p in path if adapters._key(p) != "value")
+                   for path, _ in flat_params)
+    # Only the adapters and the head: the classifier and the pooler (the [CLS] head's dense).
+    assert all("/lora/" in n or n.startswith(("classifier/", "bert/pooler/")) for n in names)
+    assert sum("/lora/" in n for n in names) == 2 * 6 * TINY.num_layers
+    assert not any(n.startswith(("bert/embeddings", "bert/encoder")) and "/lora/" not in n
+                   for n in names)
+    n_trained = sum(x.size for x in jax.tree.leaves(state["params"]))
+    # Adam holds two moments per trained value and nothing for the frozen base.
+    n_opt = sum(x.size for x in jax.tree.leaves(state["opt_state"]) if x.ndim)
+    assert n_opt == 2 * n_trained
+    # Counted by hand, rank 4: q, k, v and the attention output 4 x (48*4 + 4*48), the FFN
+    # (48*4 + 4*37) + (37*4 + 4*48), per layer; the pooler 48*48 + 48, the classifier 48*3 + 3.
+    assert n_trained == 2 * (4 * 384 + 340 + 340) + 2352 + 147
+    # The adapters of the fused q/k/v kernel [H, 3, heads, head_dim] are split like it: A on
+    # the hidden axis, B on the heads axis.
+    layer = state["params"]["bert"]["encoder"]["layers"][0]
+    qkv = state["frozen"]["bert"]["encoder"]["layers"][0]["attention"]["qkv"]["kernel"]
+    a = layer["attention"]["lora"]["query"]["a"]
+    b = layer["attention"]["lora"]["query"]["b"]
+    assert a.sharding.spec[0] == qkv.sharding.spec[0]
+    assert b.sharding.spec[1] == qkv.sharding.spec[2] == "tensor"
+    out_b = layer["lora"]["intermediate"]["b"]
+    inter = state["frozen"]["bert"]["encoder"]["layers"][0]["intermediate"]["kernel"]
+    assert out_b.sharding.spec[1] == inter.sharding.spec[1]
+
+    frozen_before = jax.device_get(state["frozen"])
+    params_before = jax.device_get(state["params"])
+    batch = mesh_lib.make_global_batch(_batch(), mesh)
+    for _ in range(2):
+        state, m = steps.train(state, batch, jax.random.key(0))
+        assert int(m["nonfinite"]) == 0
+    # The base is bit-identical after training; every adapter moved.
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["frozen"]), frozen_before)
+    moved = jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - y).max()),
+                         jax.device_get(state["params"]), params_before)
+    assert min(jax.tree.leaves(moved)) > 0
+
+
+def test_every_fine_tuning_objective_takes_lora_unchanged():
+    for name in ("classification", "regression", "token_classification", "span_qa", "infonce"):
+        inner = objectives.make(name)
+        wrapped = adapters.wrap(inner, {"lora_rank": 8})
+        assert wrapped.trainable is adapters.trainable and not wrapped.save_frozen
+        for attr in ("name", "model_task", "metrics", "summable"):
+            assert getattr(wrapped, attr) == getattr(inner, attr), (name, attr)
+        assert wrapped.batch_spec(2, 8, 0) == inner.batch_spec(2, 8, 0)
+        assert adapters.wrap(inner, {"lora_rank": 0}) is inner
+
+
+def test_the_fingerprint_follows_the_weights_not_their_layout():
+    plain = build_model("sequence_classification", TINY, seed=4)
+    scanned = build_model("sequence_classification", dataclasses.replace(TINY, scan_layers=True),
+                          seed=4)
+    interop.set_flat_params(scanned, interop.flat_params(plain))
+    with_adapters = build_model("sequence_classification", _lora(), seed=4)
+    fp = adapters.fingerprint(adapters.base_flat(plain))
+    assert adapters.fingerprint(adapters.base_flat(scanned)) == fp
+    assert adapters.fingerprint(adapters.base_flat(with_adapters)) == fp
+    other = build_model("sequence_classification", TINY, seed=5)
+    assert adapters.fingerprint(adapters.base_flat(other)) != fp
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_lora_settings_end_in_one_line_naming_the_fix():
+    from bertjax.config import check_choices, finetune_config
+
+    with pytest.raises(UserError, match="lora.targets='query,vlaue': vlaue matches no layer; "
+                                        "valid names: query, key, value, attention_output, "
+                                        "intermediate, output"):
+        _lora(targets="query,vlaue")
+    for rank in (0, -2):
+        cfg = finetune_config("tiny")
+        cfg.lora.enabled = True
+        cfg.lora.rank = rank
+        with pytest.raises(UserError, match=f"lora.rank={rank} must be a positive integer"):
+            check_choices(cfg)
+    cfg = finetune_config("tiny")
+    cfg.lora.rank = 16
+    with pytest.raises(UserError, match="lora.rank is set but lora.enabled is false"):
+        check_choices(cfg)
