@@ -199,3 +199,85 @@ def test_bad_lora_settings_end_in_one_line_naming_the_fix():
     cfg.lora.rank = 16
     with pytest.raises(UserError, match="lora.rank is set but lora.enabled is false"):
         check_choices(cfg)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+@pytest.fixture(scope="module")
+def base_ckpt(tmp_path_factory):
+    from finetune_support import make_checkpoint
+
+    return make_checkpoint(str(tmp_path_factory.mktemp("base")))
+
+
+def _lora_run(base, data, epochs=4.0):
+    from finetune_support import recipe, tiny
+
+    cfg = tiny(recipe("glue", "rte"), base, epochs=epochs)
+    cfg.task.data_dir = data
+    cfg.task.eval_every = 4
+    cfg.train.keep_checkpoints = 20
+    cfg.lora.enabled = True
+    cfg.lora.rank = 4
+    cfg.lora.alpha = 16.0
+    cfg.lora.targets = "all"
+    return cfg
+
+
+def _saved_arrays(step_dir):
+    import orbax.checkpoint as ocp
+
+    with ocp.PyTreeCheckpointer() as ckptr:
+        tree = ckptr.restore(str(step_dir / "state"))
+    return {"/".join(map(str, k)): np.asarray(v) for k, v in
+            jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@pytest.mark.slow
+def test_lora_fine_tuning_saves_adapters_only_names_its_base_and_resumes_exactly(tmp_path,
+                                                                                  base_ckpt):
+    import shutil
+
+    import toy_tasks as toy
+    from bertjax.finetuning import run as ft_run
+
+    base, _ = base_ckpt
+    data = str(tmp_path / "glue")
+    toy.make_toy_glue_dir(data, "rte", n_train=64, n_dev=16, n_test=4)
+    cfg = _lora_run(base, data)
+    work = tmp_path / "work"
+    summary = ft_run.finetune(cfg, str(work))
+    run = summary["runs"][0]
+    seed_dir = work / "seed-0"
+    last = max(int(p.name) for p in (seed_dir / "checkpoints").iterdir() if p.name.isdigit())
+    assert last == 16  # 64 rows / batch 16 x 4 epochs
+
+    # The resume checkpoints and the best one hold the adapters and the head, never the base.
+    saved = _saved_arrays(seed_dir / "checkpoints" / str(last))
+    assert not any(k.startswith("frozen") for k in saved)
+    assert not any(("embeddings" in k or "encoder" in k) and "lora" not in k for k in saved)
+    ref = json.loads((seed_dir / "best" / adapters.BASE_FILE).read_text())
+    assert ref == run["lora"] and ref["base"] == os.path.abspath(base)
+    from bertjax.load import model_files
+
+    base_model, *_ = model_files.load_model(base, task="sequence_classification",
+                                            allow_missing=True)
+    assert ref["sha256"] == adapters.fingerprint(adapters.base_flat(base_model))
+    assert run["best_checkpoint_bytes"] == adapters.dir_bytes(seed_dir / "best")
+    assert run["best_checkpoint_bytes"] < adapters.dir_bytes(base)
+
+    # Resume from step 8 of the same run: the same steps, the same final state and metrics.
+    again = tmp_path / "again"
+    shutil.copytree(work, again)
+    for p in (again / "seed-0" / "checkpoints").iterdir():
+        if p.name.isdigit() and int(p.name) > 8:
+            shutil.rmtree(p)
+    (again / "seed-0" / "COMPLETED").unlink()
+    (again / "summary.json").unlink()
+    resumed = ft_run.finetune(cfg, str(again))
+    got = _saved_arrays(again / "seed-0" / "checkpoints" / str(last))
+    assert sorted(got) == sorted(saved)
+    for k in saved:
+        np.testing.assert_array_equal(got[k], saved[k], err_msg=k)
+    assert resumed["runs"][0]["dev"] == run["dev"]

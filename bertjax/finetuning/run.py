@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from etils import epath
 
+from bertjax.config import lora_fields
 from bertjax.errors import UserError
 from bertjax.evaluate import writers
 from bertjax.finetuning import embedding_task, glue_task, init_source, ner_task, squad_task
@@ -31,6 +32,7 @@ from bertjax.finetuning.predict import make_predict_fn
 from bertjax.model import build_model
 from bertjax.store import lock as workdir_lock
 from bertjax.store import workdir as wd
+from bertjax.train import adapters
 from bertjax.train import checkpoint as ckpt_lib
 from bertjax.train import loop
 from bertjax.train import mesh as mesh_lib
@@ -106,8 +108,10 @@ def _run_seed(cfg, plan, prepared: Prepared, workdir: str, *, best_metric: str,
     inputs = loop.Inputs(make_train=make_train, evaluate=evaluate,
                          seq_len=int(cfg.data.max_seq_length), predictions_per_seq=0)
     best = BestCheckpoint(workdir, best_metric, "min" if best_metric.endswith("loss") else "max")
+    # With LoRA the same objective trains only the adapters and the head (train/adapters.py).
+    objective = adapters.wrap(prepared.objective, plan.model)
     # A finished seed runs no step: the loop restores it and hands back its compiled steps.
-    result = loop.train(cfg, plan, prepared.objective, model_fn, inputs, workdir,
+    result = loop.train(cfg, plan, objective, model_fn, inputs, workdir,
                         eval_hooks=[best], log=log, on_ready=on_ready)
     if result.stopped_by_signal:
         return None
@@ -121,11 +125,23 @@ def _run_seed(cfg, plan, prepared: Prepared, workdir: str, *, best_metric: str,
     write = jax.process_index() == 0
     out = prepared.write_outputs(make_predict_fn(steps.predict, params, mesh, eval_batch),
                                  os.path.join(workdir, "predictions"), write)
+    extra = dict(prepared.extra_files)
+    lora = None
+    if "frozen" in result.state and plan.model.get("lora_rank"):
+        # The adapters hold no base: they name it, and the fingerprint of its weights is checked
+        # wherever they are loaded (load/model_files.py).
+        lora = adapters.base_reference(plan.init_from, result.state["frozen"], result.state)
+        extra[adapters.BASE_FILE] = adapters.reference_json(lora)
     if write:
-        _copy_tokenizer_files(str(best.directory), vocab_dir, identity, prepared.extra_files)
+        _copy_tokenizer_files(str(best.directory), vocab_dir, identity, extra)
     value = out["metrics"].get(best_metric, best.best["value"])
-    log(f"seed {plan.seed}: best {best_metric}={value:.4f} at step {best.best['step']}")
+    size = adapters.dir_bytes(best.directory) if write else 0
+    log(f"seed {plan.seed}: best {best_metric}={value:.4f} at step {best.best['step']}; "
+        f"{best.directory} holds {size / 1e6:.3g} MB"
+        + (f" (adapters and head: {lora['trained_params']:,} parameters, on a base of "
+           f"{lora['base_params']:,})" if lora else ""))
     return {"seed": plan.seed, "workdir": workdir, "best_step": int(best.best["step"]),
+            "best_checkpoint_bytes": size, **({"lora": lora} if lora else {}),
             "best": float(value), "dev": out["metrics"], "files": [str(f) for f in out["files"]],
             # distinct compiled train steps: 1 = one static shape, never recompiled
             "train_step_compilations": int(result.train_compilations)}
@@ -145,6 +161,10 @@ def finetune(cfg, workdir: str, log: Callable[[str], None] = print) -> dict:
     source = init_source.resolve(cfg, workdir, log)
     prepared = FAMILIES[family](cfg, source.tokenizer, log)
     model = init_source.model_for(cfg, source, prepared.num_labels, log)
+    model.update(lora_fields(cfg))
+    if model.get("lora_rank") and not source.init_from:
+        raise UserError("lora.enabled=true adapts a pretrained model, but no --config.init_from "
+                        "is set; pass the base checkpoint to adapt")
     best_metric = str(cfg.task.best_metric) or prepared.default_best
     if best_metric not in prepared.metric_names:
         raise UserError(f"task.best_metric {best_metric!r} is not a dev metric of "
