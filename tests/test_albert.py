@@ -274,3 +274,105 @@ def test_export_is_an_albert_transformers_loads_with_equal_ids_and_logits(spm_di
     want_mlm = np.take_along_axis(ref.prediction_logits.numpy(), positions[..., None], axis=1)
     assert np.abs(np.asarray(ours["mlm_logits"]) - want_mlm).max() < 1e-4
     assert np.abs(np.asarray(ours["nsp_logits"]) - ref.sop_logits.numpy()).max() < 1e-4
+
+
+# ------------------------------------------------------------------------ SOP data (prepare)
+
+
+@pytest.fixture(scope="module")
+def demo_shard(tmp_path_factory):
+    from bertjax.demo.corpus import build_demo_corpus
+
+    out = str(tmp_path_factory.mktemp("demo"))
+    m = build_demo_corpus(out, shards=1, heldout_every=20, max_articles=42)
+    return os.path.join(out, m["wiki"]["files"][0])
+
+
+def test_sop_pairs_on_the_demo_corpus_are_in_order_or_swapped_half_the_time(
+        demo_shard, spm_dir, tmp_path):
+    from bertjax.data import prepare, records
+    from bertjax.data.corpus import iter_documents
+    from bertjax.text import load_tokenizer
+
+    meta = prepare.prepare(prepare.Options(
+        input=demo_shard, vocab=str(spm_dir), output_dir=str(tmp_path / "sop"),
+        max_seq_length=64, max_predictions_per_seq=10, masking="dynamic", dupe_factor=3,
+        pair_task="sop", num_workers=1, seed=5))
+    assert meta["pair_task"] == "sop" and meta["nsp"] is True
+    dtype = records.dtype_from_metadata(meta)
+    r = np.concatenate([records.read_shard(str(tmp_path / "sop" / s["file"]), dtype)
+                        for s in meta["shards"]])
+    n = len(r)
+    assert n > 1000
+    # No partner from another document, ever.
+    assert (r["a_doc"] == r["b_doc"]).all()
+    # Swapped with p = 0.5: within 4 standard deviations of a fair coin over n instances.
+    share = float(r["next_sentence_label"].mean())
+    assert abs(share - 0.5) < 4 * 0.5 / np.sqrt(n), share
+    assert meta["stats"]["random_next_share"] == pytest.approx(share)
+
+    # Order, checked against the text: label 0 = the first segment comes first in its document,
+    # label 1 = it comes after the second. Both segments are contiguous runs of the document's
+    # tokens (truncation only trims their ends); runs that occur more than once are skipped.
+    tok = load_tokenizer(str(spm_dir))
+    docs = [np.array([t for s in d for t in tok.encode(s)], np.int64)
+            for d in iter_documents(demo_shard, "original")]
+    text = [" ".join(map(str, d.tolist())) + " " for d in docs]
+    checked = 0
+    for row in r:
+        doc = text[int(row["a_doc"]) & 0xFFFFFFFF]
+        toks = row["tokens"][:row["length"]]
+        first = " ".join(map(str, toks[1:row["segment_start"] - 1])) + " "
+        second = " ".join(map(str, toks[row["segment_start"]:-1])) + " "
+        if doc.count(first) != 1 or doc.count(second) != 1:
+            continue
+        checked += 1
+        assert (doc.find(first) > doc.find(second)) == bool(row["next_sentence_label"])
+    assert checked > 0.9 * n
+
+
+def test_sop_never_draws_a_partner_and_drops_one_sentence_chunks():
+    from bertjax.data import instances
+
+    # Token ids encode their place: document d's k-th token is 1000 * (d + 1) + k.
+    docs = [(0, [[1000 + k] for k in range(40)]), (1, [[2000]]), (2, [[3000, 3001, 3002]])]
+    counts = instances.BuildCounts()
+    out = list(instances.pair_instances(iter(docs), max_seq_length=12, short_seq_prob=0.0,
+                                        cls_id=2, sep_id=3, rng=np.random.default_rng(0),
+                                        counts=counts, pair_task="sop"))
+    assert out and all(i.a_doc == i.b_doc == 0 for i in out)
+    assert counts.dropped_chunks == 2 and counts.forced_random == 0
+    for inst in out:
+        a, b = inst.tokens[1:inst.segment_start - 1], inst.tokens[inst.segment_start:-1]
+        assert (a[0] > b[-1]) == inst.is_random_next  # swapped: the later run comes first
+        # consecutive: the two runs meet with nothing between them
+        first, second = (b, a) if inst.is_random_next else (a, b)
+        assert second[0] == first[-1] + 1
+
+
+def _bad_prepare(tmp_path, text, *flags_):
+    from bertjax.text.train_vocab import train_vocab  # noqa: F401 (vocab below is WordPiece)
+
+    (tmp_path / "c.txt").write_text(text)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "one", "two",
+                                "three", "."]) + "\n")
+    return run_cli("prepare", f"--input={tmp_path / 'c.txt'}", f"--vocab={vocab}",
+                   f"--output_dir={tmp_path / 'out'}", "--num_workers=1", "--dupe_factor=1",
+                   *flags_)
+
+
+def test_sop_on_one_sentence_documents_ends_in_one_line(tmp_path):
+    text = "".join(f"one two three {i} .\n\n" for i in range(30))
+    one_line(_bad_prepare(tmp_path, text, "--pair_task=sop"),
+             "--pair_task=sop: every one of the 30 documents is a single sentence")
+    assert not (tmp_path / "out" / "metadata.json").exists()
+
+
+@pytest.mark.parametrize("flags_,needle", [
+    (["--pair_task=sop", "--no_nsp"], "--no_nsp means --pair_task=none"),
+    (["--pair_task=order"], "--pair_task='order'; use one of nsp, sop, none"),
+])
+def test_contradictory_pair_flags_end_in_one_line(tmp_path, flags_, needle):
+    one_line(_bad_prepare(tmp_path, "one two .\nthree one .\n\ntwo three .\none .\n", *flags_),
+             needle)

@@ -328,14 +328,23 @@ def corpus_stats(docs: Iterable[list[str]]) -> dict:
     }
 
 
-def validate_for_pairs(stats: dict, nsp: bool = True) -> list[str]:
+def validate_for_pairs(stats: dict, nsp: bool = True, pair_task: str = "nsp") -> list[str]:
     """Refuses a corpus that cannot make real sentence pairs and warns on one that will make few.
 
     With nsp, "B follows A" needs documents of several sentences and "B is random" needs another
-    document to draw from. Returns the warnings, which are also printed to stderr."""
+    document to draw from. Sentence order (pair_task="sop") needs only the first: two consecutive
+    segments of one document. Returns the warnings, which are also printed to stderr."""
     documents = stats["documents"]
     if documents == 0:
         raise UserError("the corpus holds no text (0 documents); check the inputs and --format")
+    sop = nsp and pair_task == "sop"
+    if sop:
+        if stats["sentences_per_document_max"] <= 1:
+            raise UserError(f"--pair_task=sop: every one of the {documents} documents is a single "
+                            "sentence, so no document has two segments to put in order; give "
+                            "one sentence per line with a blank line only between documents, or "
+                            "use --pair_task=none")
+        nsp = False  # the NSP checks below are about random partners, which SOP never draws
     if nsp and documents < 2:
         raise UserError("the corpus is a single document, so a 'random next sentence' would come "
                         "from the same document; add documents (blank line between them) or train "
@@ -351,7 +360,9 @@ def validate_for_pairs(stats: dict, nsp: bool = True) -> list[str]:
         warnings.append(
             f"WARNING: documents average only {mean:.2f} sentences ({share:.0%} hold one); is "
             "there a blank line between every sentence? Blank lines separate documents, not "
-            "sentences; most pairs will be random and the next-sentence task nearly meaningless")
+            "sentences; " + ("one-sentence documents make no sentence-order pair and are dropped"
+                             if sop else "most pairs will be random and the next-sentence task "
+                             "nearly meaningless"))
     for w in warnings:
         print(w, file=sys.stderr, flush=True)
     return warnings

@@ -9,6 +9,12 @@ Two builders, both seeded by a numpy Generator and working on token-id lists:
   first a_end sentences of the chunk; with probability 0.5 (always for a one-sentence chunk) B is
   "random next", drawn from another document, and the chunk's unused sentences go back for the
   next instance; the pair is truncated from the longer side, front or back at random.
+- The same builder makes ALBERT's sentence-order pairs (`pair_task="sop"`): the chunk and its
+  split into A and B are drawn as above, B is always the chunk's real continuation, and with
+  probability 0.5 the two segments are swapped ([CLS] B [SEP] A [SEP], label 1 = swapped, Hugging
+  Face's `sentence_order_label`). A one-sentence chunk has no two segments to order and is
+  dropped and counted; unlike google-research/albert, it never gets a random partner (which
+  would turn a sentence-order label into a next-sentence one).
 - `packed_instances`: RoBERTa-style full-sentence packing for --no_nsp: [CLS] sentences [SEP]
   filled to the target length, running on across document boundaries with a [SEP] between
   documents. One segment (segment ids all 0) and next_sentence_label 0, so the batch contract is
@@ -137,7 +143,7 @@ def _clean(doc: Iterable[Sequence[int]]) -> list[Sequence[int]]:
 def _document_instances(doc_id: int, doc: list[list[int]], pool: PartnerPool,
                         extra: Sequence[tuple[int, Document]], max_seq_length: int,
                         short_seq_prob: float, cls_id: int, sep_id: int, rng,
-                        counts: BuildCounts) -> Iterator[Instance]:
+                        counts: BuildCounts, pair_task: str = "nsp") -> Iterator[Instance]:
     max_num_tokens = max_seq_length - 3
     target = max_num_tokens
     short = False
@@ -153,6 +159,13 @@ def _document_instances(doc_id: int, doc: list[list[int]], pool: PartnerPool,
         if i == len(doc) - 1 or length >= target:
             a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))
             tokens_a = [t for s in chunk[:a_end] for t in s]
+            if pair_task == "sop":
+                yield from _sentence_order(chunk, a_end, tokens_a, doc_id, max_num_tokens, short,
+                                           cls_id, sep_id, rng, counts)
+                chunk = []
+                length = 0
+                i += 1
+                continue
             tokens_b: list[int] = []
             b_doc = doc_id
             random_next = len(chunk) == 1 or rng.random() < 0.5
@@ -182,19 +195,40 @@ def _document_instances(doc_id: int, doc: list[list[int]], pool: PartnerPool,
         i += 1
 
 
+def _sentence_order(chunk, a_end, tokens_a, doc_id, max_num_tokens, short, cls_id, sep_id, rng,
+                    counts: BuildCounts) -> Iterator[Instance]:
+    """One SOP instance from a chunk split at a_end, or none for a one-sentence chunk."""
+    if len(chunk) < 2:
+        counts.dropped_chunks += 1
+        return
+    tokens_b = [t for s in chunk[a_end:] for t in s]
+    swapped = bool(rng.random() < 0.5)
+    first, second = (tokens_b, tokens_a) if swapped else (tokens_a, tokens_b)
+    first, second = _truncate_pair(first, second, max_num_tokens, rng)
+    tokens = [cls_id, *first, sep_id, *second, sep_id]
+    yield Instance(tokens, len(first) + 2, swapped, doc_id, doc_id, short)
+
+
+PAIR_TASKS = ("nsp", "sop")
+
+
 def pair_instances(documents: Iterable[tuple[int, Iterable[Sequence[int]]]], *,
                    max_seq_length: int, short_seq_prob: float, cls_id: int, sep_id: int,
                    rng: np.random.Generator, pool_size: int = 100, lookahead: int = 10,
                    seed_documents: Iterable[tuple[int, Iterable[Sequence[int]]]] = (),
-                   counts: BuildCounts | None = None) -> Iterator[Instance]:
-    """NSP pairs from (doc_id, sentences) in stream order. doc ids must be unique (they decide
-    "a different document"); seed_documents are partners only and make no instances.
+                   counts: BuildCounts | None = None,
+                   pair_task: str = "nsp") -> Iterator[Instance]:
+    """NSP pairs (or with pair_task="sop", sentence-order pairs) from (doc_id, sentences) in
+    stream order. doc ids must be unique (they decide "a different document"); seed_documents
+    are partners only and make no instances (SOP draws no partners).
 
     Memory: the pool keeps at most pool_size (+ seeds) documents trimmed to 8 * max_seq_length
     tokens, and the look-ahead at most `lookahead` documents and, past 64 * max_seq_length tokens,
     only the current one and the next."""
     if max_seq_length < 5:
         raise ValueError("max_seq_length must be at least 5 to hold [CLS] A [SEP] B [SEP]")
+    if pair_task not in PAIR_TASKS:
+        raise ValueError(f"pair_task must be one of {PAIR_TASKS}, got {pair_task!r}")
     counts = counts if counts is not None else BuildCounts()
     pool = PartnerPool(pool_size, rng, max_tokens=8 * max_seq_length)
     seeds = [(i, pool.trim(d)) for i, d in ((i, _clean(d)) for i, d in seed_documents) if d]
@@ -206,8 +240,9 @@ def pair_instances(documents: Iterable[tuple[int, Iterable[Sequence[int]]]], *,
         # Partners: the reservoir, the documents read ahead and the seeds; never doc itself.
         partners = [(i, d) for i, d, _ in ahead] + seeds
         yield from _document_instances(doc_id, doc, pool, partners, max_seq_length,
-                                       short_seq_prob, cls_id, sep_id, rng, counts)
-        pool.add(doc_id, doc)
+                                       short_seq_prob, cls_id, sep_id, rng, counts, pair_task)
+        if pair_task == "nsp":  # sentence order never reads another document
+            pool.add(doc_id, doc)
 
     for doc_id, raw in documents:
         doc = _clean(raw)

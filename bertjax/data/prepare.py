@@ -52,6 +52,8 @@ METADATA = "metadata.json"
 CONTINUATION = "continuation.npy"
 VOCAB_DIR = "vocab"
 RUNNERS = ("local", "beam")
+# none = no pairs: full sentences packed across documents (RoBERTa; `--no_nsp` is its alias).
+PAIR_TASKS = ("nsp", "sop", "none")
 
 
 def _check_options(o: Options) -> None:
@@ -63,6 +65,10 @@ def _check_options(o: Options) -> None:
     need(o.vocab, "no --vocab given; pass a vocab.txt, a SentencePiece .model or their directory")
     need(o.output_dir, "no --output_dir given; pass the directory to write the shards into")
     need(o.masking in ("static", "dynamic"), f"--masking={o.masking!r}; use static or dynamic")
+    need(o.pair_task in ("", *PAIR_TASKS),
+         f"--pair_task={o.pair_task!r}; use one of {', '.join(PAIR_TASKS)}")
+    need(o.nsp or o.pair_task in ("", "none"),
+         f"--no_nsp means --pair_task=none; it cannot go with --pair_task={o.pair_task}")
     low = 5 if o.nsp else 3
     need(low <= o.max_seq_length < masking.MAX_SEQ_LENGTH,
          f"--max_seq_length={o.max_seq_length} is out of range; use {low} or more (128 and 512 are usual)")
@@ -116,6 +122,9 @@ def _common_params(o: Options, tok) -> dict:
         "whole_word_masking": o.whole_word_masking,
         "mask_budget": o.mask_budget,
         "nsp": o.nsp,
+        # Only where it is not what `nsp` already says, so NSP and packed shards prepared before
+        # pair_task existed keep their parameters and are not rebuilt.
+        **({"pair_task": o.pair_task} if o.pair_task == "sop" else {}),
         "short_seq_prob": o.short_seq_prob,
         "seed": o.seed,
         "input_format": o.format,
@@ -228,6 +237,8 @@ def plan(o: Options) -> Plan:
     """Checks the options and the vocabulary, readies OUTPUT_DIR (no metadata.json, no temporary
     files) and finds the shards still to build."""
     _check_options(o)
+    task = o.pair_task or ("nsp" if o.nsp else "none")
+    o = dataclasses.replace(o, pair_task=task, nsp=task != "none")
     if not storage.is_remote(o.output_dir):
         o = dataclasses.replace(o, output_dir=os.path.abspath(o.output_dir))
     o = dataclasses.replace(o, vocab=_local_vocab(o.vocab))
@@ -279,7 +290,7 @@ def _run_local(pl: Plan) -> dict:
         per_source = list(mapper(units.source_stats, [(o, s) for s in sources]))
         stats = units.merge_stats(per_source)
         echo("corpus: " + json.dumps(stats) + f" ({time.perf_counter() - t0:.1f}s)")
-        corpus.validate_for_pairs(stats, nsp=o.nsp)
+        corpus.validate_for_pairs(stats, nsp=o.nsp, pair_task=o.pair_task)
         units.announce(pl, f"{max(workers, 1)} worker(s)")
         unordered = pool.imap_unordered if pool else map
         for built in unordered(units.run_source, jobs):
@@ -319,6 +330,7 @@ def finish(pl: Plan, stats: dict) -> dict:
     metadata = {
         "format": records.FORMAT,
         **common,
+        "pair_task": o.pair_task,
         "static_masks": o.masking == "static",
         "token_dtype": records.token_dtype_name(tok.vocab_size),
         "record_bytes": dtype.itemsize,
@@ -404,7 +416,8 @@ def main(argv):
         max_predictions_per_seq=f.max_predictions_per_seq, masking=f.masking,
         dupe_factor=f.dupe_factor, short_seq_prob=f.short_seq_prob,
         masked_lm_prob=f.masked_lm_prob, whole_word_masking=f.whole_word_masking,
-        mask_budget=f.mask_budget, nsp=not f.no_nsp, num_workers=f.num_workers, seed=f.seed, format=f.format,
+        mask_budget=f.mask_budget, nsp=not f.no_nsp, pair_task=f.pair_task,
+        num_workers=f.num_workers, seed=f.seed, format=f.format,
         text_field=f.text_field, doc_unit=f.doc_unit, tfds_data_dir=f.tfds_data_dir,
         tfds_split=f.tfds_split, partner_pool=f.partner_pool, runner=f.runner,
         beam_options=f.beam_options))
@@ -427,7 +440,12 @@ def _define_flags():
     flags.DEFINE_string("mask_budget", d["mask_budget"].default,
                         "sequence: mask round(rate * tokens incl. [CLS]/[SEP]), the original's "
                         "count; candidates: round(rate * maskable tokens).")
-    flags.DEFINE_bool("no_nsp", False, "No next-sentence pairs: pack full sentences (RoBERTa).")
+    flags.DEFINE_bool("no_nsp", False, "No next-sentence pairs: pack full sentences (RoBERTa); "
+                      "the same as --pair_task=none.")
+    flags.DEFINE_string("pair_task", "", "nsp: [CLS] A [SEP] B [SEP] with B random half the time "
+                        "(BERT); sop: A and B consecutive in one document, swapped half the time, "
+                        "label 1 = swapped (ALBERT); none: packed full sentences. Empty = nsp, or "
+                        "none with --no_nsp.")
     flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")
     flags.DEFINE_integer("seed", d["seed"].default, "Seed of everything random.")
     flags.DEFINE_string("format", "auto", "auto | original | text | jsonl | tfds.")

@@ -96,7 +96,7 @@ def _validate(per_source, o, stats_path):
         stats = units.merge_stats([s for _, s in sorted(per_source, key=lambda x: x[0])])
         # Warnings are printed once, by the main process; a refusal raises here.
         with contextlib.redirect_stderr(io.StringIO()):
-            corpus.validate_for_pairs(stats, nsp=o.nsp)
+            corpus.validate_for_pairs(stats, nsp=o.nsp, pair_task=o.pair_task)
         storage.write_atomic(stats_path, json.dumps(stats))
     return len(per_source)
 
@@ -201,7 +201,7 @@ def run(pl: units.Plan) -> dict:
     storage.remove(stats_path)
     _print_built(pl)
     units.echo("corpus: " + json.dumps(stats))
-    corpus.validate_for_pairs(stats, nsp=o.nsp)  # its warnings, on this terminal
+    corpus.validate_for_pairs(stats, nsp=o.nsp, pair_task=o.pair_task)  # its warnings, on this terminal
     return stats
 
 

@@ -43,7 +43,8 @@ class Options:
     masked_lm_prob: float = 0.15
     whole_word_masking: bool = False
     mask_budget: str = "sequence"  # masking.BUDGETS: "sequence" is the original's rule
-    nsp: bool = True
+    nsp: bool = True  # sentence pairs with labels (NSP or SOP); False = packed, no pairs
+    pair_task: str = ""  # nsp | sop | none; "" = as `nsp` says (prepare.plan resolves it)
     num_workers: int = 1
     seed: int = 12345
     format: str = "auto"
@@ -242,7 +243,7 @@ def _build_shard(o: Options, tok, spec, dtype, index: int, dupe_pass: int, docs,
                   cls_id=tok.cls_id, sep_id=tok.sep_id, rng=rng, counts=counts)
     if o.nsp:
         stream = instances.pair_instances(docs, pool_size=o.partner_pool, seed_documents=seeds,
-                                          **common)
+                                          pair_task=o.pair_task or "nsp", **common)
     else:
         stream = instances.packed_instances(docs, **common)
     first_id = (index << 40) | (dupe_pass << 32)
@@ -284,7 +285,7 @@ def run_source(job) -> list[tuple[str, dict]]:
     spec = mask_spec(o, tok)
     dtype = record_dtype(o, tok)
     seeds = []
-    if o.nsp and neighbour is not None:
+    if o.nsp and o.pair_task != "sop" and neighbour is not None:
         seeds = _seed_documents(o, tok, *neighbour)
     out = []
     cache = None
