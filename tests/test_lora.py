@@ -9,7 +9,6 @@ import jax
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 
 from bertjax.errors import UserError
 from bertjax.interop import params as interop
@@ -85,7 +84,7 @@ def test_adapters_compute_the_low_rank_update_of_each_target():
     for i in range(TINY.num_layers):
         layer = ("bert", "encoder", "layers", i)
 
-        def ab(*where):
+        def ab(*where, layer=layer):
             a, b = flat[layer + where + ("a",)], flat[layer + where + ("b",)]
             return np.tensordot(a, b, axes=1) * scale
 
@@ -234,20 +233,31 @@ def _saved_arrays(step_dir):
             jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-@pytest.mark.slow
-def test_lora_fine_tuning_saves_adapters_only_names_its_base_and_resumes_exactly(tmp_path,
-                                                                                  base_ckpt):
-    import shutil
-
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, base_ckpt):
+    """One LoRA fine-tune (all targets, rank 4) of the tiny base on toy RTE: (cfg, workdir,
+    summary)."""
     import toy_tasks as toy
     from bertjax.finetuning import run as ft_run
 
-    base, _ = base_ckpt
-    data = str(tmp_path / "glue")
+    root = tmp_path_factory.mktemp("lora_run")
+    data = str(root / "glue")
     toy.make_toy_glue_dir(data, "rte", n_train=64, n_dev=16, n_test=4)
-    cfg = _lora_run(base, data)
-    work = tmp_path / "work"
-    summary = ft_run.finetune(cfg, str(work))
+    cfg = _lora_run(base_ckpt[0], data)
+    work = root / "work"
+    return cfg, work, ft_run.finetune(cfg, str(work))
+
+
+@pytest.mark.slow
+def test_lora_fine_tuning_saves_adapters_only_names_its_base_and_resumes_exactly(tmp_path,
+                                                                                  base_ckpt,
+                                                                                  lora_run):
+    import shutil
+
+    from bertjax.finetuning import run as ft_run
+
+    base, _ = base_ckpt
+    cfg, work, summary = lora_run
     run = summary["runs"][0]
     seed_dir = work / "seed-0"
     last = max(int(p.name) for p in (seed_dir / "checkpoints").iterdir() if p.name.isdigit())
@@ -281,3 +291,70 @@ def test_lora_fine_tuning_saves_adapters_only_names_its_base_and_resumes_exactly
     for k in saved:
         np.testing.assert_array_equal(got[k], saved[k], err_msg=k)
     assert resumed["runs"][0]["dev"] == run["dev"]
+
+
+def _hf_inputs(n=4, seq=10, vocab=40, seed=7):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab, (n, seq)).astype(np.int32)
+    mask = np.ones((n, seq), np.int32)
+    mask[1, 6:] = 0
+    segments = np.zeros((n, seq), np.int32)
+    segments[:, 5:] = 1
+    return ids, segments, mask
+
+
+@pytest.mark.slow
+def test_peft_loads_our_adapter_with_our_logits_and_the_merged_export_equals_the_unmerged(
+        tmp_path, base_ckpt, lora_run):
+    import torch
+    import transformers
+    import peft as peft_lib
+
+    from bertjax.load import model_files
+    from bertjax.tools import export as export_lib
+
+    base, _ = base_ckpt
+    _, work, _ = lora_run
+    best = str(work / "seed-0" / "best")
+    ours, cfg, task, *_ = model_files.load_model(best)
+    assert task == "sequence_classification" and cfg.lora_rank == 4
+    ids, segments, mask = _hf_inputs(vocab=cfg.vocab_size)
+    want = np.asarray(ours(ids, segments, mask)["logits"])
+    plain_base, *_ = model_files.load_model(base, task="sequence_classification",
+                                            allow_missing=True)
+    # The trained adapters move the logits away from the base's (so equality below means
+    # something).
+    assert np.abs(want - np.asarray(plain_base(ids, segments, mask)["logits"])).max() > 1e-3
+
+    hf_base = str(tmp_path / "hf_base")
+    export_lib.export(base, "hf", hf_base)
+    adapter_dir = str(tmp_path / "peft")
+    export_lib.export(best, "peft", adapter_dir)
+    with torch.no_grad():
+        base_model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            hf_base, num_labels=cfg.num_labels)
+        model = peft_lib.PeftModel.from_pretrained(base_model, adapter_dir).eval()
+        got = model(input_ids=torch.tensor(ids, dtype=torch.long),
+                    token_type_ids=torch.tensor(segments, dtype=torch.long),
+                    attention_mask=torch.tensor(mask, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+    merged_dir = str(tmp_path / "merged")
+    export_lib.export(best, "hf", merged_dir, merge_lora=True)
+    with torch.no_grad():
+        merged = transformers.AutoModelForSequenceClassification.from_pretrained(merged_dir).eval()
+        got = merged(input_ids=torch.tensor(ids, dtype=torch.long),
+                     token_type_ids=torch.tensor(segments, dtype=torch.long),
+                     attention_mask=torch.tensor(mask, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    # And in bertjax: the merged plain model computes what the unmerged adapters do.
+    plain, plain_cfg, *_ = model_files.load_model(merged_dir)
+    assert plain_cfg.lora_rank == 0
+    np.testing.assert_allclose(np.asarray(plain(ids, segments, mask)["logits"]), want,
+                               atol=1e-5, rtol=0)
+
+    # The PEFT directory reads back as a LoRA model over the same base.
+    back, back_cfg, back_task, *_ = model_files.load_model(adapter_dir, base=hf_base)
+    assert back_task == task and back_cfg.lora_rank == 4 and back_cfg.lora_targets == ALL
+    np.testing.assert_allclose(np.asarray(back(ids, segments, mask)["logits"]), want,
+                               atol=1e-5, rtol=0)

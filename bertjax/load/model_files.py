@@ -17,6 +17,8 @@ from bertjax.interop import hf_dir, layouts, params as interop
 from bertjax.model.bert import TASK_MODELS, build_model
 from bertjax.model.encoder import BertConfig
 from bertjax.store import workdir as wd
+from bertjax.interop import peft
+from bertjax.load import lora_files
 from bertjax.text import check_identity, load_tokenizer
 from bertjax.train import checkpoint as ckpt_lib
 
@@ -39,9 +41,14 @@ def _tokenizer_extras(src: str) -> dict:
     return extras
 
 
-def load_model(path: str, task: str | None = None, allow_missing: bool = False):
+def load_model(path: str, task: str | None = None, allow_missing: bool = False,
+               base: str | None = None):
     """Returns (model, cfg, task, report, source_dir) from an HF dir, a params-only checkpoint or
-    a training workdir (its latest committed step)."""
+    a training workdir (its latest committed step). LoRA adapters (a bertjax LoRA checkpoint or a
+    PEFT directory) come with their base: the one they name, or `base`."""
+    if peft.is_peft_dir(path):
+        model, cfg, task = lora_files.load_peft(path, base, load_model, task)
+        return model, cfg, task, {"missing": [], "unexpected": []}, path
     contents = wd.inspect(path)
     if contents.kind == "hf":
         model, cfg, task, report = interop.load_hf(path, task=task, allow_missing=allow_missing)
@@ -52,6 +59,9 @@ def load_model(path: str, task: str | None = None, allow_missing: bool = False):
         raise UserError(f"unknown task {task!r} in {path}; expected one of {sorted(TASK_MODELS)}")
     model_cfg.pop("id2label", None)  # label names, read by export
     cfg = BertConfig.from_dict(model_cfg, what=f"the model config of {path}")
+    if cfg.lora_rank:
+        model = lora_files.load(path, cfg, task, base, load_model)
+        return model, cfg, task, {"missing": [], "unexpected": []}, path
     # Restore into an abstract model: no initialiser runs unless a weight is missing.
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(task, cfg)))
     params, report = ckpt_lib.load_params(path, abstract)

@@ -14,6 +14,10 @@ step) or a Hugging Face BERT directory. Formats:
                the encoder as a plain HF model plus modules.json, the pooling and Normalize
                modules, the max sequence length and the prompts, which
                `SentenceTransformer(dir)` loads (bertjax/interop/sentence_transformers.py).
+  peft         a LoRA checkpoint's adapters and head as adapter_config.json +
+               adapter_model.safetensors, which `peft.PeftModel.from_pretrained` loads over the
+               base exported with --format=hf (bertjax/interop/peft.py). --format=hf --merge_lora
+               writes the adapters merged into the weights (W0 + alpha/r B A) instead.
 Every export also holds model_config.json (the model config plus "task"), the vocabulary files and
 tokenizer_identity.json; `load_export` reads the two own formats back.
 
@@ -23,6 +27,7 @@ temporary sibling directory and renamed into place only once complete.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -40,9 +45,11 @@ from bertjax.errors import UserError
 from bertjax.interop import hf_dir, params as interop, sentence_transformers as st
 from bertjax.model.bert import TASK_MODELS, build_model
 from bertjax.model.encoder import BertConfig
+from bertjax.interop import peft
+from bertjax.train import adapters
 from bertjax.store import workdir as wd
 
-FORMATS = ("hf", "safetensors", "msgpack", "sentence-transformers")
+FORMATS = ("hf", "safetensors", "msgpack", "sentence-transformers", "peft")
 # The name bertjax.train.checkpoint uses; repeated so load_export works without importing Orbax.
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_FILES = {"safetensors": "params.safetensors", "msgpack": "params.msgpack"}
@@ -51,7 +58,7 @@ _STORED_DTYPES = (np.float16, np.float32, np.float64, np.int32, np.int64)
 
 
 def export(checkpoint: str, fmt: str, out: str, vocab: str | None = None,
-           overwrite: bool = False) -> str:
+           overwrite: bool = False, merge_lora: bool = False, base: str | None = None) -> str:
     """Writes `checkpoint` to `out` in format `fmt`; returns the task of the exported model."""
     # Reading checkpoints brings in Orbax (through load/model_files.py); imported here, not at
     # the top, so
@@ -62,7 +69,8 @@ def export(checkpoint: str, fmt: str, out: str, vocab: str | None = None,
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     _check_out(checkpoint, out, overwrite)
     out = os.path.normpath(out)  # "dir/" would give the staging directory an empty name
-    model, cfg, task, report, _ = model_files.load_model(checkpoint)
+    model, cfg, task, report, _ = model_files.load_model(checkpoint, base=base)
+    model, cfg = _lora_export(checkpoint, model, cfg, task, fmt, merge_lora)
     if report["unexpected"]:
         raise UserError(f"{checkpoint} holds weights a {task} model does not use "
                         f"({', '.join(report['unexpected'][:6])}); exporting would drop them, "
@@ -84,6 +92,8 @@ def export(checkpoint: str, fmt: str, out: str, vocab: str | None = None,
             _save_sentence_transformers(checkpoint, model, cfg, task, built, tok_files)
         elif fmt == "hf":
             interop.save_hf(model, cfg, task, built, extra_files=tok_files, id2label=labels)
+        elif fmt == "peft":
+            _save_peft(checkpoint, model, cfg, task, built, tok_files, base)
         else:
             os.mkdir(built)
             for f in tok_files:
@@ -112,6 +122,41 @@ def _save_sentence_transformers(checkpoint, model, cfg, task, built, tok_files) 
     sentence["max_seq_length"] = int(sentence.get("max_seq_length") or cfg.max_length)
     interop.save_hf(encoder, cfg, "base", built, extra_files=tok_files)
     st.write_modules(built, cfg.hidden_size, sentence)
+
+
+def _lora_export(checkpoint, model, cfg, task, fmt, merge_lora):
+    """The model to write: merged (W0 + (alpha/r) B A) with --merge_lora; a LoRA model goes to
+    an HF format only merged, and only a LoRA model to PEFT's."""
+    if merge_lora and not cfg.lora_rank:
+        raise UserError(f"--merge_lora: {checkpoint} holds no LoRA adapters (it was not "
+                        "fine-tuned with lora.enabled=true); export it without --merge_lora")
+    if fmt == "peft" and (not cfg.lora_rank or merge_lora):
+        raise UserError(f"--format=peft writes LoRA adapters; {checkpoint} holds none to write"
+                        if not cfg.lora_rank else "--format=peft writes the adapters apart from "
+                        "their base; drop --merge_lora, or use --format=hf --merge_lora")
+    if cfg.lora_rank and fmt in HF_FORMATS and not merge_lora:
+        raise UserError(f"{checkpoint} holds LoRA adapters, which a plain Hugging Face model has "
+                        "no place for; pass --merge_lora to merge them into its weights, or use "
+                        "--format=peft")
+    if not merge_lora:
+        return model, cfg
+    plain = dataclasses.replace(cfg, lora_rank=0)
+    merged = peft.merge(interop.flat_params(model), cfg, task)
+    return interop.model_from_flat(task, plain, {tuple(int(p) if p.isdigit() else p for p in k): v
+                                                 for k, v in merged.items()}), plain
+
+
+def _save_peft(checkpoint, model, cfg, task, built, tok_files, base) -> None:
+    """adapter_config.json and adapter_model.safetensors (interop/peft.py), which
+    `peft.PeftModel.from_pretrained(AutoModelFor<task>.from_pretrained(BASE), dir)` loads over the
+    base exported as a Hugging Face model, plus the tokenizer files."""
+    flat = interop.flat_params(model)
+    head = [k for k in flat if "lora" not in map(str, k) and not adapters.in_base(k)]
+    ref = adapters.read_reference(checkpoint) or {}
+    config, tensors = peft.to_peft(flat, cfg, task, base or ref.get("base", ""), head)
+    peft.write(built, config, tensors)
+    for f in tok_files:
+        shutil.copy(f, built)
 
 
 def _check_out(checkpoint: str, out: str, overwrite: bool) -> None:
@@ -281,6 +326,9 @@ def define_flags() -> None:
     flags.DEFINE_string("out", None, "Directory to write; must not exist unless --overwrite.")
     flags.DEFINE_string("vocab", None, "Vocabulary to use when none is stored with the checkpoint.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing --out once the new export is complete.")
+    flags.DEFINE_bool("merge_lora", False, "A LoRA checkpoint as a plain model: its adapters merged "
+                      "into the weights (W0 + alpha/r B A).")
+    flags.DEFINE_string("base", None, "The base model of LoRA adapters, when not the one they name.")
 
 
 FLAGS = flags.FLAGS
@@ -292,7 +340,8 @@ def main(argv):
     if not FLAGS.checkpoint:
         raise UserError("--checkpoint is required: bertjax export --checkpoint=DIR "
                         "--format=hf --out=DIR")
-    task = export(FLAGS.checkpoint, FLAGS.format, FLAGS.out, FLAGS.vocab, FLAGS.overwrite)
+    task = export(FLAGS.checkpoint, FLAGS.format, FLAGS.out, FLAGS.vocab, FLAGS.overwrite,
+                  merge_lora=FLAGS.merge_lora, base=FLAGS.base)
     print(f"wrote {task} model as {FLAGS.format} to {FLAGS.out}")
 
 
