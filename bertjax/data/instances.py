@@ -12,7 +12,8 @@ Two builders, both seeded by a numpy Generator and working on token-id lists:
 - The same builder makes ALBERT's sentence-order pairs (`pair_task="sop"`): the chunk and its
   split into A and B are drawn as above, B is always the chunk's real continuation, and with
   probability 0.5 the two segments are swapped ([CLS] B [SEP] A [SEP], label 1 = swapped, Hugging
-  Face's `sentence_order_label`). A one-sentence chunk has no two segments to order and is
+  Face's `sentence_order_label`). A chunk stays open until it holds two sentences, so only a
+  document's one-sentence remainder (or a one-sentence document) has nothing to order: it is
   dropped and counted; unlike google-research/albert, it never gets a random partner (which
   would turn a sentence-order label into a next-sentence one).
 - `packed_instances`: RoBERTa-style full-sentence packing for --no_nsp: [CLS] sentences [SEP]
@@ -156,7 +157,10 @@ def _document_instances(doc_id: int, doc: list[list[int]], pool: PartnerPool,
     while i < len(doc):
         chunk.append(doc[i])
         length += len(doc[i])
-        if i == len(doc) - 1 or length >= target:
+        # A sentence-order chunk stays open until it holds two sentences to order (truncation
+        # trims the excess), so a sentence longer than the target is not wasted.
+        full = length >= target and (pair_task != "sop" or len(chunk) >= 2)
+        if i == len(doc) - 1 or full:
             a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))
             tokens_a = [t for s in chunk[:a_end] for t in s]
             if pair_task == "sop":
