@@ -5,13 +5,23 @@ definitions fit in 32 tokens).
 bertjax pretrain --config=configs/demo.py --workdir=demo_out/pretrain \
     --config.data.train_dir=demo_out/data/train --config.data.eval_dir=demo_out/data/heldout \
     --config.model.vocab_size=8000
+
+arg "electra": the same 4-layer, 128-wide network as ELECTRA's discriminator, with a generator of
+the same depth at 1/4 of its width (32 wide, 1 head, FFN 128, sharing the embeddings), trained by
+replaced-token detection for as many steps as give the MLM run's training FLOPs (600 steps of MLM
+on 10 of 64 positions), both counted by bertjax/train/flops.py, generator included.
 """
 from bertjax.config import base_config
+from bertjax.train import flops
+from bertjax.train.rtd import max_masked
+
+MLM_STEPS = 600
 
 
 def get_config(arg: str = ""):
-    del arg
-    c = base_config("tiny")
+    if arg not in ("", "electra"):
+        raise ValueError(f"configs/demo.py takes no argument or 'electra', not {arg!r}")
+    c = base_config("tiny", arch="electra" if arg else "bert")
     c.model.num_layers = 4
     c.model.hidden_size = 128
     c.model.num_heads = 4
@@ -20,7 +30,7 @@ def get_config(arg: str = ""):
     c.data.max_seq_length = 64
     c.data.max_predictions_per_seq = 10
     c.train.batch_size = 64
-    c.train.num_steps = 600
+    c.train.num_steps = MLM_STEPS
     c.train.log_every = 25
     c.train.eval_every = 150
     c.train.eval_steps = 100  # the whole held-out set (one pass stops earlier)
@@ -29,4 +39,13 @@ def get_config(arg: str = ""):
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 60
     c.optim.bias_correction = True  # short runs need Adam's early-step correction
+    if arg == "electra":
+        c.model.generator_hidden_size = 32
+        c.model.generator_num_heads = 1
+        c.model.generator_intermediate_size = 128
+        c.objective.name = "electra"
+        seq = c.data.max_seq_length
+        mlm = flops.model_flops_per_token(c.model, seq, c.data.max_predictions_per_seq)
+        rtd = flops.electra_flops_per_token(c.model, seq, max_masked(c.objective.mask_rate, seq))
+        c.train.num_steps = round(MLM_STEPS * mlm / rtd)
     return c

@@ -1,7 +1,8 @@
 """bertjax equals Hugging Face transformers (PyTorch) in fp32 on CPU, both directions, every head,
 for every family member with a layout table. Random weights (perturbed so no tensor sits at its
 initial 0 or 1) and odd sizes (hidden 48, 3 heads, FFN 37), so a transposed or swapped matrix
-shows; RoBERTa with a pad id of 3, so positions must follow the pad id, not a constant 1."""
+shows; RoBERTa with a pad id of 3, so positions must follow the pad id, not a constant 1;
+ELECTRA with an embedding width of 24, so the E->H projection and the generator head's H->E show."""
 import numpy as np
 import pytest
 import torch
@@ -30,6 +31,15 @@ MEMBERS = {
         "sequence_classification": "RobertaForSequenceClassification",
         "token_classification": "RobertaForTokenClassification",
         "question_answering": "RobertaForQuestionAnswering",
+    }),
+    "electra": (transformers.ElectraConfig,
+                dict(max_position_embeddings=64, type_vocab_size=2, embedding_size=24), {
+        "base": "ElectraModel",
+        "replaced_token_detection": "ElectraForPreTraining",
+        "masked_lm": "ElectraForMaskedLM",
+        "sequence_classification": "ElectraForSequenceClassification",
+        "token_classification": "ElectraForTokenClassification",
+        "question_answering": "ElectraForQuestionAnswering",
     }),
 }
 # ALBERT: E = 16 != H, one layer shared by 3, and 2 groups over 4 layers (0,0,1,1: a mapping by
@@ -103,8 +113,13 @@ def compare(task, ours_model, hf_model, b):
     if task == "base":
         seq, pooled = out
         close(seq, hf.last_hidden_state, "hidden states", real)
-        close(pooled, hf.pooler_output, "pooled")
+        if pooled is None:  # ElectraModel has no pooler
+            assert getattr(hf, "pooler_output", None) is None
+        else:
+            close(pooled, hf.pooler_output, "pooled")
         return
+    elif task == "replaced_token_detection":
+        close(out["rtd_logits"], hf.logits, "replaced-token logits", real)
     elif task == "pretraining":
         pos = b["masked_lm_positions"]
         hf_mlm = torch.gather(hf.prediction_logits, 1,
@@ -156,7 +171,7 @@ def test_hf_to_bertjax_to_hf(member, task, tmp_path):
             np.testing.assert_array_equal(back[k], v, err_msg=k)
     tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
             "lm_head.decoder.weight", "lm_head.decoder.bias",
-            "predictions.decoder.weight", "predictions.decoder.bias"}
+            "predictions.decoder.weight", "predictions.decoder.bias", "generator_lm_head.weight"}
     assert set(original) - set(back) <= tied
 
 

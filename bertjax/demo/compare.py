@@ -38,6 +38,8 @@ from bertjax.data import records
 from bertjax.demo import run as demo
 from bertjax.errors import UserError, user_errors_exit
 from bertjax.load import model_files
+from bertjax.train import flops
+from bertjax.train.rtd import max_masked
 
 FLAGS = flags.FLAGS
 PIPELINE_CYCLE = 16  # bertjax.data.pipeline.PretrainInput's cycle_length: shards read at once
@@ -45,6 +47,7 @@ ARMS = tuple(demo.PREPARE_FLAGS)
 DESCRIPTION = {
     "bert": "sentence pairs, MLM+NSP (the demo)",
     "roberta": "FULL-SENTENCES, MLM only, dynamic masks",
+    "electra": "roberta's data, replaced-token detection at the MLM arm's FLOPs",
 }
 
 
@@ -117,15 +120,17 @@ def heldout_batches(data_dir: str, batch_size: int):
 
 
 def heldout_mlm(checkpoint: str, data_dir: str, batch_size: int = 64) -> dict:
-    """MLM accuracy of a checkpoint (any pretraining head) on a static held-out set: the share of
-    masked tokens whose argmax prediction is the original token."""
+    """MLM accuracy of a checkpoint (any pretraining head; ELECTRA's is its generator, a network
+    of 1/4 the width) on a static held-out set: the share of masked tokens whose argmax
+    prediction is the original token."""
     model, _, task, _, _ = model_files.load_model(checkpoint)
     graphdef, state = nnx.split(model)
 
     @jax.jit
     def correct(state, b):
-        out = nnx.merge(graphdef, state)(b["input_ids"], b["segment_ids"], b["input_mask"],
-                                         b["masked_lm_positions"])
+        m = nnx.merge(graphdef, state)
+        mlm = m.generate if hasattr(m, "generate") else m
+        out = mlm(b["input_ids"], b["segment_ids"], b["input_mask"], b["masked_lm_positions"])
         hit = jnp.argmax(out["mlm_logits"], -1) == b["masked_lm_ids"]
         return jnp.sum(hit * b["masked_lm_weights"]), jnp.sum(b["masked_lm_weights"])
 
@@ -192,13 +197,27 @@ def compare(w: str, arms: list[str]) -> dict:
     for arm in arms:
         ckpt = os.path.join(w, arm, "pretrained")
         cross[arm] = {h: heldout_mlm(ckpt, d, batch_size) for h, d in heldout.items()}
+    train_flops = {arm: _train_flops(configs[arm], reports[arm]["pretrain_steps"]) for arm in arms}
     result = {"arms": arms, "workdir": os.path.abspath(w), "reports": reports, "heldout_mlm": cross,
+              "train_flops": train_flops,
               "batch_size": batch_size, "pretrain_steps": reports[arms[0]]["pretrain_steps"],
               "baselines": {h: reports[h]["most_frequent_token_baseline"] for h in arms},
               "verdict": verdict(reports, cross)}
     with open(os.path.join(w, "comparison.json"), "w") as f:
         json.dump(result, f, indent=2, sort_keys=True)
     return result
+
+
+def _train_flops(config: dict, steps: int) -> float:
+    """Training FLOPs of a pretraining run (bertjax/train/flops.py; ELECTRA's both networks)."""
+    seq = int(config["data"]["max_seq_length"])
+    preds = int(config["data"]["max_predictions_per_seq"])
+    if config["objective"]["name"] == "electra":
+        per_token = flops.electra_flops_per_token(
+            config["model"], seq, max_masked(float(config["objective"]["mask_rate"]), seq))
+    else:
+        per_token = flops.model_flops_per_token(config["model"], seq, preds)
+    return per_token * seq * int(config["train"]["batch_size"]) * int(steps)
 
 
 def verdict(reports: dict, cross: dict) -> dict:
@@ -234,11 +253,13 @@ def table(result: dict) -> str:
     arms, reports, cross = result["arms"], result["reports"], result["heldout_mlm"]
     steps, batch = result["pretrain_steps"], result["batch_size"]
     seq = reports[arms[0]]["prepared"]["train"]["max_seq_length"]
-    lines = [f"== pretraining data and objective at equal tokens: {steps} steps x batch {batch} x "
-             f"sequence {seq}, every arm =="]
+    lines = [f"== pretraining data and objective: batch {batch} x sequence {seq}, every arm =="]
     for a in arms:
         tr = reports[a]["prepared"]["train"]
+        steps = reports[a]["pretrain_steps"]
         seen = steps * batch
+        if "train_flops" in result:
+            lines.append(f"{a:8s} {steps} steps, {result['train_flops'][a]:.3e} training FLOPs")
         lines.append(f"{a:8s} {DESCRIPTION.get(a, a)}: {tr['instances']:,} training sequences "
                      f"({seen / max(tr['instances'], 1):.2f} epochs), "
                      f"{tr['mean_tokens_per_instance']:.1f} real tokens per sequence of {seq} "

@@ -15,9 +15,11 @@ Stages (each one a bertjax command, its output in DIR/logs/<stage>.log; a rerun 
 9. the report: DIR/report.json, DIR/report.png and a summary.
 One progress line with an ETA covers all of it.
 
---pretrain_style changes the prepared data and nothing else (PREPARE_FLAGS): bert (the default)
-pairs sentences for NSP; roberta packs full sentences across documents without NSP (so the run is
-MLM only) and masks them dynamically. --reuse_data_from=DIR takes the corpus, the labelled set and
+--pretrain_style bert (the default) pairs sentences for NSP; roberta packs full sentences across
+documents without NSP (so the run is MLM only) and masks them dynamically: those two change only
+the prepared data (PREPARE_FLAGS). electra takes roberta's data and pretrains the same-size
+discriminator with replaced-token detection and a 1/4-width generator, for as many steps as give
+the MLM run's training FLOPs (configs/demo.py:electra). --reuse_data_from=DIR takes the corpus, the labelled set and
 the vocabulary from another demo workdir instead of building them. bertjax/demo/compare.py runs
 both styles and compares them.
 """
@@ -59,7 +61,9 @@ def define_flags() -> None:
                       "once).")
     flags.DEFINE_enum("pretrain_style", "bert", list(PREPARE_FLAGS),
                       "bert: sentence pairs, MLM+NSP; roberta: full sentences packed across "
-                      "documents, no NSP (MLM only), dynamic masks. Changes only prepare's flags.")
+                      "documents, no NSP (MLM only), dynamic masks (changes only prepare's flags); "
+                      "electra: roberta's data, replaced-token detection at the MLM run's FLOPs "
+                      "(configs/demo.py:electra).")
     flags.DEFINE_string("reuse_data_from", "", "A finished demo workdir whose corpus, labelled set "
                         "and vocabulary this run uses instead of building its own.")
 
@@ -80,6 +84,10 @@ PREPARE_FLAGS = {
     "roberta": (["--masking=dynamic", "--dupe_factor=1", "--no_nsp"],
                 ["--masking=static", "--dupe_factor=2", "--no_nsp"]),
 }
+# electra: roberta's data (ELECTRA has no NSP, and its step draws its own masks), pretrained with
+# replaced-token detection at the MLM arm's training FLOPs (configs/demo.py:electra).
+PREPARE_FLAGS["electra"] = PREPARE_FLAGS["roberta"]
+PRETRAIN_CONFIG = {"electra": "configs/demo.py:electra"}
 # Expected seconds per stage on an idle 2-core box, measured (docs/benchmarks.md); only the ETA
 # uses them, scaled by how fast this machine turns out to be.
 STAGES = (("corpus", 10), ("labelled", 4), ("vocab", 25), ("prepare", 8), ("pretrain", 330),
@@ -209,7 +217,9 @@ def fill_mask_examples(hf_dir: str, heldout_file: str, k: int = 4, top: int = 3)
     transformers.logging.set_verbosity_error()  # its loading bars would break the progress line
     transformers.logging.disable_progress_bar()
     tok = transformers.BertTokenizerFast.from_pretrained(hf_dir)
-    model = transformers.BertForPreTraining.from_pretrained(hf_dir).eval()
+    # The MLM head of whatever was exported: BERT's cls.predictions, RoBERTa's, ELECTRA's
+    # generator.
+    model = transformers.AutoModelForMaskedLM.from_pretrained(hf_dir).eval()
     vocab = tok.get_vocab()
     out = []
     with open(heldout_file, encoding="utf-8") as f:
@@ -225,7 +235,7 @@ def fill_mask_examples(hf_dir: str, heldout_file: str, k: int = 4, top: int = 3)
         masked = " ".join(words[:i] + [tok.mask_token] + words[i + 1:])
         enc = tok(masked, return_tensors="pt")
         with torch.no_grad():
-            logits = model(**enc).prediction_logits[0]
+            logits = model(**enc).logits[0]
         pos = int((enc["input_ids"][0] == tok.mask_token_id).nonzero()[0, 0])
         probs = torch.softmax(logits[pos], -1)
         p, ids = probs.topk(top)
@@ -302,7 +312,8 @@ def _pretrain_stages(progress, logs, w, corpus, vocab, train_dir, heldout_dir, v
     progress.begin("pretrain")
     pre = os.path.join(w, "pretrain")
     steps = [f"--config.train.num_steps={FLAGS.pretrain_steps}"] if FLAGS.pretrain_steps else []
-    out = _run(progress, logs, "pretrain", "bertjax.pretrain", "--config=configs/demo.py",
+    config = PRETRAIN_CONFIG.get(FLAGS.pretrain_style, "configs/demo.py")
+    out = _run(progress, logs, "pretrain", "bertjax.pretrain", f"--config={config}",
                f"--workdir={pre}", f"--config.data.train_dir={train_dir}",
                f"--config.data.eval_dir={heldout_dir}", f"--config.model.vocab_size={vocab_size}",
                f"--config.data.max_seq_length={SEQ}",
@@ -322,7 +333,10 @@ def _pretrain_stages(progress, logs, w, corpus, vocab, train_dir, heldout_dir, v
     _save_pretrained(pre, vocab, ckpt)
     hf_out = os.path.join(w, "export_hf")
     _run(progress, logs, "export", "bertjax.tools.convert", f"--checkpoint={ckpt}", f"--to_hf={hf_out}")
-    fills = fill_mask_examples(hf_out, os.path.join(corpus, "heldout", "wiki-heldout-00000.txt"))
+    # An ELECTRA export is two directories; the generator is its masked LM.
+    fill_dir = os.path.join(hf_out, "generator") if os.path.isdir(
+        os.path.join(hf_out, "generator")) else hf_out
+    fills = fill_mask_examples(fill_dir, os.path.join(corpus, "heldout", "wiki-heldout-00000.txt"))
     for f in fills:
         top = ", ".join(f"{t} {p:.2f}" for t, p in f["top"])
         progress.say(f"fill-mask (exported model in transformers): {f['text']}\n"
@@ -396,6 +410,11 @@ def main(argv):
 def heldout_line(ev: dict, baseline: dict) -> str:
     nsp = (f"NSP accuracy {100 * ev['nsp_accuracy']:.2f}% (chance 50%)" if "nsp_accuracy" in ev
            else "no NSP (MLM only)")
+    if "disc_accuracy" in ev:  # ELECTRA: the MLM figure is its small generator's
+        nsp = (f"discriminator accuracy {100 * ev['disc_accuracy']:.2f}% (precision "
+               f"{100 * ev['disc_precision']:.1f}%, recall {100 * ev['disc_recall']:.1f}% on "
+               f"{100 * ev['replaced_fraction']:.1f}% replaced tokens); the MLM figure is the "
+               "generator's")
     return (f"held-out MLM accuracy {100 * ev.get('mlm_accuracy', 0):.2f}% (most-frequent-token "
             f"baseline {100 * baseline['accuracy']:.2f}%), {nsp}")
 

@@ -19,6 +19,7 @@ from etils import epath
 from flax import nnx
 
 from bertjax.errors import UserError
+from bertjax.interop import electra_pair
 from bertjax.model.encoder import arch_fields
 from bertjax.load import model_files
 from bertjax.text import check_identity, load_tokenizer
@@ -95,7 +96,8 @@ def resolve(cfg, workdir: str, log: Callable[[str], None] = print) -> Source:
             raise UserError(f"--config.init_from={init} does not exist; pass a bertjax checkpoint, "
                             "a pretraining workdir or a Hugging Face model directory")
         init_dir = init
-        if wd.is_hf_dir(init) and not epath.Path(init, wd.MODEL_CONFIG_FILE).exists():
+        hf = wd.is_hf_dir(init) or electra_pair.is_pair_dir(init)
+        if hf and not epath.Path(init, wd.MODEL_CONFIG_FILE).exists():
             init_dir = convert_hf(init, os.path.join(workdir, "init"), str(cfg.task.model_task), log)
     vocab = _vocab_path(cfg, init_dir)
     tokenizer = load_tokenizer(vocab)

@@ -13,7 +13,7 @@ import os
 from flax import nnx
 
 from bertjax.errors import UserError
-from bertjax.interop import hf_dir, layouts, params as interop
+from bertjax.interop import electra_pair, hf_dir, layouts, params as interop
 from bertjax.model.bert import TASK_MODELS, build_model
 from bertjax.model.encoder import BertConfig
 from bertjax.store import workdir as wd
@@ -50,6 +50,12 @@ def load_model(path: str, task: str | None = None, allow_missing: bool = False,
         model, cfg, task = lora_files.load_peft(path, base, load_model, task)
         return model, cfg, task, {"missing": [], "unexpected": []}, path
     contents = wd.inspect(path)
+    if contents.kind == "hf_pair":
+        if task in (None, electra_pair.PRETRAINING):
+            model, cfg, task, report = electra_pair.load_hf(path)
+            return model, cfg, task, report, path
+        # Any other task model is the discriminator's: it is the network ELECTRA fine-tunes.
+        return load_model(os.path.join(path, "discriminator"), task, allow_missing)
     if contents.kind == "hf":
         model, cfg, task, report = interop.load_hf(path, task=task, allow_missing=allow_missing)
         return model, cfg, task, report, path

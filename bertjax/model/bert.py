@@ -92,7 +92,15 @@ TASK_MODELS = {
     "electra_pretraining": ElectraForPretraining,
     "replaced_token_detection": ElectraDiscriminator,
 }
-TASK_MODELS["base"] = BertModel
+
+
+def _bare_encoder(cfg: BertConfig, *, rngs: nnx.Rngs) -> BertModel:
+    # A tanh pooler belongs to the bare encoder (BertModel, RobertaModel); a GELU one is the
+    # first layer of ELECTRA's classifier head, which ElectraModel does not have.
+    return BertModel(cfg, rngs=rngs, add_pooler=cfg.pooler_act == "tanh")
+
+
+TASK_MODELS["base"] = _bare_encoder
 
 
 def build_model(task: str, cfg: BertConfig, seed: int = 0) -> nnx.Module:

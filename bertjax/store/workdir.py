@@ -125,7 +125,9 @@ def is_hf_dir(path: str | epath.PathLike) -> bool:
 
 def vocab_dir(path: str | epath.PathLike) -> str | None:
     """The directory holding a checkpoint's vocabulary: itself, or a run's vocab/ copy."""
-    for d in (os.fspath(path), os.path.join(os.fspath(path), VOCAB_DIR)):
+    # An ELECTRA pair export holds its tokenizer in each network's directory.
+    for d in (os.fspath(path), os.path.join(os.fspath(path), VOCAB_DIR),
+              os.path.join(os.fspath(path), "discriminator")):
         if hf_dir.tokenizer_files(d):
             return d
     return None
@@ -149,6 +151,11 @@ def inspect(path: str | epath.PathLike) -> Contents:
         hf = hf_dir.read_config(text)
         return Contents("hf", text, layouts.config_from_hf(hf), layouts.task_from_hf_config(hf), None,
                         vocab, identity)
+    from bertjax.interop import electra_pair  # it reads weights; only a pair needs it
+
+    if electra_pair.is_pair_dir(text):
+        return Contents("hf_pair", text, electra_pair.model_config(text), electra_pair.PRETRAINING,
+                        None, vocab, identity)
     model = read_json(p / MODEL_CONFIG_FILE)
     if model is not None:
         task = model.pop("task", "pretraining")

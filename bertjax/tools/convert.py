@@ -21,7 +21,7 @@ from absl import flags
 
 from bertjax import cli
 from bertjax.errors import UserError
-from bertjax.interop import params as interop
+from bertjax.interop import electra_pair, params as interop
 from bertjax.load import model_files
 
 
@@ -66,7 +66,10 @@ def main(argv):
         model, cfg, task, _, _ = model_files.load_model(FLAGS.checkpoint)
         extras = model_files.tokenizer_extras(FLAGS.checkpoint)
         files = [p for name, p in extras.items() if isinstance(p, str)]
-        interop.save_hf(model, cfg, task, FLAGS.to_hf, extra_files=files)
+        if task == electra_pair.PRETRAINING:  # two networks, two HF directories
+            electra_pair.save_hf(model, cfg, FLAGS.to_hf, extra_files=files)
+        else:
+            interop.save_hf(model, cfg, task, FLAGS.to_hf, extra_files=files)
         print(f"wrote Hugging Face {task} model to {FLAGS.to_hf}")
     else:
         raise UserError("give --from_hf=DIR --out=DIR, --from_tf=DIR --out=DIR or "

@@ -6,7 +6,9 @@ The checkpoint may be a params-only bertjax checkpoint, a training workdir (its 
 step) or a Hugging Face BERT directory. Formats:
   hf           config.json + model.safetensors that transformers loads with no missing or
                unexpected weights, for every task model, plus vocab.txt, tokenizer_config.json
-               (do_lower_case) and special_tokens_map.json.
+               (do_lower_case) and special_tokens_map.json. An ELECTRA pretraining run writes
+               two such directories, OUT/discriminator (ElectraForPreTraining) and
+               OUT/generator (ElectraForMaskedLM).
   safetensors  params.safetensors: bertjax's own parameter tree, keys joined with "/"
                (e.g. "bert/encoder/layers/0/attention/qkv/kernel").
   msgpack      params.msgpack: the same tree written by flax.serialization.msgpack_serialize.
@@ -42,7 +44,7 @@ from safetensors.numpy import load_file, save_file
 
 from bertjax import cli
 from bertjax.errors import UserError
-from bertjax.interop import hf_dir, params as interop, sentence_transformers as st
+from bertjax.interop import electra_pair, hf_dir, params as interop, sentence_transformers as st
 from bertjax.model.bert import TASK_MODELS, build_model
 from bertjax.model.encoder import BertConfig
 from bertjax.interop import peft
@@ -90,6 +92,8 @@ def export(checkpoint: str, fmt: str, out: str, vocab: str | None = None,
         built = os.path.join(stage, "export")
         if fmt == "sentence-transformers":
             _save_sentence_transformers(checkpoint, model, cfg, task, built, tok_files)
+        elif fmt == "hf" and task == electra_pair.PRETRAINING:
+            electra_pair.save_hf(model, cfg, built, extra_files=tok_files)
         elif fmt == "hf":
             interop.save_hf(model, cfg, task, built, extra_files=tok_files, id2label=labels)
         elif fmt == "peft":

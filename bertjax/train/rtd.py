@@ -43,6 +43,19 @@ def max_masked(mask_rate: float, seq: int) -> int:
     return max(1, min(seq, int((mask_rate + 0.005) * seq)))
 
 
+def row_keys(key, ids):
+    """One key per row, from the step's key and the row's tokens: a sequence is masked and
+    corrupted the same way wherever it sits in the global batch, so one process and two (whose
+    hosts interleave the rows) train on the same corruption."""
+    mult = (jnp.arange(ids.shape[1], dtype=jnp.uint32) * jnp.uint32(2654435761)) | jnp.uint32(1)
+    digest = jnp.sum(ids.astype(jnp.uint32) * mult[None, :], axis=1, dtype=jnp.uint32)
+    return jax.vmap(lambda d: jax.random.fold_in(key, d))(digest)
+
+
+def _row_uniform(keys, salt: int, shape):
+    return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, salt), shape))(keys)
+
+
 def restore_originals(batch):
     """The uncorrupted input: the prepared data's masked positions put back to their ids."""
     ids = batch["input_ids"]
@@ -100,17 +113,17 @@ class ReplacedTokenDetection(Objective):
     def choose(self, key, ids, input_mask):
         """(positions [B,N], weights [B,N], to_mask [B,N]): N = max_masked slots per row, the
         first `num_to_mask` of them real (weight 1) and distinct."""
-        b, s = ids.shape
+        _, s = ids.shape
         cap = max_masked(self.mask_rate, s)
         cand = self.candidates(ids, input_mask)
-        k_pos, k_keep = jax.random.split(key)
+        keys = row_keys(key, ids)
         # Uniform scores, candidates first: top-k of them is a uniform draw without replacement.
-        scores = jax.random.uniform(k_pos, (b, s)) + cand.astype(F32)
+        scores = _row_uniform(keys, 0, (s,)) + cand.astype(F32)
         _, positions = jax.lax.top_k(scores, cap)
         taken = jnp.take_along_axis(cand, positions, axis=1)
         slot = jnp.arange(cap)[None, :]
         weights = (slot < self.num_to_mask(input_mask, cap)[:, None]) & taken
-        to_mask = jax.random.uniform(k_keep, (b, cap)) >= KEEP_SHARE
+        to_mask = _row_uniform(keys, 1, (cap,)) >= KEEP_SHARE
         positions = jnp.where(weights, positions, 0)
         return positions.astype(I32), weights.astype(F32), to_mask & weights
 
@@ -127,7 +140,8 @@ class ReplacedTokenDetection(Objective):
             jnp.where(to_mask, self.mask_id, at_pos).astype(originals.dtype))
         gen = model.generate(masked, seg, mask, positions, dropout_key=drop(_GEN_DROPOUT))
         logits = gen["mlm_logits"]
-        sampled = jax.random.categorical(keys[_SAMPLE], jax.lax.stop_gradient(logits), axis=-1)
+        sampled = jax.vmap(lambda k, z: jax.random.categorical(k, z, axis=-1))(
+            row_keys(keys[_SAMPLE], originals), jax.lax.stop_gradient(logits))
         corrupted = originals.at[rows, positions].set(
             jnp.where(weights > 0, sampled, at_pos).astype(originals.dtype))
         disc = model(corrupted, seg, mask, dropout_key=drop(_DISC_DROPOUT))

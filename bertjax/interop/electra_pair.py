@@ -1,0 +1,102 @@
+"""ELECTRA's two networks as Hugging Face holds them: two directories, `discriminator/`
+(ElectraForPreTraining) and `generator/` (ElectraForMaskedLM at the generator's width), each with
+its own copy of the shared embeddings. `split` makes the two models of an `electra_pretraining`
+model; `join` makes one back from the two, refusing a pair that does not belong together.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from bertjax.errors import UserError
+from bertjax.interop import hf_dir, layouts, params as interop
+from bertjax.model.electra import SHARED_EMBEDDINGS
+from bertjax.model.encoder import BertConfig
+
+PRETRAINING = "electra_pretraining"
+PARTS = {"discriminator": "replaced_token_detection", "generator": "masked_lm"}
+_NO_GENERATOR = dict(generator_hidden_size=0, generator_num_heads=0, generator_intermediate_size=0)
+
+
+def is_pair_dir(path: str) -> bool:
+    return all(os.path.isfile(os.path.join(path, part, "config.json")) for part in PARTS)
+
+
+def _generator_fields(gen: dict) -> dict:
+    return dict(generator_hidden_size=gen["hidden_size"], generator_num_heads=gen["num_heads"],
+                generator_intermediate_size=gen["intermediate_size"])
+
+
+def model_config(path: str) -> dict:
+    """Our model fields of a pair directory: the discriminator's, with the generator's widths."""
+    disc, gen = (layouts.config_from_hf(hf_dir.read_config(os.path.join(path, part)))
+                 for part in PARTS)
+    return {**disc, **_generator_fields(gen)}
+
+
+def _shared(key: tuple) -> bool:
+    return key[:2] == ("bert", "embeddings") and key[2] in SHARED_EMBEDDINGS
+
+
+def split(flat: dict[tuple, np.ndarray], cfg: BertConfig) -> dict[str, tuple]:
+    """{part: (cfg, task, flat params)} of an electra_pretraining model's parameters. The shared
+    tables sit under the discriminator's path (nnx keeps a shared array once, at its first path);
+    the generator gets them under its own `bert/embeddings`."""
+    disc = {k: v for k, v in flat.items() if k[0] in ("bert", "discriminator")}
+    gen = {("bert",) + k[1:]: v for k, v in flat.items() if k[0] == "generator"}
+    gen.update({k: v for k, v in flat.items() if k[0] == "mlm" or _shared(k)})
+    return {"discriminator": (dataclasses.replace(cfg, **_NO_GENERATOR), PARTS["discriminator"],
+                              disc),
+            "generator": (cfg.generator_config(), PARTS["generator"], gen)}
+
+
+def join(disc_cfg: BertConfig, disc: dict, gen_cfg: BertConfig, gen: dict,
+         where: str) -> tuple[BertConfig, dict]:
+    """(cfg, flat params) of the electra_pretraining model made of a discriminator and a
+    generator; they must share the vocabulary, depth, embedding width and embedding values."""
+    checks = (("vocab_size", "vocabulary"), ("num_layers", "depth"),
+              ("embedding_width", "embedding width"),
+              ("max_position_embeddings", "position table"), ("type_vocab_size", "segment table"))
+    for attr, what in checks:
+        a, b = getattr(disc_cfg, attr), getattr(gen_cfg, attr)
+        if a != b:
+            raise UserError(f"{where}: the generator's {what} ({b}) differs from the "
+                            f"discriminator's ({a}); an ELECTRA pair shares them")
+    differ = [("/".join(k[2:])) for k, v in disc.items()
+              if _shared(k) and not np.array_equal(v, gen.get(k))]
+    if differ:
+        raise UserError(f"{where}: the generator's embeddings differ from the discriminator's "
+                        f"({', '.join(differ)}); ELECTRA pretraining shares one set, so this is "
+                        "not a pair (import each directory alone to fine-tune it)")
+    cfg = dataclasses.replace(disc_cfg, **_generator_fields(dataclasses.asdict(gen_cfg)))
+    flat = dict(disc)
+    flat.update({("generator",) + k[1:]: v for k, v in gen.items()
+                 if k[0] == "bert" and not _shared(k)})
+    flat.update({k: v for k, v in gen.items() if k[0] == "mlm"})
+    return cfg, flat
+
+
+def save_hf(model, cfg: BertConfig, out_dir: str, extra_files=()) -> None:
+    """`out_dir/discriminator` and `out_dir/generator`, each a complete HF directory."""
+    os.makedirs(out_dir, exist_ok=True)
+    for part, (part_cfg, task, flat) in split(interop.flat_params(model), cfg).items():
+        interop.save_hf(interop.model_from_flat(task, part_cfg, flat), part_cfg, task,
+                        os.path.join(out_dir, part), extra_files=extra_files)
+
+
+def load_hf(path: str):
+    """(model, cfg, task, report) of the electra_pretraining model in a pair directory."""
+    loaded = {}
+    for part, task in PARTS.items():
+        sub = os.path.join(path, part)
+        if hf_dir.read_config(sub).get("model_type") != "electra":
+            raise UserError(f"{sub} is not an ELECTRA model (config.json model_type "
+                            f"{hf_dir.read_config(sub).get('model_type')!r})")
+        model, cfg, _, _ = interop.load_hf(sub, task=task)
+        loaded[part] = (cfg, interop.flat_params(model))
+    (d_cfg, d_flat), (g_cfg, g_flat) = loaded["discriminator"], loaded["generator"]
+    cfg, flat = join(d_cfg, d_flat, g_cfg, g_flat, path)
+    return interop.model_from_flat(PRETRAINING, cfg, flat), cfg, PRETRAINING, {
+        "missing": [], "unexpected": []}
