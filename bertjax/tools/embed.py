@@ -27,6 +27,7 @@ from bertjax.interop import sentence_transformers as st_interop
 from bertjax.model import sentence
 from bertjax.store.files import write_atomic
 from bertjax.load.model_files import ENCODER, checkpoint_tokenizer, load_checkpoint  # noqa: F401
+from bertjax.load import lora_files
 
 POOLINGS = ("cls", "mean", "last")
 # Batches are padded to a power-of-two length no shorter than this, so a file of mixed lengths
@@ -197,15 +198,27 @@ def sentence_settings(checkpoint: str, pooling: str = "", prompt: str = ""):
             int(stored.get("max_seq_length") or 0), prompts.get(prompt, ""))
 
 
+def load_with_adapter(checkpoint: str, adapter: str | None = None):
+    """(model, cfg, task) of `checkpoint`, with LoRA adapters over it when `adapter` names a
+    LoRA checkpoint or a PEFT directory (load/lora_files.py)."""
+    model, cfg, task = load_checkpoint(checkpoint, needs=ENCODER)
+    if adapter:
+        model, cfg, task = lora_files.attach(model, cfg, adapter, checkpoint)
+    return model, cfg, task
+
+
 def embed_file(checkpoint: str, input_path: str, output_path: str, pooling: str = "",
                batch_size: int = 32, max_seq_length: int = 0, vocab: str | None = None,
-               prompt: str = "") -> np.ndarray:
+               prompt: str = "", adapter: str | None = None) -> np.ndarray:
     """Embeds every line of input_path and saves [N, H] float32 to output_path.
     pooling "" means the checkpoint's sentence settings (else cls); max_seq_length 0 means
-    the checkpoint's (a sentence-transformers max_seq_length) else the model's limit."""
-    pooling, normalize, stored_len, prefix = sentence_settings(checkpoint, pooling, prompt)
+    the checkpoint's (a sentence-transformers max_seq_length) else the model's limit. With
+    `adapter`, LoRA adapters run over the checkpoint, with the sentence settings stored beside
+    them."""
+    pooling, normalize, stored_len, prefix = sentence_settings(adapter or checkpoint, pooling,
+                                                               prompt)
     texts = [prefix + t for t in read_texts(input_path)]
-    model, cfg, task = load_checkpoint(checkpoint, needs=ENCODER)
+    model, cfg, task = load_with_adapter(checkpoint, adapter)
     tokenizer = checkpoint_tokenizer(checkpoint, cfg.vocab_size, vocab)
     emb = embed_texts(encoder_of(model, task), tokenizer, texts, pooling, batch_size,
                       max_seq_length or stored_len or cfg.max_length, normalize)
@@ -231,6 +244,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_seq_length", 0, "Tokens per text incl. [CLS]/[SEP]; longer texts "
                          "are cut. 0 = the model's limit.")
     flags.DEFINE_string("vocab", None, "Vocabulary to use when none is stored with the checkpoint.")
+    flags.DEFINE_string("adapter", None, "LoRA adapters to run over --checkpoint: a bertjax LoRA "
+                        "checkpoint (fine-tuned with lora.enabled=true) or a PEFT directory.")
 
 
 FLAGS = flags.FLAGS
@@ -244,8 +259,8 @@ def main(argv):
             raise UserError(f"--{name} is required: bertjax embed --checkpoint=DIR "
                             "--input=texts.txt --output=emb.npy")
     emb = embed_file(FLAGS.checkpoint, FLAGS.input, FLAGS.output, FLAGS.pooling, FLAGS.batch_size,
-                     FLAGS.max_seq_length, FLAGS.vocab, FLAGS.prompt)
-    pooling = sentence_settings(FLAGS.checkpoint, FLAGS.pooling)[0]
+                     FLAGS.max_seq_length, FLAGS.vocab, FLAGS.prompt, FLAGS.adapter)
+    pooling = sentence_settings(FLAGS.adapter or FLAGS.checkpoint, FLAGS.pooling)[0]
     print(f"wrote {emb.shape[0]} x {emb.shape[1]} {pooling}-pooled embeddings to {FLAGS.output}")
 
 

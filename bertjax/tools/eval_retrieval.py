@@ -133,12 +133,14 @@ class Embedder:
     """Texts -> embeddings with a checkpoint's own sentence settings."""
 
     def __init__(self, checkpoint: str, pooling: str = "", batch_size: int = 64,
-                 max_seq_length: int = 0):
-        self.pooling, self.normalize, stored, _ = embed_lib.sentence_settings(checkpoint, pooling)
-        model, cfg, task = embed_lib.load_checkpoint(checkpoint, needs=embed_lib.ENCODER)
+                 max_seq_length: int = 0, adapter: str | None = None):
+        # With LoRA adapters the sentence settings are the ones stored beside them.
+        settings = adapter or checkpoint
+        self.pooling, self.normalize, stored, _ = embed_lib.sentence_settings(settings, pooling)
+        model, cfg, task = embed_lib.load_with_adapter(checkpoint, adapter)
         self.encoder = embed_lib.encoder_of(model, task)
         self.tokenizer = embed_lib.checkpoint_tokenizer(checkpoint, cfg.vocab_size)
-        self.prompts = (embed_lib.st_interop.read_config(checkpoint) or {}).get("prompts") or {}
+        self.prompts = (embed_lib.st_interop.read_config(settings) or {}).get("prompts") or {}
         self.batch_size = batch_size
         self.max_len = max_seq_length or stored or min(cfg.max_length, 512)
 
@@ -198,6 +200,8 @@ def table(metrics: dict) -> str:
 
 def define_flags() -> None:
     flags.DEFINE_string("checkpoint", None, "Anything `bertjax embed` reads.")
+    flags.DEFINE_string("adapter", None, "LoRA adapters to run over --checkpoint (as `bertjax "
+                        "embed --adapter`).")
     flags.DEFINE_string("data", None, "A BEIR directory (corpus.jsonl, queries.jsonl, "
                         "qrels/SPLIT.tsv) or a .jsonl of scored pairs (STS).")
     flags.DEFINE_string("split", "test", "Which qrels/SPLIT.tsv to score.")
@@ -223,7 +227,8 @@ def main(argv):
         read_pairs(data)  # bad input fails before the model loads
     else:
         read_beir(data, FLAGS.split)
-    embed = Embedder(FLAGS.checkpoint, FLAGS.pooling, FLAGS.batch_size, FLAGS.max_seq_length)
+    embed = Embedder(FLAGS.checkpoint, FLAGS.pooling, FLAGS.batch_size, FLAGS.max_seq_length,
+                     FLAGS.adapter)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     metrics = evaluate_sts(embed, data) if sts else evaluate_beir(embed, data, FLAGS.split, log)
     print(table(metrics))
