@@ -376,3 +376,174 @@ def test_sop_on_one_sentence_documents_ends_in_one_line(tmp_path):
 def test_contradictory_pair_flags_end_in_one_line(tmp_path, flags_, needle):
     one_line(_bad_prepare(tmp_path, "one two .\nthree one .\n\ntwo three .\none .\n", *flags_),
              needle)
+
+
+# ------------------------------------------------------------------------- n-gram masking
+
+PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
+VOCAB = 500
+CONT = np.zeros(VOCAB, bool)
+CONT[400:] = True  # ids 400.. continue the word before them
+
+
+def _spec(whole_word, ngram, budget="sequence", p=20):
+    from bertjax.data import masking
+
+    return masking.MaskSpec(
+        max_predictions=p, rate=0.15, whole_word=whole_word, cls_id=CLS, sep_id=SEP,
+        mask_id=MASK, replacement_ids=masking.replacement_ids(VOCAB, [PAD, UNK, CLS, SEP, MASK]),
+        is_continuation=CONT, budget=budget, ngram=ngram)
+
+
+def _mask_batch(n=256, s=128, seed=0, cont_share=0.35):
+    rng = np.random.default_rng(seed)
+    tokens = np.zeros((n, s), np.int32)
+    lengths = rng.integers(8, s + 1, n)
+    for i, length in enumerate(lengths):
+        body = rng.integers(5, 400, length)
+        body = np.where(rng.random(length) < cont_share, rng.integers(400, VOCAB, length), body)
+        tokens[i, :length] = body
+        tokens[i, 0], tokens[i, length // 2], tokens[i, length - 1] = CLS, SEP, SEP
+    return tokens, lengths.astype(np.int32), np.arange(n, dtype=np.int64) * 977 + 5
+
+
+def _words(tokens, length, whole_word):
+    """Each row's words as lists of positions, written out: a candidate starts a word unless
+    whole-word masking is on and it is a continuation piece right after another candidate."""
+    words = []
+    for j in range(length):
+        if tokens[j] in (CLS, SEP):
+            continue
+        if whole_word and CONT[tokens[j]] and words and words[-1][-1] == j - 1:
+            words[-1].append(j)
+        else:
+            words.append([j])
+    return words
+
+
+@pytest.mark.parametrize("whole_word,budget", [(True, "sequence"), (False, "sequence"),
+                                               (True, "candidates")])
+def test_ngram_masks_numpy_and_tensorflow_agree(whole_word, budget):
+    import tensorflow as tf
+
+    from bertjax.data import masking
+
+    tokens, lengths, ids = _mask_batch()
+    epochs = np.full(len(ids), 3, np.int64)
+    sp = _spec(whole_word, 3, budget)
+    a = masking.mask_batch_np(tokens, lengths, ids, epochs, 11, sp)
+    b = masking.mask_batch_tf(tf.constant(tokens), tf.constant(lengths), tf.constant(ids),
+                              tf.constant(epochs), 11, sp)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key].numpy(), err_msg=key)
+
+
+def test_ngram_walk_matches_albert_written_out():
+    """_ngram_np against ALBERT's loop as plain Python: words in a random order, each with a
+    drawn n, shrunk until the span fits what is left, skipped if it overlaps a taken word."""
+    from bertjax.data import masking
+
+    rng = np.random.default_rng(8)
+    rows, seq, ngram = 300, 30, 3
+    word_len = rng.integers(1, 4, (rows, seq))
+    num_words = rng.integers(0, seq + 1, rows)
+    word_len[np.arange(seq)[None, :] >= num_words[:, None]] = 0
+    sorted_word = np.stack([rng.permutation(seq) for _ in range(rows)])
+    # valid: the row's real words, first in the order (as the scores sort them)
+    for r in range(rows):
+        real = [w for w in sorted_word[r] if w < num_words[r]]
+        sorted_word[r] = real + [w for w in sorted_word[r] if w >= num_words[r]]
+    valid = np.arange(seq)[None, :] < num_words[:, None]
+    span = rng.integers(1, ngram + 1, (rows, seq))
+    budget = rng.integers(1, 20, rows)
+    got = masking._ngram_np(word_len, num_words, sorted_word, valid, span, budget, ngram)
+    for r in range(rows):
+        taken, count = set(), 0
+        for k in range(num_words[r]):
+            w = int(sorted_word[r, k])
+            chosen = None
+            for n in range(min(span[r, w], num_words[r] - w), 0, -1):
+                words = list(range(w, w + n))
+                if count + sum(word_len[r, v] for v in words) <= budget[r]:
+                    chosen = words
+                    break
+            if chosen is None or taken & set(chosen):
+                continue
+            taken |= set(chosen)
+            count += sum(word_len[r, v] for v in chosen)
+        assert set(np.flatnonzero(got[r]).tolist()) == taken, r
+
+
+def test_span_lengths_are_drawn_one_over_n():
+    from bertjax.data import masking
+
+    # p(n) = (1/n) / (1 + 1/2 + 1/3): 6/11, 3/11, 2/11 for ALBERT's n <= 3.
+    t1, t2 = masking.span_thresholds(3)
+    grid = 1 << 24
+    assert abs(t1 / grid - 6 / 11) < 1e-6 and abs((t2 - t1) / grid - 3 / 11) < 1e-6
+    assert masking.span_thresholds(1) == []
+
+
+def test_ngram_masks_whole_words_in_spans_within_the_budget():
+    from bertjax.data import masking
+
+    tokens, lengths, ids = _mask_batch(n=1500, s=128, seed=1)
+    stats = {}
+    for ngram in (1, 3):
+        m = masking.mask_batch_np(tokens, lengths, ids, 0, 5, _spec(True, ngram))
+        w = m["masked_lm_weights"] > 0
+        neighbours = masked_words = 0
+        for row in range(len(tokens)):
+            chosen = set(m["masked_lm_positions"][row][w[row]].tolist())
+            assert len(chosen) <= min(20, max(1, round(int(lengths[row]) * 0.15)))
+            words = _words(tokens[row], int(lengths[row]), True)
+            hit = []
+            for wd in words:
+                inside = [j in chosen for j in wd]
+                assert all(inside) or not any(inside), "a word was split"
+                hit.append(all(inside))
+            for i, h in enumerate(hit):
+                if h:
+                    masked_words += 1
+                    neighbours += (i > 0 and hit[i - 1]) or (i + 1 < len(hit) and hit[i + 1])
+        stats[ngram] = neighbours / masked_words
+    # Spans of 2 and 3 words put 2/3 of the masked words next to another masked word
+    # ((2 * 3/11 + 3 * 2/11) / (6/11 + 2 * 3/11 + 3 * 2/11)), a little more where spans touch; single
+    # words at a 15% rate rarely do.
+    assert 0.6 < stats[3] < 0.85 and stats[1] < 0.4, stats
+
+
+def test_prepare_records_ngram_masking_and_the_pipeline_uses_it(tmp_path):
+    from bertjax.bench.data import synthetic_corpus
+    from bertjax.data import masking, pipeline, prepare, records
+
+    corpus_glob, vocab = synthetic_corpus(str(tmp_path / "c"), files=1, docs_per_file=20, seed=2)
+    common = dict(input=corpus_glob, vocab=vocab, max_seq_length=64, max_predictions_per_seq=10,
+                  num_workers=1, seed=1, dupe_factor=1, whole_word_masking=True,
+                  masking_ngram=3, pair_task="sop")
+    static = prepare.prepare(prepare.Options(output_dir=str(tmp_path / "s"), **common))
+    dyn = prepare.prepare(prepare.Options(output_dir=str(tmp_path / "d"), masking="dynamic",
+                                          **common))
+    assert static["masking_ngram"] == dyn["masking_ngram"] == 3
+    # Static masks are the numpy masking of the same instances with n = 3.
+    dtype = records.dtype_from_metadata(dyn)
+    raw = np.concatenate([records.read_shard(str(tmp_path / "d" / s["file"]), dtype)
+                          for s in dyn["shards"]])
+    done = np.concatenate([records.read_shard(str(tmp_path / "s" / s["file"]),
+                                              records.dtype_from_metadata(static))
+                           for s in static["shards"]])
+    it = pipeline.make_pretrain_input(str(tmp_path / "d"), batch_size=8, seed=7,
+                                      shuffle_buffer=16, with_example_ids=True)
+    assert it._spec.ngram == 3
+    spec = it._spec
+    twin = masking.mask_batch_np(raw["tokens"].astype(np.int32), raw["length"],
+                                 raw["example_id"], 0, 1, spec)
+    np.testing.assert_array_equal(twin["input_ids"], done["tokens"])
+    b = next(it)
+    by_id = {int(e): x for e, x in zip(raw["example_id"], raw)}
+    ex = [by_id[int(e)] for e in b["example_id"]]
+    again = masking.mask_batch_np(np.stack([x["tokens"] for x in ex]).astype(np.int32),
+                                  np.array([x["length"] for x in ex]), b["example_id"],
+                                  b["epoch"], 7, spec)
+    for k, v in again.items():
+        np.testing.assert_array_equal(b[k], v, err_msg=k)

@@ -17,6 +17,13 @@ Semantics (google-research/bert, with the whole-word fix of bert #910):
   ids (drawn from `replacement_ids`, the vocabulary less the special tokens) with 0.1;
 - positions are sorted ascending and padded to P with position 0, id 0 and weight 0.
 
+N-gram masking (`ngram` = N > 1, ALBERT's create_pretraining_data.py): the unit is a span of 1 to
+N consecutive words (words as above, so whole words with whole-word masking, else tokens) with
+p(n) proportional to 1/n. Each word draws its n and starts a span in the same random order as
+above; a span never runs past the last word, shrinks (n-1, n-2, ...) until it fits in what is
+left of the budget, and is skipped if nothing fits or if it overlaps a word already taken. Each
+word of a span gets its own 80/10/10 choice. N = 1 is the selection above, unchanged.
+
 Randomness is a counter-based hash (the splitmix64 finaliser) of (seed, epoch, example id,
 position, stream) in uint64 arithmetic. tf.random's stateless ops take one seed per call, so a
 per-example seed would need one op per example; the hash gives every row its own stream inside one
@@ -42,8 +49,10 @@ RANDOM_FROM = int(0.9 * (1 << _DRAW_BITS))
 # Scores: 40 random bits above 20 position bits, so scores in a row are unique and ties impossible.
 _POS_BITS = 20
 MAX_SEQ_LENGTH = 1 << _POS_BITS
-# Streams of the hash: which word goes first, what a chosen word becomes, the random id.
-_ORDER, _ACTION, _REPLACE = 1, 2, 3
+# Streams of the hash: which word goes first, what a chosen word becomes, the random id, and
+# (n-gram masking) how many words its span covers.
+_ORDER, _ACTION, _REPLACE, _SPAN = 1, 2, 3, 4
+MAX_NGRAM = 8
 # What the masking rate is a share of: the whole sequence with its specials (the original's
 # create_pretraining_data.py) or only the maskable candidates.
 BUDGETS = ("sequence", "candidates")
@@ -62,8 +71,11 @@ class MaskSpec:
     replacement_ids: np.ndarray  # int32 ids a "random" token is drawn from
     is_continuation: np.ndarray | None = None  # bool [vocab_size]; needed for whole_word
     budget: str = "sequence"  # one of BUDGETS
+    ngram: int = 1  # spans of 1..ngram words, p(n) proportional to 1/n (ALBERT); 1 = single words
 
     def __post_init__(self):
+        if not 1 <= self.ngram <= MAX_NGRAM:
+            raise ValueError(f"masking n-gram {self.ngram} must be between 1 and {MAX_NGRAM}")
         if self.max_predictions < 1:
             raise ValueError("max_predictions must be at least 1")
         if not 0.0 < self.rate <= 1.0:
@@ -95,9 +107,11 @@ def replacement_ids(vocab_size: int, specials) -> np.ndarray:
 
 
 def spec_from_tokenizer(tokenizer, *, max_predictions: int, rate: float = 0.15,
-                        whole_word: bool = False, budget: str = "sequence") -> MaskSpec:
+                        whole_word: bool = False, budget: str = "sequence",
+                        ngram: int = 1) -> MaskSpec:
     return MaskSpec(
         max_predictions=max_predictions, rate=rate, whole_word=whole_word, budget=budget,
+        ngram=ngram,
         cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, mask_id=tokenizer.mask_id,
         replacement_ids=replacement_ids(tokenizer.vocab_size, special_ids(tokenizer)),
         is_continuation=continuation_table(tokenizer) if whole_word else None)
@@ -142,6 +156,48 @@ def _desc_topk_np(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Like tf.math.top_k: the k largest per row, ties in index order."""
     idx = np.argsort(-x, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(x, idx, axis=1), idx
+
+
+def span_thresholds(ngram: int) -> list[int]:
+    """24-bit draw thresholds t_1 < ... < t_{N-1}: a draw d gives n = 1 + #{t_i <= d}, so
+    p(n) = 1/n / sum_k 1/k (ALBERT's favor_shorter_ngram), up to the 2**-24 grid."""
+    weights = [1.0 / n for n in range(1, ngram + 1)]
+    total = sum(weights)
+    out, acc = [], 0.0
+    for w in weights[:-1]:
+        acc += w
+        out.append(int(acc / total * (1 << _DRAW_BITS)))
+    return out
+
+
+def _ngram_np(word_len, num_words, sorted_word, valid, span, n, ngram):
+    """Which words n-gram spans take (mask_batch_np's n-gram selection, see the module doc).
+    word_len [R,S] tokens of word w at column w; sorted_word/valid [R,S] the words in random
+    order; span [R,S] the drawn n of word w; n [R] the token budget. Returns taken [R,S] by word."""
+    rows_n, seq = word_len.shape
+    cum = np.concatenate([np.zeros((rows_n, 1), np.int64), np.cumsum(word_len, axis=1)], axis=1)
+    taken = np.zeros((rows_n, seq), bool)
+    room = n.astype(np.int64).copy()
+    col = np.arange(seq)[None, :]
+    for k in range(seq):
+        w = sorted_word[:, k]
+        live = valid[:, k] & (room > 0)
+        if not live.any():
+            break
+        most = np.minimum(np.take_along_axis(span, w[:, None], axis=1)[:, 0], num_words - w)
+        start = np.take_along_axis(cum, w[:, None], axis=1)[:, 0]
+        size = np.zeros_like(room)
+        length = np.zeros_like(room)
+        for m in range(1, ngram + 1):
+            end = np.take_along_axis(cum, np.minimum(w + m, seq)[:, None], axis=1)[:, 0]
+            fits = (m <= most) & (end - start <= room)
+            size = np.where(fits, m, size)
+            length = np.where(fits, end - start, length)
+        in_span = (col >= w[:, None]) & (col < (w + size)[:, None])
+        take = live & (size > 0) & ~(taken & in_span).any(axis=1)
+        taken |= in_span & take[:, None]
+        room -= np.where(take, length, 0)
+    return taken
 
 
 def _greedy_np(lengths, valid, n):
@@ -191,8 +247,8 @@ def mask_batch_np(tokens: np.ndarray, lengths: np.ndarray, example_ids: np.ndarr
             % len(spec.replacement_ids))
     rows = np.arange(n_rows)[:, None]
 
-    if spec.whole_word:
-        cont = spec.is_continuation[tokens] & cand
+    if spec.whole_word or spec.ngram > 1:
+        cont = spec.is_continuation[tokens] & cand if spec.whole_word else np.zeros_like(cand)
         prev_cand = np.concatenate([np.zeros((n_rows, 1), bool), cand[:, :-1]], axis=1)
         start = cand & ~(cont & prev_cand)
         word = np.cumsum(start, axis=1) - 1  # word index of each position (valid on candidates)
@@ -205,10 +261,17 @@ def mask_batch_np(tokens: np.ndarray, lengths: np.ndarray, example_ids: np.ndarr
         word_len = word_len.reshape(n_rows, seq).astype(np.int64)
         word_score = np.where(has_word, np.take_along_axis(order, start_pos, axis=1), -1)
         sorted_score, sorted_word = _desc_topk_np(word_score, seq)
-        sorted_len = np.take_along_axis(word_len, sorted_word, axis=1)
-        taken = _greedy_np(sorted_len, sorted_score >= 0, n)
-        word_taken = np.zeros((n_rows, seq), bool)
-        np.put_along_axis(word_taken, sorted_word, taken, axis=1)
+        if spec.ngram > 1:
+            draw = (_hash_np(keys, _SPAN, seq) >> _U64(64 - _DRAW_BITS)).astype(np.int64)
+            span = 1 + sum((draw >= t).astype(np.int64) for t in span_thresholds(spec.ngram))
+            span = np.take_along_axis(span, start_pos, axis=1)  # word w's draw, at column w
+            word_taken = _ngram_np(word_len, has_word.sum(axis=1), sorted_word,
+                                   sorted_score >= 0, span, n, spec.ngram)
+        else:
+            sorted_len = np.take_along_axis(word_len, sorted_word, axis=1)
+            taken = _greedy_np(sorted_len, sorted_score >= 0, n)
+            word_taken = np.zeros((n_rows, seq), bool)
+            np.put_along_axis(word_taken, sorted_word, taken, axis=1)
         selected = cand & np.take_along_axis(word_taken, np.where(cand, word, 0), axis=1)
         word_start = np.take_along_axis(start_pos, np.where(cand, word, 0), axis=1)
         action = np.take_along_axis(action, word_start, axis=1)
@@ -300,6 +363,41 @@ def _greedy_tf(tf, lengths, valid, n):
     return taken
 
 
+def _ngram_tf(tf, word_len, num_words, sorted_word, valid, span, n, ngram):
+    """The TensorFlow twin of _ngram_np."""
+    seq = int(word_len.shape[1])
+    rows_n = tf.shape(word_len)[0]
+    cum = tf.concat([tf.zeros([rows_n, 1], tf.int64), tf.cumsum(word_len, axis=1)], axis=1)
+    col = tf.range(seq, dtype=tf.int64)[None, :]
+    zero = tf.zeros([rows_n], tf.int64)
+
+    def cond(k, taken, room):
+        return (k < seq) & tf.reduce_any(tf.gather(valid, tf.minimum(k, seq - 1), axis=1)
+                                         & (room > 0))
+
+    def body(k, taken, room):
+        w = tf.cast(sorted_word[:, k], tf.int64)
+        live = valid[:, k] & (room > 0)
+        most = tf.minimum(tf.gather(span, w, batch_dims=1), num_words - w)
+        start = tf.gather(cum, w, batch_dims=1)
+        size, length = zero, zero
+        for m in range(1, ngram + 1):
+            end = tf.gather(cum, tf.minimum(w + m, seq), batch_dims=1)
+            fits = (m <= most) & (end - start <= room)
+            size = tf.where(fits, tf.cast(m, tf.int64) + zero, size)
+            length = tf.where(fits, end - start, length)
+        in_span = (col >= w[:, None]) & (col < (w + size)[:, None])
+        take = live & (size > 0) & ~tf.reduce_any(taken & in_span, axis=1)
+        taken = taken | (in_span & take[:, None])
+        room = room - tf.where(take, length, zero)
+        return k + 1, taken, room
+
+    taken = tf.zeros([rows_n, seq], tf.bool)
+    # The walk stops where _ngram_np's does; later words could take nothing either way.
+    _, taken, _ = tf.while_loop(cond, body, (tf.constant(0), taken, tf.cast(n, tf.int64)))
+    return taken
+
+
 def mask_batch_tf(tokens, lengths, example_ids, epochs, seed: int, spec: MaskSpec):
     """The TensorFlow twin of mask_batch_np, for tf.data maps over batches. tokens [N, S] int32
     with a static S; lengths [N]; example_ids, epochs [N] int64."""
@@ -328,9 +426,11 @@ def mask_batch_tf(tokens, lengths, example_ids, epochs, seed: int, spec: MaskSpe
     pick = tf.math.floormod(_shift_to_i64(tf, _hash_tf(tf, keys, _REPLACE, seq), 1),
                             len(spec.replacement_ids))
 
-    if spec.whole_word:
-        table = tf.constant(spec.is_continuation, tf.bool)
-        cont = tf.gather(table, tokens) & cand
+    if spec.whole_word or spec.ngram > 1:
+        if spec.whole_word:
+            cont = tf.gather(tf.constant(spec.is_continuation, tf.bool), tokens) & cand
+        else:
+            cont = tf.zeros_like(cand)
         prev_cand = tf.concat([tf.zeros_like(cand[:, :1]), cand[:, :-1]], axis=1)
         start = cand & ~(cont & prev_cand)
         word = tf.cumsum(tf.cast(start, tf.int64), axis=1) - 1
@@ -346,11 +446,19 @@ def mask_batch_tf(tokens, lengths, example_ids, epochs, seed: int, spec: MaskSpe
         word_score = tf.where(has_word, tf.gather(order, start_pos, batch_dims=1), -1)
         top = tf.math.top_k(word_score, seq)
         sorted_score, sorted_word = top.values, top.indices
-        sorted_len = tf.gather(word_len, sorted_word, batch_dims=1)
-        taken = _greedy_tf(tf, sorted_len, sorted_score >= 0, n)
-        # Back from "k-th word in random order" to "word w": invert the permutation.
-        inverse = tf.math.top_k(-sorted_word, seq).indices
-        word_taken = tf.gather(taken, inverse, batch_dims=1)
+        if spec.ngram > 1:
+            draw = _shift_to_i64(tf, _hash_tf(tf, keys, _SPAN, seq), 64 - _DRAW_BITS)
+            span = 1 + sum(tf.cast(draw >= t, tf.int64) for t in span_thresholds(spec.ngram))
+            span = tf.gather(span, start_pos, batch_dims=1)
+            num_words = tf.reduce_sum(tf.cast(has_word, tf.int64), axis=1)
+            word_taken = _ngram_tf(tf, word_len, num_words, sorted_word, sorted_score >= 0, span,
+                                   n, spec.ngram)
+        else:
+            sorted_len = tf.gather(word_len, sorted_word, batch_dims=1)
+            taken = _greedy_tf(tf, sorted_len, sorted_score >= 0, n)
+            # Back from "k-th word in random order" to "word w": invert the permutation.
+            inverse = tf.math.top_k(-sorted_word, seq).indices
+            word_taken = tf.gather(taken, inverse, batch_dims=1)
         selected = cand & tf.gather(word_taken, safe_word, batch_dims=1)
         word_start = tf.gather(start_pos, safe_word, batch_dims=1)
         action = tf.gather(action, word_start, batch_dims=1)

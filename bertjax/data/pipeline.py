@@ -173,7 +173,8 @@ class PretrainInput:
                 replacement_ids=masking.replacement_ids(meta["vocab_size"], ids.values()),
                 is_continuation=table,
                 # Data prepared before the budget was recorded were counted on the candidates.
-                budget=meta.get("mask_budget", "candidates"))
+                budget=meta.get("mask_budget", "candidates"),
+                ngram=int(meta.get("masking_ngram", 1)))
 
     def _check_files(self) -> None:
         size = self.metadata["record_bytes"]
@@ -300,6 +301,7 @@ class PretrainInput:
                json.dumps(self.metadata["tokenizer"], sort_keys=True), self.data_dir,
                self.metadata["whole_word_masking"], self.metadata["masked_lm_prob"],
                self.metadata.get("mask_budget", "candidates"),
+               self.metadata.get("masking_ngram", 1),
                self.seq_length, self.predictions, self.masking, self.repeat, self.seed,
                self.with_example_ids)
         if key not in _BATCH_FUNCTIONS:

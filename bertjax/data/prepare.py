@@ -75,6 +75,9 @@ def _check_options(o: Options) -> None:
     need(1 <= o.max_predictions_per_seq <= o.max_seq_length,
          f"--max_predictions_per_seq={o.max_predictions_per_seq} must be between 1 and "
          "--max_seq_length (20 at 128 and 80 at 512 are usual)")
+    need(1 <= o.masking_ngram <= masking.MAX_NGRAM,
+         f"--masking_ngram={o.masking_ngram} must be between 1 (single words) and "
+         f"{masking.MAX_NGRAM} (ALBERT uses 3)")
     need(1 <= o.dupe_factor <= 255, f"--dupe_factor={o.dupe_factor} must be between 1 and 255")
     need(0.0 <= o.short_seq_prob <= 1.0, f"--short_seq_prob={o.short_seq_prob} must be in [0, 1]")
     need(0.0 < o.masked_lm_prob <= 1.0, f"--masked_lm_prob={o.masked_lm_prob} must be in (0, 1]")
@@ -120,6 +123,8 @@ def _common_params(o: Options, tok) -> dict:
         "masking": o.masking,
         "masked_lm_prob": o.masked_lm_prob,
         "whole_word_masking": o.whole_word_masking,
+        # Only when set, like pair_task: data prepared before n-gram masking keeps its shards.
+        **({"masking_ngram": o.masking_ngram} if o.masking_ngram > 1 else {}),
         "mask_budget": o.mask_budget,
         "nsp": o.nsp,
         # Only where it is not what `nsp` already says, so NSP and packed shards prepared before
@@ -331,6 +336,7 @@ def finish(pl: Plan, stats: dict) -> dict:
         "format": records.FORMAT,
         **common,
         "pair_task": o.pair_task,
+        "masking_ngram": o.masking_ngram,
         "static_masks": o.masking == "static",
         "token_dtype": records.token_dtype_name(tok.vocab_size),
         "record_bytes": dtype.itemsize,
@@ -416,6 +422,7 @@ def main(argv):
         max_predictions_per_seq=f.max_predictions_per_seq, masking=f.masking,
         dupe_factor=f.dupe_factor, short_seq_prob=f.short_seq_prob,
         masked_lm_prob=f.masked_lm_prob, whole_word_masking=f.whole_word_masking,
+        masking_ngram=f.masking_ngram,
         mask_budget=f.mask_budget, nsp=not f.no_nsp, pair_task=f.pair_task,
         num_workers=f.num_workers, seed=f.seed, format=f.format,
         text_field=f.text_field, doc_unit=f.doc_unit, tfds_data_dir=f.tfds_data_dir,
@@ -437,6 +444,8 @@ def _define_flags():
     flags.DEFINE_float("short_seq_prob", d["short_seq_prob"].default, "Share of short targets.")
     flags.DEFINE_float("masked_lm_prob", d["masked_lm_prob"].default, "Masking rate.")
     flags.DEFINE_bool("whole_word_masking", False, "Mask whole words.")
+    flags.DEFINE_integer("masking_ngram", 1, "Mask spans of 1..N words with p(n) proportional "
+                         "to 1/n (ALBERT: 3, with --whole_word_masking); 1 = single words.")
     flags.DEFINE_string("mask_budget", d["mask_budget"].default,
                         "sequence: mask round(rate * tokens incl. [CLS]/[SEP]), the original's "
                         "count; candidates: round(rate * maskable tokens).")

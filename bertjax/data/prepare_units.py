@@ -42,6 +42,7 @@ class Options:
     short_seq_prob: float = 0.1
     masked_lm_prob: float = 0.15
     whole_word_masking: bool = False
+    masking_ngram: int = 1  # spans of 1..N words, p(n) proportional to 1/n (ALBERT); 1 = words
     mask_budget: str = "sequence"  # masking.BUDGETS: "sequence" is the original's rule
     nsp: bool = True  # sentence pairs with labels (NSP or SOP); False = packed, no pairs
     pair_task: str = ""  # nsp | sop | none; "" = as `nsp` says (prepare.plan resolves it)
@@ -84,6 +85,7 @@ class Plan:
 def mask_spec(o: Options, tok) -> masking.MaskSpec:
     return masking.spec_from_tokenizer(tok, max_predictions=o.max_predictions_per_seq,
                                        rate=o.masked_lm_prob, whole_word=o.whole_word_masking,
+                                       ngram=o.masking_ngram,
                                        budget=o.mask_budget)
 
 
