@@ -25,7 +25,7 @@ def styles(tmp_path_factory):
     progress = demo.Progress(seeds=1)
     progress.tty, progress.show = False, lambda force=False: None  # no progress lines in the test
     out = {}
-    for style in ("bert", "roberta"):
+    for style in ("bert", "roberta", "sop"):
         train, held = demo.prepare_stage(progress, str(root / "logs" / style), str(root / "train.txt"),
                                          str(root / "heldout" / "*.txt"), vocab,
                                          str(root / style), style)
@@ -65,8 +65,44 @@ def test_roberta_style_prepares_packed_full_sentences_without_nsp_masked_dynamic
     for kind in ("train_meta", "heldout_meta"):
         keys = [k for k in r[kind] if k not in ("stats", "shards", "corpus", "inputs")]
         differ = {k for k in keys if r[kind][k] != b[kind].get(k)}
-        assert differ == {"nsp"}, differ
+        assert differ == {"nsp", "pair_task"}, differ
         assert r[kind]["inputs"] == b[kind]["inputs"]
+
+
+def test_sop_style_changes_only_the_pair_task(styles):
+    s, b = styles["sop"], styles["bert"]
+    for kind in ("train_meta", "heldout_meta"):
+        assert s[kind]["pair_task"] == "sop" and b[kind]["pair_task"] == "nsp"
+        keys = [k for k in s[kind] if k not in ("stats", "shards", "corpus", "inputs")]
+        assert {k for k in keys if s[kind][k] != b[kind].get(k)} == {"pair_task"}
+    rows = _rows(s["heldout"])
+    assert (rows["a_doc"] == rows["b_doc"]).all() and 0 < rows["next_sentence_label"].mean() < 1
+
+
+def test_heldout_pair_scores_the_pair_head_on_the_sets_labels(styles, tmp_path):
+    from bertjax.interop import params as interop
+    from bertjax.load import model_files
+    from bertjax.model import BertConfig, build_model
+
+    vocab = styles["bert"]["train_meta"]["vocab_size"]
+    cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_layers=1, num_heads=2,
+                     intermediate_size=64, max_position_embeddings=demo.SEQ)
+    for style in ("bert", "sop"):
+        data = styles[style]["heldout"]
+        labels = np.concatenate([b["next_sentence_labels"]
+                                 for b in compare.heldout_batches(data, 8)])
+        for always in (0, 1):
+            # A head that always answers `always`: its accuracy is that label's share of the set.
+            model = build_model("pretraining", cfg)
+            flat = interop.flat_params(model)
+            flat[("nsp", "dense", "kernel")] = np.zeros_like(flat[("nsp", "dense", "kernel")])
+            flat[("nsp", "dense", "bias")] = np.eye(2, dtype=np.float32)[always]
+            interop.set_flat_params(model, flat)
+            ckpt = str(tmp_path / f"{style}{always}")
+            model_files.save_checkpoint(ckpt, model, cfg, "pretraining")
+            got = compare.heldout_pair(ckpt, data, 8)
+            assert got["pairs"] == len(labels)
+            assert got["pair_accuracy"] == pytest.approx(float(np.mean(labels == always)))
 
 
 def test_interleaved_reads_shards_in_the_order_of_tf_data():

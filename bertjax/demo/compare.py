@@ -48,6 +48,7 @@ DESCRIPTION = {
     "bert": "sentence pairs, MLM+NSP (the demo)",
     "roberta": "FULL-SENTENCES, MLM only, dynamic masks",
     "electra": "roberta's data, replaced-token detection at the MLM arm's FLOPs",
+    "sop": "sentence-order pairs, MLM+SOP (ALBERT's pair task)",
 }
 
 
@@ -116,7 +117,8 @@ def heldout_batches(data_dir: str, batch_size: int):
                "input_mask": (pos < length).astype(np.int32),
                "masked_lm_positions": r["masked_positions"].astype(np.int32),
                "masked_lm_ids": r["masked_ids"].astype(np.int32),
-               "masked_lm_weights": (slot < r["num_masked"][:, None]).astype(np.float32)}
+               "masked_lm_weights": (slot < r["num_masked"][:, None]).astype(np.float32),
+               "next_sentence_labels": r["next_sentence_label"].astype(np.int32)}
 
 
 def heldout_mlm(checkpoint: str, data_dir: str, batch_size: int = 64) -> dict:
@@ -141,6 +143,30 @@ def heldout_mlm(checkpoint: str, data_dir: str, batch_size: int = 64) -> dict:
         hits, total, sequences = hits + float(h), total + float(n), sequences + batch_size
     return {"mlm_accuracy": hits / max(total, 1.0), "masked_tokens": int(total),
             "sequences": sequences, "task": task}
+
+
+def heldout_pair(checkpoint: str, data_dir: str, batch_size: int = 64) -> dict:
+    """Accuracy of a checkpoint's pair head (NSP's or SOP's: the same 2-way head on the pooled
+    [CLS] vector) on a static held-out set's pair labels, whichever task made them: ALBERT's
+    probe of an NSP-trained model on SOP pairs and the other way round."""
+    model, _, task, _, _ = model_files.load_model(checkpoint)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def correct(state, b):
+        out = nnx.merge(graphdef, state)(b["input_ids"], b["segment_ids"], b["input_mask"],
+                                         b["masked_lm_positions"])
+        return jnp.sum(jnp.argmax(out["nsp_logits"], -1) == b["next_sentence_labels"])
+
+    hits = pairs = 0
+    for b in heldout_batches(data_dir, batch_size):
+        hits, pairs = hits + int(correct(state, b)), pairs + batch_size
+    return {"pair_accuracy": hits / max(pairs, 1), "pairs": pairs, "task": task}
+
+
+def _pair_task(data_dir: str) -> str:
+    meta = json.load(open(os.path.join(data_dir, "metadata.json")))
+    return meta.get("pair_task") or ("nsp" if meta["nsp"] else "none")
 
 
 # ------------------------------------------------------------------------------ the arms
@@ -197,9 +223,14 @@ def compare(w: str, arms: list[str]) -> dict:
     for arm in arms:
         ckpt = os.path.join(w, arm, "pretrained")
         cross[arm] = {h: heldout_mlm(ckpt, d, batch_size) for h, d in heldout.items()}
+    # The pair heads (NSP's, SOP's) on every held-out set that has pair labels.
+    paired = {h: d for h, d in heldout.items() if _pair_task(d) != "none"}
+    pair_cross = {arm: {h: {**heldout_pair(os.path.join(w, arm, "pretrained"), d, batch_size),
+                            "pair_task": _pair_task(d)} for h, d in paired.items()}
+                  for arm in arms if _pair_task(os.path.join(w, arm, "data", "train")) != "none"}
     train_flops = {arm: _train_flops(configs[arm], reports[arm]["pretrain_steps"]) for arm in arms}
     result = {"arms": arms, "workdir": os.path.abspath(w), "reports": reports, "heldout_mlm": cross,
-              "train_flops": train_flops,
+              "train_flops": train_flops, "heldout_pair": pair_cross,
               "batch_size": batch_size, "pretrain_steps": reports[arms[0]]["pretrain_steps"],
               "baselines": {h: reports[h]["most_frequent_token_baseline"] for h in arms},
               "verdict": verdict(reports, cross)}
@@ -284,6 +315,17 @@ def table(result: dict) -> str:
     nsp = reports.get("bert", {}).get("heldout", {}).get("nsp_accuracy")
     if nsp is not None:
         lines.append(f"bert's held-out NSP accuracy: {100 * nsp:.2f}% (chance 50%)")
+    pair = result.get("heldout_pair") or {}
+    if pair:
+        sets = list(next(iter(pair.values())))
+        lines += ["", "pair-head accuracy (%) on held-out pairs (chance 50%): a row is the model "
+                  "(trained on its arm's pair task), a column a held-out set:"]
+        heads = [f"{h}'s {pair[next(iter(pair))][h]['pair_task'].upper()} pairs "
+                 f"({pair[next(iter(pair))][h]['pairs']:,})" for h in sets]
+        lines.append(f"{'':10s}" + "".join(f"{x:>{width}}" for x in heads))
+        for a, row in pair.items():
+            lines.append(f"{a:10s}" + "".join(
+                f"{100 * row[h]['pair_accuracy']:>{width}.2f}" for h in sets))
     if any(reports[a].get("finetune") for a in arms):
         lines += ["", "WordNet topics fine-tuned from each arm's checkpoint (the demo's recipe): "
                   "final dev accuracy (%)"]

@@ -63,7 +63,8 @@ def define_flags() -> None:
                       "bert: sentence pairs, MLM+NSP; roberta: full sentences packed across "
                       "documents, no NSP (MLM only), dynamic masks (changes only prepare's flags); "
                       "electra: roberta's data, replaced-token detection at the MLM run's FLOPs "
-                      "(configs/demo.py:electra).")
+                      "(configs/demo.py:electra); sop: ALBERT's sentence-order pairs, MLM+SOP "
+                      "(changes only prepare's flags).")
     flags.DEFINE_string("reuse_data_from", "", "A finished demo workdir whose corpus, labelled set "
                         "and vocabulary this run uses instead of building its own.")
 
@@ -88,6 +89,10 @@ PREPARE_FLAGS = {
 # replaced-token detection at the MLM arm's training FLOPs (configs/demo.py:electra).
 PREPARE_FLAGS["electra"] = PREPARE_FLAGS["roberta"]
 PRETRAIN_CONFIG = {"electra": "configs/demo.py:electra"}
+# sop: ALBERT's sentence-order pairs (prepare --pair_task=sop: both segments from one document,
+# swapped half the time) instead of next-sentence pairs; the objective follows the data
+# (mlm_sop), the model, optimizer and budget are the bert arm's, so only the pair task differs.
+PREPARE_FLAGS["sop"] = tuple(flags_ + ["--pair_task=sop"] for flags_ in PREPARE_FLAGS["bert"])
 # Expected seconds per stage on an idle 2-core box, measured (docs/benchmarks.md); only the ETA
 # uses them, scaled by how fast this machine turns out to be.
 STAGES = (("corpus", 10), ("labelled", 4), ("vocab", 25), ("prepare", 8), ("pretrain", 330),
@@ -409,7 +414,8 @@ def main(argv):
 
 def heldout_line(ev: dict, baseline: dict) -> str:
     nsp = (f"NSP accuracy {100 * ev['nsp_accuracy']:.2f}% (chance 50%)" if "nsp_accuracy" in ev
-           else "no NSP (MLM only)")
+           else f"SOP accuracy {100 * ev['sop_accuracy']:.2f}% (chance 50%)"
+           if "sop_accuracy" in ev else "no NSP (MLM only)")
     if "disc_accuracy" in ev:  # ELECTRA: the MLM figure is its small generator's
         nsp = (f"discriminator accuracy {100 * ev['disc_accuracy']:.2f}% (precision "
                f"{100 * ev['disc_precision']:.1f}%, recall {100 * ev['disc_recall']:.1f}% on "
