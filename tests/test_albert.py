@@ -547,3 +547,26 @@ def test_prepare_records_ngram_masking_and_the_pipeline_uses_it(tmp_path):
                                   b["epoch"], 7, spec)
     for k, v in again.items():
         np.testing.assert_array_equal(b[k], v, err_msg=k)
+
+
+def test_the_comparison_table_shows_the_nsp_sop_two_by_two():
+    from bertjax.demo import compare
+
+    arms = ["bert", "sop"]
+    report = {"pretrain_steps": 600, "heldout": {}, "wall_seconds": 1.0, "cpu_seconds": 1.0,
+              "prepared": {"train": {"instances": 100, "mean_tokens_per_instance": 60.0,
+                                     "max_seq_length": 64}}}
+    cross = {a: {h: {"mlm_accuracy": 0.07, "masked_tokens": 10} for h in arms} for a in arms}
+    pair = {"bert": {"bert": {"pair_accuracy": 0.525, "pairs": 640, "pair_task": "nsp"},
+                     "sop": {"pair_accuracy": 0.5, "pairs": 576, "pair_task": "sop"}},
+            "sop": {"bert": {"pair_accuracy": 0.61, "pairs": 640, "pair_task": "nsp"},
+                    "sop": {"pair_accuracy": 0.7, "pairs": 576, "pair_task": "sop"}}}
+    result = {"arms": arms, "reports": {a: report for a in arms}, "heldout_mlm": cross,
+              "heldout_pair": pair, "batch_size": 64, "pretrain_steps": 600,
+              "baselines": {a: {"accuracy": 0.05} for a in arms},
+              "verdict": compare.verdict({a: report for a in arms}, cross)}
+    lines = compare.table(result).splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("pair-head accuracy"))
+    assert "bert's NSP pairs (640)" in lines[head + 1] and "sop's SOP pairs (576)" in lines[head + 1]
+    assert lines[head + 2].split() == ["bert", "52.50", "50.00"]
+    assert lines[head + 3].split() == ["sop", "61.00", "70.00"]
