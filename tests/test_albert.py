@@ -570,3 +570,21 @@ def test_the_comparison_table_shows_the_nsp_sop_two_by_two():
     assert "bert's NSP pairs (640)" in lines[head + 1] and "sop's SOP pairs (576)" in lines[head + 1]
     assert lines[head + 2].split() == ["bert", "52.50", "50.00"]
     assert lines[head + 3].split() == ["sop", "61.00", "70.00"]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "base", "large", "xlarge", "xxlarge"])
+def test_every_recipe_size_is_hugging_faces_albert_of_that_size(preset):
+    sys.path.insert(0, os.path.join(ROOT, "configs"))
+    import albert as albert_recipe  # configs/albert.py
+
+    c = albert_recipe.get_config(preset)
+    assert (c.objective.name, c.optim.name, c.optim.learning_rate) == ("mlm_sop", "lamb", 0.00176)
+    cfg = BertConfig.from_dict(c.model.to_dict())
+    assert cfg.num_hidden_groups == 1 and cfg.embedding_width < cfg.hidden_size
+    ours = count_params(nnx.eval_shape(lambda: build_model("base", cfg)))
+    with torch.device("meta"):
+        hf = transformers.AlbertModel(transformers.AlbertConfig(
+            vocab_size=cfg.vocab_size, embedding_size=cfg.embedding_width,
+            hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size))
+    assert ours == sum(p.numel() for p in hf.parameters())
