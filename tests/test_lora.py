@@ -443,3 +443,82 @@ def test_bad_lora_input_on_the_command_line_ends_in_one_line(tmp_path, base_ckpt
     _one_line(_cli("export", f"--checkpoint={best}", "--format=hf", f"--out={tmp_path / 'h'}"),
               "holds LoRA adapters", "--merge_lora")
     assert not any(p.name in ("m", "h", "w") for p in tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- every member
+
+PEFT_CASES = [("bert", "sequence_classification"), ("bert", "token_classification"),
+              ("bert", "question_answering"), ("roberta", "sequence_classification"),
+              ("electra", "sequence_classification"), ("albert", "sequence_classification"),
+              ("albert/g2", "token_classification")]
+
+
+@pytest.mark.parametrize("member,task", PEFT_CASES)
+def test_every_member_exports_adapters_peft_loads_and_merges(tmp_path, member, task):
+    """Random base (HF's own init), random adapters on every target and a random head: PEFT over
+    the HF base gives our logits, the PEFT dir reads back, and merging changes nothing."""
+    import torch
+    import peft as peft_lib
+    from test_hf_parity import hf_class, hf_config, make_batch
+
+    from bertjax.interop import peft
+    from bertjax.load import lora_files
+
+    torch.manual_seed(0)
+    labels = {"num_labels": 2} if task == "question_answering" else {}  # start and end
+    hf_base = hf_class(member, task)(hf_config(member, **labels)).eval()
+    base_dir = str(tmp_path / "base")
+    hf_base.save_pretrained(base_dir)
+    base_model, base_cfg, _, report = interop.load_hf(base_dir, task=task)
+    assert not report["missing"]
+    cfg = _lora(base_cfg, rank=3, alpha=5.0)
+    model = build_model(task, cfg, seed=1)
+    rng = np.random.default_rng(0)
+    flat = interop.flat_params(model)
+    base_flat = interop.flat_params(base_model)
+    for k in flat:
+        if adapters.in_base(k) and "lora" not in map(str, k):
+            flat[k] = base_flat[k]
+        else:  # adapters and head: random, so that every one of them shows
+            flat[k] = rng.normal(0, 0.2, flat[k].shape).astype(np.float32)
+    interop.set_flat_params(model, flat)
+    head = [k for k in flat if "lora" not in map(str, k) and not adapters.in_base(k)]
+    config, tensors = peft.to_peft(interop.flat_params(model), cfg, task, base_dir, head)
+    adapter_dir = str(tmp_path / "adapter")
+    peft.write(adapter_dir, config, tensors)
+
+    b = make_batch(member=member.split("/")[0])
+    args = (b["input_ids"], b["segment_ids"], b["input_mask"])
+    out = model(*args)
+    want = (np.asarray(out["logits"]) if "logits" in out else
+            np.stack([np.asarray(out["start_logits"]), np.asarray(out["end_logits"])], -1))
+    t = {k: torch.tensor(v, dtype=torch.long) for k, v in b.items()}
+    with torch.no_grad():
+        loaded = peft_lib.PeftModel.from_pretrained(
+            hf_class(member, task).from_pretrained(base_dir), adapter_dir).eval()
+        # peft 0.21.2's PeftModelForQuestionAnswering.forward drops token_type_ids (it names the
+        # argument and never passes it on); its LoraModel, with the same adapters, does not.
+        run = loaded.base_model if task == "question_answering" else loaded
+        hf = run(input_ids=t["input_ids"], token_type_ids=t["segment_ids"],
+                 attention_mask=t["input_mask"])
+    got = (hf.logits.numpy() if task != "question_answering" else
+           np.stack([hf.start_logits.numpy(), hf.end_logits.numpy()], -1))
+    real = b["input_mask"].astype(bool) if task != "sequence_classification" else slice(None)
+    np.testing.assert_allclose(got[real], want[real], atol=1e-4, rtol=0)
+
+    back, back_cfg, back_task = lora_files.load_peft(adapter_dir, base_dir,
+                                                     lambda *a, **k: (base_model, base_cfg),
+                                                     task)
+    assert back_task == task and back_cfg.lora_rank == 3 and back_cfg.lora_targets == ALL
+    again = interop.flat_params(back)
+    for k, v in interop.flat_params(model).items():
+        np.testing.assert_allclose(again[k], v, atol=1e-7, err_msg=str(k))
+
+    plain_cfg = dataclasses.replace(cfg, lora_rank=0)
+    merged = peft.merge(interop.flat_params(model), cfg, task)
+    plain = interop.model_from_flat(task, plain_cfg, {
+        tuple(int(p) if p.isdigit() else p for p in k): v for k, v in merged.items()})
+    out = plain(*args)
+    merged_logits = (np.asarray(out["logits"]) if "logits" in out else
+                     np.stack([np.asarray(out["start_logits"]), np.asarray(out["end_logits"])], -1))
+    np.testing.assert_allclose(merged_logits, want, atol=1e-5, rtol=0)

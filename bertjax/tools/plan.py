@@ -19,14 +19,16 @@ from __future__ import annotations
 import json
 import math
 
+import jax
 from absl import flags
 
 from bertjax import cli
+from bertjax.config import lora_fields
 from bertjax.errors import UserError
 from bertjax.store.files import write_atomic
 from bertjax.model import BertConfig, build_model
 from bertjax.model.attention import describe
-from bertjax.train import aot, objectives
+from bertjax.train import adapters, aot, objectives
 from bertjax.train import mesh as mesh_lib
 from bertjax.train.run_plan import RunPlan
 
@@ -81,16 +83,22 @@ class Planner:
 
     def _compile(self, per_chip: int, remat: str) -> dict:
         cfg = self.cfg
-        model_dict = {**cfg.model.to_dict(), "remat": remat}
+        # A LoRA fine-tune (lora.enabled) compiles the step it runs: adapters on the model, the
+        # base frozen with no optimizer state (train/adapters.py).
+        model_dict = {**cfg.model.to_dict(), **lora_fields(cfg), "remat": remat}
         model_cfg = BertConfig.from_dict(model_dict)
+        objective = adapters.wrap(self.objective, model_dict)
         batch = per_chip * self.rows
         seq, preds = int(cfg.data.max_seq_length), int(cfg.data.max_predictions_per_seq)
         accum = int(cfg.train.grad_accum_steps)
         if batch % accum:
             raise UserError(f"batch {batch} is not divisible by train.grad_accum_steps {accum}")
         steps, _, _ = aot.build_steps(cfg, RunPlan.from_config(cfg, task_model=self.task),
-                                      self.objective,
+                                      objective,
                                    lambda: build_model(self.task, model_cfg, seed=0), self.mesh)
+        trained = sum(x.size for x in jax.tree.leaves(steps.abstract_state["params"]))
+        opt_bytes = sum(x.size * x.dtype.itemsize
+                        for x in jax.tree.leaves(steps.abstract_state["opt_state"]))
         row = {
             "topology": self.topology, "num_slices": self.num_slices, "chips": len(self.devices),
             "hosts": len({(getattr(d, "slice_index", 0), d.process_index) for d in self.devices}),
@@ -101,6 +109,8 @@ class Planner:
             "attention": describe(model_cfg.attention_backend, model_cfg.attention_dropout, seq,
                                   "tpu"),
             "hbm_gib": self.hbm_gib, "memory": "compiled (XLA memory_analysis), not a TPU run",
+            "lora": ({k.removeprefix("lora_"): model_dict[k] for k in lora_fields(cfg)} or None),
+            "trained_params": int(trained), "optimizer_state_gib": round(opt_bytes / aot.GIB, 3),
         }
         try:
             c = aot.compile_train_step(steps, self.objective, self.mesh, batch, seq, preds,
