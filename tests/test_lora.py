@@ -522,3 +522,44 @@ def test_every_member_exports_adapters_peft_loads_and_merges(tmp_path, member, t
     merged_logits = (np.asarray(out["logits"]) if "logits" in out else
                      np.stack([np.asarray(out["start_logits"]), np.asarray(out["end_logits"])], -1))
     np.testing.assert_allclose(merged_logits, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_adapters_train_further_from_a_lora_checkpoint_or_a_peft_dir(tmp_path, lora_run):
+    """init_from a LoRA best/ or its PEFT export starts from those very adapters and head: at a
+    learning rate of 0 the run's best is the adapters it started from."""
+    from bertjax.finetuning import run as ft_run
+    from bertjax.tools import export as export_lib
+
+    cfg, work, _ = lora_run
+    best = work / "seed-0" / "best"
+    export_lib.export(str(best), "peft", str(tmp_path / "peft"))
+    before = _saved_params(best)
+    for name, src in (("ckpt", str(best)), ("peft", str(tmp_path / "peft"))):
+        again = cfg.copy_and_resolve_references()
+        again.init_from = src
+        again.task.epochs = 1.0
+        again.optim.learning_rate = 0.0
+        ft_run.finetune(again, str(tmp_path / name))
+        after = _saved_params(tmp_path / name / "seed-0" / "best")
+        assert sorted(after) == sorted(before)
+        for k in before:
+            np.testing.assert_array_equal(after[k], before[k], err_msg=f"{name}: {k}")
+    again.lora.rank = 2
+    with pytest.raises(UserError, match="holds rank-4 adapters on query,key,value,"
+                                        "attention_output,intermediate,output; set "
+                                        "--config.lora.rank=4"):
+        ft_run.finetune(again, str(tmp_path / "other"))
+    again.lora.enabled, again.lora.rank = False, 8
+    with pytest.raises(UserError, match="holds LoRA adapters; train them further with "
+                                        "--config.lora.enabled=true"):
+        ft_run.finetune(again, str(tmp_path / "full"))
+
+
+def _saved_params(directory):
+    import orbax.checkpoint as ocp
+
+    with ocp.PyTreeCheckpointer() as ckptr:
+        tree = ckptr.restore(str(directory / "params"))
+    return {"/".join(map(str, k)): np.asarray(v) for k, v in
+            jax.tree_util.tree_flatten_with_path(tree)[0]}

@@ -19,6 +19,9 @@ from etils import epath
 from flax import nnx
 
 from bertjax.errors import UserError
+from bertjax.interop import peft
+from bertjax.model import lora as lora_lib
+from bertjax.train import adapters
 from bertjax.interop import electra_pair
 from bertjax.model.encoder import arch_fields
 from bertjax.load import model_files
@@ -56,6 +59,48 @@ def convert_hf(src: str, dst: str, model_task: str, log: Callable[[str], None]) 
         log(f"{src}: ignored {len(report['unexpected'])} tensors a {model_task} model does not use "
             f"({', '.join(report['unexpected'][:5])})")
     log(f"converted Hugging Face model {src} -> {dst}")
+    return dst
+
+
+def _lora_fields(path: str) -> dict:
+    """The lora_* model fields of LoRA adapters at `path` (a PEFT directory or a bertjax LoRA
+    checkpoint); {} for anything else."""
+    if peft.is_peft_dir(path):
+        return {"lora_rank": int(peft.read_config(path)["r"])}
+    try:
+        model = wd.inspect(path).model or {}
+    except UserError:
+        return {}
+    return {k: model[k] for k in ("lora_rank", "lora_targets") if model.get("lora_rank")}
+
+
+def adapters_checkpoint(cfg, src: str, dst: str, model_task: str,
+                        log: Callable[[str], None]) -> str:
+    """LoRA adapters to train further: the whole model (their base, the adapters and the head)
+    written once as a params-only checkpoint at dst, which a LoRA run with the same rank and
+    targets loads completely. Reused when a previous run already wrote it."""
+    if epath.Path(dst, wd.MODEL_CONFIG_FILE).exists():
+        return dst
+    section = cfg.get("lora")
+    if section is None or not section.enabled:
+        raise UserError(f"--config.init_from={src} holds LoRA adapters; train them further with "
+                        "--config.lora.enabled=true (same rank and targets), or start a full "
+                        "fine-tune from `bertjax export --format=hf --merge_lora` of it")
+    model, mcfg, task, _, _ = model_files.load_model(src, task=model_task)
+    have = lora_lib.parse_targets(mcfg.lora_targets)
+    want = lora_lib.parse_targets(section.targets)
+    if (mcfg.lora_rank, have) != (int(section.rank), want):
+        raise UserError(f"--config.init_from={src} holds rank-{mcfg.lora_rank} adapters on "
+                        f"{','.join(have)}; set --config.lora.rank={mcfg.lora_rank} "
+                        f"--config.lora.targets={','.join(have)} to train them further")
+    base = (peft.read_config(src).get("base_model_name_or_path") if peft.is_peft_dir(src) else
+            (adapters.read_reference(src) or {}).get("base"))
+    extras = model_files.tokenizer_extras(src)
+    if not extras and base and os.path.isdir(base):
+        extras = model_files.tokenizer_extras(base)
+    ckpt_lib.save_params(dst, nnx.state(model, nnx.Param), {**mcfg.to_dict(), "task": task},
+                         extra_files=extras, overwrite=True)
+    log(f"LoRA adapters {src} with their base -> {dst}")
     return dst
 
 
@@ -97,7 +142,10 @@ def resolve(cfg, workdir: str, log: Callable[[str], None] = print) -> Source:
                             "a pretraining workdir or a Hugging Face model directory")
         init_dir = init
         hf = wd.is_hf_dir(init) or electra_pair.is_pair_dir(init)
-        if hf and not epath.Path(init, wd.MODEL_CONFIG_FILE).exists():
+        if _lora_fields(init):
+            init_dir = adapters_checkpoint(cfg, init, os.path.join(workdir, "init"),
+                                           str(cfg.task.model_task), log)
+        elif hf and not epath.Path(init, wd.MODEL_CONFIG_FILE).exists():
             init_dir = convert_hf(init, os.path.join(workdir, "init"), str(cfg.task.model_task), log)
     vocab = _vocab_path(cfg, init_dir)
     tokenizer = load_tokenizer(vocab)
