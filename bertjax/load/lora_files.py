@@ -34,9 +34,9 @@ def _base(path: str, base: str | None, recorded: str | None, what: str) -> str:
     return chosen
 
 
-def _base_weights(base_model) -> dict:
+def _base_weights(base_model, task: str) -> dict:
     flat = interop.flat_params(base_model)
-    return {k: v for k, v in flat.items() if adapters.in_base(k)}
+    return {k: v for k, v in flat.items() if adapters.in_base(k, task)}
 
 
 def load(path: str, cfg, task: str, base: str | None, load_model: Callable):
@@ -58,8 +58,8 @@ def _attach_checkpoint(path: str, cfg, task: str, base_model, base_name: str):
                 f"{ref['sha256'][:16]}, but {base_name} has {found[:16]}; pass the base they "
                 f"were trained on ({ref['base']}) with --base=DIR")
     model = build_model(task, cfg)
-    interop.set_flat_params(model, _base_weights(base_model))
-    trained, report = ckpt_lib.load_params(path, nnx.state(model, adapters.trainable))
+    interop.set_flat_params(model, _base_weights(base_model, task))
+    trained, report = ckpt_lib.load_params(path, nnx.state(model, adapters.trainable_for(task)))
     if report.missing:
         raise UserError(f"{path} lacks {len(report.missing)} adapter or head weights of its "
                         f"model config: {', '.join(report.missing[:6])}")
@@ -93,7 +93,7 @@ def _attach_peft(path: str, base_model, base_cfg, task: str):
     changes = dict(fields, **({"num_labels": int(labels.shape[-1])} if labels is not None else {}))
     cfg = dataclasses.replace(base_cfg, **changes)
     model = build_model(task, cfg)
-    interop.set_flat_params(model, {**_base_weights(base_model), **params})
+    interop.set_flat_params(model, {**_base_weights(base_model, task), **params})
     return model, cfg, task
 
 

@@ -155,7 +155,7 @@ def _save_peft(checkpoint, model, cfg, task, built, tok_files, base) -> None:
     `peft.PeftModel.from_pretrained(AutoModelFor<task>.from_pretrained(BASE), dir)` loads over the
     base exported as a Hugging Face model, plus the tokenizer files."""
     flat = interop.flat_params(model)
-    head = [k for k in flat if "lora" not in map(str, k) and not adapters.in_base(k)]
+    head = [k for k in flat if "lora" not in map(str, k) and not adapters.in_base(k, task)]
     ref = adapters.read_reference(checkpoint) or {}
     config, tensors = peft.to_peft(flat, cfg, task, base or ref.get("base", ""), head)
     peft.write(built, config, tensors)

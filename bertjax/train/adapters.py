@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -23,10 +23,11 @@ from flax.nnx import traversals
 
 from bertjax.model import layer_stack
 
-# The base model: the embeddings and the layer stack, as every task model names them. The
-# pooler and the heads are outside it and train with the adapters (the pooler is the first
-# layer of RoBERTa's and ELECTRA's classifiers).
+# The base model: the embeddings and the layer stack, as every task model names them. The heads
+# are outside it and train with the adapters; so does the pooler where it feeds one (the
+# sequence classifier: it is the first layer of RoBERTa's and ELECTRA's classifiers).
 BASE_PARTS = ("embeddings", "encoder")
+POOLED_TASKS = ("sequence_classification",)
 BASE_FILE = "lora_base.json"
 
 
@@ -34,25 +35,33 @@ def _key(k: Any) -> str:
     return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
 
 
-def in_base(path: tuple) -> bool:
-    return any(_key(k) in BASE_PARTS for k in path)
-
-
-def trainable(path: tuple, value: Any) -> bool:
-    """The NNX filter of a LoRA run: adapters and every parameter outside the base."""
-    if isinstance(value, nnx.LoRAParam):
+def in_base(path: tuple, task: str | None = None) -> bool:
+    """Whether a parameter is the base's: the embeddings and the layers, and the pooler of a task
+    model whose head does not read it (None: the embeddings and the layers only)."""
+    names = [_key(k) for k in path]
+    if any(n in BASE_PARTS for n in names):
         return True
-    return isinstance(value, nnx.Param) and not in_base(path)
+    return task is not None and "pooler" in names and task not in POOLED_TASKS
+
+
+def trainable_for(task: str) -> Callable[[tuple, Any], bool]:
+    """The NNX filter of a LoRA run of task model `task`: the adapters and every parameter
+    outside the base."""
+    def trainable(path: tuple, value: Any) -> bool:
+        if isinstance(value, nnx.LoRAParam):
+            return True
+        return isinstance(value, nnx.Param) and not in_base(path, task)
+    return trainable
 
 
 class LoraObjective:
     """`inner`, training only what `trainable` selects; everything else is the inner objective's."""
 
-    trainable = staticmethod(trainable)
     save_frozen = False
 
     def __init__(self, inner):
         self.inner = inner
+        self.trainable = trainable_for(inner.model_task)
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
