@@ -34,7 +34,7 @@ def write_vocab(path: str) -> int:
 
 
 def prepare(root: str, *, n_files: int = 1, masking: str = "dynamic", dupe_factor: int = 2,
-            seed: int = 0) -> tuple[str, int]:
+            seed: int = 0, nsp: bool = True) -> tuple[str, int]:
     """Returns (data_dir, vocab_size)."""
     from bertjax.data import prepare as prep
 
@@ -46,7 +46,7 @@ def prepare(root: str, *, n_files: int = 1, masking: str = "dynamic", dupe_facto
     out = os.path.join(root, "data")
     prep.prepare(prep.Options(input=os.path.join(root, "corpus-*.txt"), vocab=vocab, output_dir=out,
                               max_seq_length=SEQ, max_predictions_per_seq=PREDS, masking=masking,
-                              dupe_factor=dupe_factor, num_workers=1, seed=seed))
+                              dupe_factor=dupe_factor, num_workers=1, seed=seed, nsp=nsp))
     return out, size
 
 
@@ -81,11 +81,11 @@ def apply(cfg, args: list[str]):
 
 
 def run_pretrain(workdir: str, args: list[str], *, devices: int = 8, env_extra=None, wait=True,
-                 timeout=300):
+                 timeout=300, config: str = "configs/bert_tiny.py"):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     env.update(env_extra or {})
-    cmd = [sys.executable, "-m", "bertjax.pretrain", "--config=configs/bert_tiny.py",
+    cmd = [sys.executable, "-m", "bertjax.pretrain", f"--config={config}",
            f"--workdir={workdir}", *args]
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -108,3 +108,8 @@ _TF_NATIVE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl::
 def error_lines(stderr: str) -> list[str]:
     """The non-empty stderr lines a CLI printed itself (TensorFlow's native log left out)."""
     return [ln for ln in stderr.splitlines() if ln.strip() and not _TF_NATIVE.match(ln)]
+
+
+# ELECTRA at the tiny sizes above: E = 16 < H = 32 (both networks project), a 16-wide generator.
+ELECTRA = {"model.embedding_size": 16, "model.generator_hidden_size": 16,
+           "model.generator_num_heads": 1, "model.generator_intermediate_size": 32}

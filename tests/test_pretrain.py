@@ -171,20 +171,28 @@ def _free_port():
         return s.getsockname()[1]
 
 
+# ELECTRA draws its masks and samples in the step; a row's draw follows its tokens, not its place
+# in the global batch (train/rtd.py row_keys), so two hosts' interleaved rows draw the same.
+MEMBERS = {"bert": ("configs/bert_tiny.py", True, {}),
+           "electra": ("configs/electra.py:tiny", False, ps.ELECTRA)}
+
+
 @pytest.mark.slow
-def test_two_processes_give_the_losses_of_one(tmp_path):
+@pytest.mark.parametrize("member", sorted(MEMBERS))
+def test_two_processes_give_the_losses_of_one(tmp_path, member):
     # One shard and no shuffle buffer: the two hosts split examples h, h+2, ..., so each global
     # batch holds the same examples as the one-process batch; dropout off so row order is moot.
     # Stay inside the first epoch: at its end the two hosts' uneven halves wrap differently.
-    data_dir, vocab = ps.prepare(str(tmp_path / "d"), dupe_factor=1)
+    config, nsp, knobs = MEMBERS[member]
+    data_dir, vocab = ps.prepare(str(tmp_path / "d"), dupe_factor=1, nsp=nsp)
     with open(os.path.join(data_dir, "metadata.json")) as f:
         steps = min(6, json.load(f)["stats"]["instances"] // 16)
     assert steps >= 4
-    args = ps.overrides(data_dir, vocab, **{
+    args = ps.overrides(data_dir, vocab, **knobs, **{
         "data.shuffle_buffer": 1, "model.hidden_dropout": 0.0, "model.attention_dropout": 0.0,
         "train.num_steps": steps, "train.checkpoint_every": 3})
     one = str(tmp_path / "one")
-    r = ps.run_pretrain(one, args)
+    r = ps.run_pretrain(one, args, config=config)
     assert r.returncode == 0, r.stderr[-3000:]
 
     two = str(tmp_path / "two")
@@ -192,7 +200,7 @@ def test_two_processes_give_the_losses_of_one(tmp_path):
     procs = [ps.run_pretrain(two, args + [
         f"--config.distributed.coordinator_address=127.0.0.1:{port}",
         "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
-        devices=4, wait=False) for i in range(2)]
+        devices=4, wait=False, config=config) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]

@@ -99,6 +99,15 @@ class Planner:
         trained = sum(x.size for x in jax.tree.leaves(steps.abstract_state["params"]))
         opt_bytes = sum(x.size * x.dtype.itemsize
                         for x in jax.tree.leaves(steps.abstract_state["opt_state"]))
+        # Per top-level part of the model (ELECTRA: bert + discriminator, generator + mlm): its
+        # parameters, and its share of the state, weights plus optimizer moments (Adam's mirror
+        # the weights, so the moments split as the weights do).
+        param_bytes = {part: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+                       for part, tree in steps.abstract_state["params"].items()}
+        per_byte = 1 + opt_bytes / max(sum(param_bytes.values()), 1)
+        by_part = {part: {"params": int(sum(x.size for x in jax.tree.leaves(tree))),
+                          "state_gib": round(param_bytes[part] * per_byte / aot.GIB, 3)}
+                   for part, tree in steps.abstract_state["params"].items()}
         row = {
             "topology": self.topology, "num_slices": self.num_slices, "chips": len(self.devices),
             "hosts": len({(getattr(d, "slice_index", 0), d.process_index) for d in self.devices}),
@@ -111,6 +120,7 @@ class Planner:
             "hbm_gib": self.hbm_gib, "memory": "compiled (XLA memory_analysis), not a TPU run",
             "lora": ({k.removeprefix("lora_"): model_dict[k] for k in lora_fields(cfg)} or None),
             "trained_params": int(trained), "optimizer_state_gib": round(opt_bytes / aot.GIB, 3),
+            "params_by_part": by_part,
         }
         try:
             c = aot.compile_train_step(steps, self.objective, self.mesh, batch, seq, preds,
