@@ -344,4 +344,4 @@ def test_an_electra_checkpoint_with_another_vocabulary_is_refused_by_a_bert_task
          f"--config.task.data_dir={glue}", f"--config.task.vocab={tok.vocab_path}"],
         cwd=ps.ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2"),
         capture_output=True, text=True, timeout=300)
-    _one_line_exit_2(r, "init_from")
+    _one_line_exit_2(r, "tokenizer mismatch", "init_from", "vocab_size")

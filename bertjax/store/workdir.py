@@ -26,7 +26,7 @@ import time
 from etils import epath
 
 from bertjax.errors import UserError
-from bertjax.interop import hf_dir, layouts
+from bertjax.interop import electra_pair, hf_dir, layouts
 from bertjax.store.files import write_atomic  # also wd.write_atomic for the workdir's writers
 from bertjax.text import check_identity as compare
 
@@ -151,8 +151,6 @@ def inspect(path: str | epath.PathLike) -> Contents:
         hf = hf_dir.read_config(text)
         return Contents("hf", text, layouts.config_from_hf(hf), layouts.task_from_hf_config(hf), None,
                         vocab, identity)
-    from bertjax.interop import electra_pair  # it reads weights; only a pair needs it
-
     if electra_pair.is_pair_dir(text):
         return Contents("hf_pair", text, electra_pair.model_config(text), electra_pair.PRETRAINING,
                         None, vocab, identity)
