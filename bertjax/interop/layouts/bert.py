@@ -32,11 +32,7 @@ def entries(cfg, task: str) -> list[common.Entry]:
                                   norm="transform.LayerNorm")
     if task == "pretraining":
         out += common.linear(("nsp", "dense"), "cls.seq_relationship")
-    elif task in ("sequence_classification", "token_classification"):
-        out += common.linear(("classifier", "dense"), "classifier")
-    elif task == "question_answering":
-        out += common.linear(("qa", "dense"), "qa_outputs")
-    return out
+    return out + common.fine_tuning_heads(task, two_layer_classifier=False)
 
 
 LAYOUT = common.Layout(

@@ -114,6 +114,20 @@ def mlm_entries(prefix: str, dense: str = "dense", norm: str = "LayerNorm") -> l
             + [Entry(("mlm", "bias"), (f"{prefix}.bias",), same, one(same))])
 
 
+def fine_tuning_heads(task: str, two_layer_classifier: bool) -> list[Entry]:
+    """The heads of sequence and token classification and QA as HF names them. A two-layer
+    sequence classifier (RoBERTa, ELECTRA: `classifier.dense` -> activation ->
+    `classifier.out_proj` on the first token) is our pooler followed by our classifier."""
+    if task == "sequence_classification" and two_layer_classifier:
+        return (linear(("bert", "pooler", "dense"), "classifier.dense")
+                + linear(("classifier", "dense"), "classifier.out_proj"))
+    if task in ("sequence_classification", "token_classification"):
+        return linear(("classifier", "dense"), "classifier")
+    if task == "question_answering":
+        return linear(("qa", "dense"), "qa_outputs")
+    return []
+
+
 # --- configs -------------------------------------------------------------------------------------
 
 HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}

@@ -39,14 +39,7 @@ def entries(cfg, task: str) -> list[common.Entry]:
         out += common.layer_norm(("mlm", "layer_norm"), "generator_predictions.LayerNorm")
         out += [common.Entry(("mlm", "bias"), ("generator_lm_head.bias",), common.same,
                              common.one(common.same))]
-    elif task == "sequence_classification":
-        out += common.linear(("bert", "pooler", "dense"), "classifier.dense")
-        out += common.linear(("classifier", "dense"), "classifier.out_proj")
-    elif task == "token_classification":
-        out += common.linear(("classifier", "dense"), "classifier")
-    elif task == "question_answering":
-        out += common.linear(("qa", "dense"), "qa_outputs")
-    return out
+    return out + common.fine_tuning_heads(task, two_layer_classifier=True)
 
 
 def _config_in(model: dict) -> dict:

@@ -24,14 +24,7 @@ def entries(cfg, task: str) -> list[common.Entry]:
     out = bert.encoder_entries(cfg, task, "roberta", pooled=("base", "sentence_embedding"))
     if task == "masked_lm":
         out += common.mlm_entries("lm_head", norm="layer_norm")
-    elif task == "sequence_classification":
-        out += common.linear(("bert", "pooler", "dense"), "classifier.dense")
-        out += common.linear(("classifier", "dense"), "classifier.out_proj")
-    elif task == "token_classification":
-        out += common.linear(("classifier", "dense"), "classifier")
-    elif task == "question_answering":
-        out += common.linear(("qa", "dense"), "qa_outputs")
-    return out
+    return out + common.fine_tuning_heads(task, two_layer_classifier=True)
 
 
 def _positions_from_pad(model: dict) -> dict:
