@@ -6,6 +6,7 @@
     model.hidden_states(texts)                # final hidden states, input mask, pooler output
     model.embed(texts, pooling="cls"|"mean")  # sentence embeddings, as `bertjax embed` writes them
     model.fill_mask(["the [MASK] sat ."])     # top-k per [MASK], as `bertjax fill-mask` prints them
+    model.with_adapter("LORA_DIR")            # LoRA adapters over the loaded model (docs/lora.md)
     bj.finetune(bj.recipe("configs/glue.py:rte"), "WORKDIR")  # `bertjax finetune`, returns summary
 
 Mistakes a user can make raise bertjax.errors.UserError, whose message names the fix (the
@@ -30,7 +31,7 @@ from bertjax.tools import fill_mask as fill_lib
 from bertjax.config import check_choices
 from bertjax.errors import UserError
 from bertjax.finetuning import run as finetune_run
-from bertjax.load import model_files
+from bertjax.load import lora_files, model_files
 from bertjax.model.encoder import BertConfig
 from bertjax.text.base import Tokenizer
 
@@ -125,6 +126,14 @@ class Model:
             raise UserError(f"{self.path} has no weights for the masked-LM head "
                             f"({', '.join(fresh[:3])}); use a pretraining or masked-LM checkpoint")
         return fill_lib.fill_mask(self.module, self.tokenizer, list(texts), top_k)
+
+    def with_adapter(self, adapter: str) -> "Model":
+        """This model as the base of LoRA adapters (a bertjax LoRA checkpoint or a PEFT
+        directory): a new Model, built from the weights already loaded, so one loaded base serves
+        several adapters. Adapters trained on other weights are refused (their base's
+        fingerprint)."""
+        module, cfg, task = lora_files.attach(self.module, self.config, adapter, self.path)
+        return Model(module, cfg, task, self.tokenizer, str(adapter))
 
 
 def load(path: str, vocab: str | None = None) -> Model:

@@ -411,6 +411,13 @@ def test_embed_takes_adapters_over_a_loaded_base_and_a_wrong_base_ends_in_one_li
         got = embed_lib.embed_texts(embed_lib.encoder_of(model, task), tok,
                                     ["the cat sat", "a dog ran far away"], "mean", 8, 32)
         np.testing.assert_allclose(got, want, atol=1e-5)
+    from bertjax import api
+
+    loaded = api.load(base)
+    for adapter in (best, str(tmp_path / "peft")):
+        got = loaded.with_adapter(adapter).embed(["the cat sat", "a dog ran far away"], "mean",
+                                                 max_seq_length=32)
+        np.testing.assert_allclose(got, want, atol=1e-5)
 
     # A base of the same architecture with other weights is refused, naming both.
     other = tmp_path / "other"
