@@ -131,6 +131,9 @@ def _run_seed(cfg, plan, prepared: Prepared, workdir: str, *, best_metric: str,
         # The adapters hold no base: they name it, and the fingerprint of its weights is checked
         # wherever they are loaded (load/model_files.py).
         lora = adapters.base_reference(plan.init_from, result.state["frozen"], result.state)
+        # What the user named, when the base was converted from it (an HF directory): the same
+        # weights, so the same fingerprint, should <workdir>/init be gone.
+        lora["init_from"] = str(cfg.init_from)
         extra[adapters.BASE_FILE] = adapters.reference_json(lora)
     if write:
         _copy_tokenizer_files(str(best.directory), vocab_dir, identity, extra)

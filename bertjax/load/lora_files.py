@@ -53,10 +53,12 @@ def _attach_checkpoint(path: str, cfg, task: str, base_model, base_name: str):
     if ref is not None:
         found = adapters.fingerprint(adapters.base_flat(base_model))
         if found != ref["sha256"]:
+            named = " or ".join(dict.fromkeys(p for p in (ref.get("base"), ref.get("init_from"))
+                                              if p))
             raise UserError(
                 f"the adapters in {path} were trained on a base whose weights have fingerprint "
                 f"{ref['sha256'][:16]}, but {base_name} has {found[:16]}; pass the base they "
-                f"were trained on ({ref['base']}) with --base=DIR")
+                f"were trained on ({named}) with --base=DIR")
     model = build_model(task, cfg)
     interop.set_flat_params(model, _base_weights(base_model, task))
     trained, report = ckpt_lib.load_params(path, nnx.state(model, adapters.trainable_for(task)))
