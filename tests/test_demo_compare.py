@@ -185,7 +185,7 @@ def test_the_table_names_the_winner_of_each_measure():
               "batch_size": 64, "pretrain_steps": 600, "verdict": v,
               "baselines": {a: {"accuracy": 0.05} for a in reports}}
     text = compare.table(result)
-    assert "600 steps x batch 64 x sequence 64" in text
+    assert "batch 64 x sequence 64, every arm" in text
     assert "(its run: 7.00)" in text and "(its run: 9.00)" in text
     assert "fine-tuning: roberta ahead by 1.00 points" in text
     assert "bert's held-out NSP accuracy: 52.00%" in text
