@@ -162,7 +162,7 @@ def test_no_gradient_from_the_discriminator_loss_into_the_generator():
         def f(m):
             _, sums = obj.loss(obj.forward(m, batch, jax.random.key(5)), batch)
             return sums[name][0]
-        return nnx.to_pure_dict(nnx.grad(f)(model))
+        return nnx.to_pure_dict(nnx.jit(nnx.grad(f))(model))
 
     def norms(g, top):
         return {k: float(jnp.linalg.norm(v)) for k, v in
