@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import re
-import subprocess
 import sys
 
 import gensim
@@ -16,6 +15,7 @@ import torch
 import transformers
 from flax import nnx
 
+from cli_support import one_line, run_cli
 from bertjax.errors import UserError
 from bertjax.interop import params as interop
 from bertjax.load import model_files
@@ -29,21 +29,6 @@ TINY = BertConfig(arch="albert", vocab_size=99, hidden_size=48, num_layers=4, nu
                   intermediate_size=37, embedding_size=16, num_hidden_groups=1,
                   hidden_act="gelu_tanh", max_position_embeddings=64, hidden_dropout=0.0,
                   attention_dropout=0.0)
-
-
-def run_cli(*args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", "bertjax", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def one_line(proc, *needles):
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 def _batch(rng, batch=2, seq=10, vocab=99):

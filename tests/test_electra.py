@@ -17,6 +17,7 @@ import transformers
 from flax import nnx
 
 import pretrain_support as ps
+from cli_support import one_line, run_cli
 from bertjax.interop import params as interop
 from bertjax.load import model_files
 from bertjax.model import BertConfig, build_model
@@ -207,19 +208,6 @@ def electra_run(tmp_path_factory):
     return run, data_dir, vocab, args
 
 
-def _cli(*args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", "bertjax", *args], cwd=ps.ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def _one_line_exit_2(r, *needles):
-    lines = ps.error_lines(r.stderr)
-    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-2000:]
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
 def test_a_run_logs_every_electra_metric(electra_run):
     run = electra_run[0]
     rows = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
@@ -234,7 +222,7 @@ def test_a_run_logs_every_electra_metric(electra_run):
 def test_export_is_two_hf_directories_that_transformers_runs_to_our_logits(electra_run, tmp_path):
     run = electra_run[0]
     out = str(tmp_path / "hf")
-    r = _cli("export", f"--checkpoint={run}", "--format=hf", f"--out={out}")
+    r = run_cli("export", f"--checkpoint={run}", "--format=hf", f"--out={out}")
     assert r.returncode == 0, r.stderr[-2000:]
     model, cfg, task, _, _ = model_files.load_model(run)
     assert task == "electra_pretraining"
@@ -266,7 +254,7 @@ def test_export_is_two_hf_directories_that_transformers_runs_to_our_logits(elect
 
     # The pair imports back as one pretraining checkpoint with the same weights...
     ckpt = str(tmp_path / "ckpt")
-    r = _cli("convert", f"--from_hf={out}", f"--out={ckpt}")
+    r = run_cli("convert", f"--from_hf={out}", f"--out={ckpt}")
     assert r.returncode == 0, r.stderr[-2000:]
     back, back_cfg, back_task, _, _ = model_files.load_model(ckpt)
     assert back_task == "electra_pretraining" and back_cfg == cfg
@@ -287,14 +275,14 @@ def test_a_pair_whose_embeddings_differ_is_refused(electra_run, tmp_path):
     from safetensors.numpy import load_file, save_file
 
     out = str(tmp_path / "hf")
-    assert _cli("export", f"--checkpoint={electra_run[0]}", "--format=hf",
+    assert run_cli("export", f"--checkpoint={electra_run[0]}", "--format=hf",
                 f"--out={out}").returncode == 0
     f = os.path.join(out, "generator", "model.safetensors")
     t = load_file(f)
     t["electra.embeddings.word_embeddings.weight"] += 1.0
     save_file(t, f, metadata={"format": "pt"})
-    r = _cli("convert", f"--from_hf={out}", f"--out={tmp_path / 'ckpt'}")
-    _one_line_exit_2(r, "embeddings differ", "word_embeddings")
+    r = run_cli("convert", f"--from_hf={out}", f"--out={tmp_path / 'ckpt'}")
+    one_line(r, "embeddings differ", "word_embeddings")
 
 
 def test_fine_tuning_starts_from_the_discriminator_with_layer_decay(electra_run, tmp_path):
@@ -327,7 +315,7 @@ def test_fine_tuning_starts_from_the_discriminator_with_layer_decay(electra_run,
 def test_bad_electra_settings_end_in_one_line(electra_run, tmp_path, override, needle):
     _, _, _, args = electra_run
     r = ps.run_pretrain(str(tmp_path / "bad"), args + [override], config="configs/electra.py:tiny")
-    _one_line_exit_2(r, needle)
+    one_line(r, needle)
 
 
 def test_an_electra_checkpoint_with_another_vocabulary_is_refused_by_a_bert_task(electra_run,
@@ -344,4 +332,4 @@ def test_an_electra_checkpoint_with_another_vocabulary_is_refused_by_a_bert_task
          f"--config.task.data_dir={glue}", f"--config.task.vocab={tok.vocab_path}"],
         cwd=ps.ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2"),
         capture_output=True, text=True, timeout=300)
-    _one_line_exit_2(r, "tokenizer mismatch", "init_from", "vocab_size")
+    one_line(r, "tokenizer mismatch", "init_from", "vocab_size")

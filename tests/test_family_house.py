@@ -4,8 +4,6 @@ import dataclasses
 import json
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -13,6 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
+from cli_support import one_line, run_cli
 from bertjax.errors import UserError
 from bertjax.interop import params as interop
 from bertjax.load import model_files
@@ -37,21 +36,6 @@ OLD_TREE = {  # per-layer parameter paths of a BERT encoder layer before issue 2
     "attention_layer_norm/norm/scale", "attention_layer_norm/norm/bias", "intermediate/kernel",
     "intermediate/bias", "output/kernel", "output/bias", "output_layer_norm/norm/scale",
     "output_layer_norm/norm/bias"}
-
-
-def run_cli(*args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "bertjax", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def one_line(proc, *needles):
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 # --------------------------------------------------------------------------- objectives
