@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from cli_support import one_line, run_cli
 from bertjax.errors import UserError
 from bertjax.interop import params as interop
 from bertjax.model import BertConfig, build_model
@@ -360,24 +361,6 @@ def test_peft_loads_our_adapter_with_our_logits_and_the_merged_export_equals_the
                                atol=1e-5, rtol=0)
 
 
-def _cli(*args, timeout=300):
-    import subprocess
-    import sys
-
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", "bertjax", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def _one_line(r, *needles):
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
-
-
 @pytest.mark.slow
 def test_embed_takes_adapters_over_a_loaded_base_and_a_wrong_base_ends_in_one_line(
         tmp_path, base_ckpt, lora_run):
@@ -394,7 +377,7 @@ def test_embed_takes_adapters_over_a_loaded_base_and_a_wrong_base_ends_in_one_li
     want = embed_lib.embed_texts(embed_lib.encoder_of(lora_model, task), tok,
                                  ["the cat sat", "a dog ran far away"], "mean", 8, 32)
     out = tmp_path / "emb.npy"
-    r = _cli("embed", f"--checkpoint={base}", f"--adapter={best}", f"--input={texts}",
+    r = run_cli("embed", f"--checkpoint={base}", f"--adapter={best}", f"--input={texts}",
              f"--output={out}", "--pooling=mean", "--max_seq_length=32")
     assert r.returncode == 0, r.stderr[-2000:]
     np.testing.assert_allclose(np.load(out), want, atol=1e-5)
@@ -426,12 +409,12 @@ def test_embed_takes_adapters_over_a_loaded_base_and_a_wrong_base_ends_in_one_li
     interop.set_flat_params(base_model, shifted)
     model_files.save_checkpoint(str(other), base_model, base_cfg, "pretraining", extra_files={
         "vocab.txt": os.path.join(base, "vocab.txt")})
-    r = _cli("embed", f"--checkpoint={other}", f"--adapter={best}", f"--input={texts}",
+    r = run_cli("embed", f"--checkpoint={other}", f"--adapter={best}", f"--input={texts}",
              f"--output={tmp_path / 'x.npy'}")
-    _one_line(r, "were trained on a base whose weights have fingerprint", str(other))
-    r = _cli("export", f"--checkpoint={best}", f"--base={other}", "--format=peft",
+    one_line(r, "were trained on a base whose weights have fingerprint", str(other))
+    r = run_cli("export", f"--checkpoint={best}", f"--base={other}", "--format=peft",
              f"--out={tmp_path / 'x'}")
-    _one_line(r, "were trained on a base whose weights have fingerprint", str(base))
+    one_line(r, "were trained on a base whose weights have fingerprint", str(base))
 
 
 @pytest.mark.slow
@@ -441,13 +424,13 @@ def test_bad_lora_input_on_the_command_line_ends_in_one_line(tmp_path, base_ckpt
     best = str(work / "seed-0" / "best")
     common = ("finetune", "--config=configs/glue.py:rte", f"--config.init_from={base}",
               f"--workdir={tmp_path / 'w'}", "--config.lora.enabled=true")
-    _one_line(_cli(*common, "--config.lora.targets=query,ffn"),
+    one_line(run_cli(*common, "--config.lora.targets=query,ffn"),
               "ffn matches no layer; valid names: query, key, value, attention_output, "
               "intermediate, output")
-    _one_line(_cli(*common, "--config.lora.rank=0"), "lora.rank=0 must be a positive integer")
-    _one_line(_cli("export", f"--checkpoint={base}", "--format=hf", "--merge_lora",
+    one_line(run_cli(*common, "--config.lora.rank=0"), "lora.rank=0 must be a positive integer")
+    one_line(run_cli("export", f"--checkpoint={base}", "--format=hf", "--merge_lora",
                    f"--out={tmp_path / 'm'}"), "--merge_lora", "holds no LoRA adapters")
-    _one_line(_cli("export", f"--checkpoint={best}", "--format=hf", f"--out={tmp_path / 'h'}"),
+    one_line(run_cli("export", f"--checkpoint={best}", "--format=hf", f"--out={tmp_path / 'h'}"),
               "holds LoRA adapters", "--merge_lora")
     assert not any(p.name in ("m", "h", "w") for p in tmp_path.iterdir())
 
