@@ -307,6 +307,33 @@ def test_fine_tuning_starts_from_the_discriminator_with_layer_decay(electra_run,
     assert json.load(open(os.path.join(work, "seed-0", "config.json")))["optim"]["layer_decay"] == 0.8
 
 
+@pytest.mark.slow
+def test_ner_and_squad_fine_tune_from_the_discriminator(electra_run, tmp_path):
+    import toy_tasks as toy
+    from finetune_support import recipe, tiny
+
+    from bertjax.finetuning import run as ft_run
+
+    ner_dir = tmp_path / "ner"
+    toy.make_toy_conll(str(ner_dir), n_train=32, n_dev=16, n_test=8)
+    cfg = tiny(recipe("ner"), electra_run[0], epochs=1)
+    cfg.task.data_dir = str(ner_dir)
+    runs = {"ner": (cfg, ("f1",))}
+    toy.make_toy_squad(str(tmp_path / "train.json"), "1.1", n_paragraphs=4, seed=1)
+    toy.make_toy_squad(str(tmp_path / "dev.json"), "1.1", n_paragraphs=2, seed=2)
+    cfg = tiny(recipe("squad", "v1"), electra_run[0], seq=64, epochs=1)
+    cfg.task.data_dir, cfg.task.train_file, cfg.task.predict_file = (str(tmp_path), "train.json",
+                                                                     "dev.json")
+    cfg.task.doc_stride, cfg.task.max_query_length = 24, 16
+    runs["squad"] = (cfg, ("f1", "exact"))
+    for name, (cfg, keys) in runs.items():
+        work = str(tmp_path / name / "work")
+        dev = ft_run.finetune(cfg, work)["runs"][0]["dev"]
+        assert all(np.isfinite(dev[k]) for k in keys), (name, dev)
+        plan = json.load(open(os.path.join(work, "seed-0", "run_plan.json")))
+        assert plan["model"]["arch"] == "electra" and plan["init_from"] == electra_run[0], name
+
+
 @pytest.mark.parametrize("override, needle", [
     ("--config.model.generator_hidden_size=48", "wider than the discriminator"),
     ("--config.objective.mask_rate=1.5", "mask_rate=1.5 must be in (0, 1)"),
