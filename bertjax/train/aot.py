@@ -69,8 +69,6 @@ def build_steps(cfg, plan, objective, model_fn, mesh) -> tuple[StepFns, Any, Any
     """The optimizer and jitted steps for a run's config and plan: what the training loop runs,
     and what `compile_train_step` compiles. Returns (steps, optimizer, learning-rate schedule)."""
     t_cfg = cfg.train
-    tx, schedule = optim.make_optimizer(cfg.optim, plan.num_steps, plan.warmup_steps,
-                                        model_cfg=plan.model)
     if t_cfg.batch_size % t_cfg.grad_accum_steps:
         raise UserError(f"train.batch_size {t_cfg.batch_size} is not divisible by "
                         f"train.grad_accum_steps {t_cfg.grad_accum_steps}")
@@ -82,6 +80,8 @@ def build_steps(cfg, plan, objective, model_fn, mesh) -> tuple[StepFns, Any, Any
         raise UserError(f"objective {objective.name!r} trains a {objective.model_task} model but "
                         f"the run builds a {plan.task_model} model; choose an objective for "
                         f"{plan.task_model} or the model it needs")
+    tx, schedule = optim.make_optimizer(cfg.optim, plan.num_steps, plan.warmup_steps,
+                                        model_cfg=plan.model)
     steps = make_steps(model_fn, objective, tx, mesh, grad_accum_steps=int(t_cfg.grad_accum_steps))
     return steps, tx, schedule
 
