@@ -2,7 +2,8 @@
 for every family member with a layout table. Random weights (perturbed so no tensor sits at its
 initial 0 or 1) and odd sizes (hidden 48, 3 heads, FFN 37), so a transposed or swapped matrix
 shows; RoBERTa with a pad id of 3, so positions must follow the pad id, not a constant 1;
-ELECTRA with an embedding width of 24, so the E->H projection and the generator head's H->E show."""
+ELECTRA with an embedding width of 24, so the E->H projection and the generator head's H->E show;
+DistilBERT with no segment table, its own names and config keys and a ReLU pre_classifier."""
 import numpy as np
 import pytest
 import torch
@@ -55,13 +56,27 @@ MEMBERS["albert"] = (transformers.AlbertConfig, dict(
 MEMBERS["albert/g2"] = (transformers.AlbertConfig, dict(
     max_position_embeddings=64, type_vocab_size=2, embedding_size=16, num_hidden_groups=2,
     num_hidden_layers=4, hidden_act="gelu_new"), ALBERT)
+# DistilBERT: no segment table and its own config keys (dim, n_heads, hidden_dim, activation).
+MEMBERS["distilbert"] = (transformers.DistilBertConfig, dict(max_position_embeddings=64), {
+    "base": "DistilBertModel",
+    "masked_lm": "DistilBertForMaskedLM",
+    "sequence_classification": "DistilBertForSequenceClassification",
+    "token_classification": "DistilBertForTokenClassification",
+    "question_answering": "DistilBertForQuestionAnswering",
+})
+# A member's spelling of SIZES' keys where it differs from BERT's.
+RENAMED = {"distilbert": dict(hidden_size="dim", num_hidden_layers="n_layers",
+                              num_attention_heads="n_heads", intermediate_size="hidden_dim",
+                              hidden_act="activation")}
 CASES = [(m, t) for m, (_, _, classes) in MEMBERS.items() for t in classes]
 HF_CLASSES = MEMBERS["bert"][2]
 
 
 def hf_config(member="bert", **kw):
     config_cls, knobs, _ = MEMBERS[member]
-    return config_cls(**{**SIZES, **knobs, "num_labels": 3, **kw})
+    names = RENAMED.get(member, {})
+    sizes = {names.get(k, k): v for k, v in SIZES.items()}
+    return config_cls(**{**sizes, **knobs, "num_labels": 3, **kw})
 
 
 def hf_class(member, task):
@@ -75,7 +90,7 @@ def make_batch(seed=0, batch=3, seq=12, vocab=99, member="bert"):
     mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
     seg = np.zeros_like(ids)
     pad = MEMBERS[member][1].get("pad_token_id", 0)
-    if MEMBERS[member][1]["type_vocab_size"] > 1:
+    if MEMBERS[member][1].get("type_vocab_size", 0) > 1:
         for b, n in enumerate(lengths):
             seg[b, n // 2:n] = 1  # two segments
     ids = np.where(mask == 1, ids, pad).astype(np.int32)
@@ -86,9 +101,12 @@ def make_batch(seed=0, batch=3, seq=12, vocab=99, member="bert"):
 
 def hf_forward(model, b):
     t = {k: torch.tensor(v, dtype=torch.long) for k, v in b.items()}
+    # A member without segment embeddings (DistilBERT) takes no token_type_ids.
+    types = {"token_type_ids": t["segment_ids"]} if hasattr(model.config, "type_vocab_size") \
+        else {}
     with torch.no_grad():
-        return model(input_ids=t["input_ids"], token_type_ids=t["segment_ids"],
-                     attention_mask=t["input_mask"], output_hidden_states=True)
+        return model(input_ids=t["input_ids"], attention_mask=t["input_mask"],
+                     output_hidden_states=True, **types)
 
 
 def ours_forward(model, task, b):
@@ -171,7 +189,8 @@ def test_hf_to_bertjax_to_hf(member, task, tmp_path):
             np.testing.assert_array_equal(back[k], v, err_msg=k)
     tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
             "lm_head.decoder.weight", "lm_head.decoder.bias",
-            "predictions.decoder.weight", "predictions.decoder.bias", "generator_lm_head.weight"}
+            "predictions.decoder.weight", "predictions.decoder.bias", "generator_lm_head.weight",
+            "vocab_projector.weight"}
     assert set(original) - set(back) <= tied
 
 

@@ -14,6 +14,9 @@ ARCHS: dict[str, dict] = {
     # ALBERT: a 128-wide factorised embedding projected to H, one layer shared by the whole depth
     # and the tanh GELU (Hugging Face's "gelu_new"), as every released ALBERT.
     "albert": dict(embedding_size=128, num_hidden_groups=1, hidden_act="gelu_tanh"),
+    # DistilBERT: BERT's block without segment embeddings or pooler. Its sequence classifier's
+    # pre_classifier (dense -> ReLU on the first token) is our pooler with a ReLU.
+    "distilbert": dict(type_vocab_size=0, pooler_act="relu"),
 }
 
 

@@ -95,8 +95,8 @@ TASK_MODELS = {
 
 
 def _bare_encoder(cfg: BertConfig, *, rngs: nnx.Rngs) -> BertModel:
-    # A tanh pooler belongs to the bare encoder (BertModel, RobertaModel); a GELU one is the
-    # first layer of ELECTRA's classifier head, which ElectraModel does not have.
+    # A tanh pooler belongs to the bare encoder (BertModel, RobertaModel); a GELU or ReLU one is
+    # the first layer of ELECTRA's or DistilBERT's classifier head, which their bare models lack.
     return BertModel(cfg, rngs=rngs, add_pooler=cfg.pooler_act == "tanh")
 
 

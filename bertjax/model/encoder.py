@@ -53,7 +53,8 @@ class BertConfig:
     hidden_act: str = _field("gelu", "gelu (exact erf), gelu_tanh or relu", arch=True)
     layer_norm_eps: float = _field(1e-12, "LayerNorm epsilon", arch=True)
     pooler_act: str = _field("tanh", "the [CLS] head's activation: tanh (BERT's pooler, RoBERTa's "
-                             "classifier) or gelu (ELECTRA's classifier)", arch=True)
+                             "classifier), gelu (ELECTRA's classifier) or relu (DistilBERT's "
+                             "pre_classifier)", arch=True)
     generator_hidden_size: int = _field(0, "ELECTRA: the generator's width (0 = no generator); "
                                         "it shares the embeddings and has the same depth",
                                         arch=True)
@@ -142,8 +143,9 @@ class BertConfig:
         if self.generator_hidden_size and self.generator_hidden_size % gen_heads:
             raise ModelConfigError(f"model.generator_hidden_size={self.generator_hidden_size} is "
                                    f"not a multiple of its {gen_heads} heads")
-        if self.pooler_act not in ("tanh", "gelu"):
-            raise ModelConfigError(f"pooler_act must be tanh or gelu, got {self.pooler_act!r}")
+        if self.pooler_act not in POOLER_ACTS:
+            raise ModelConfigError(f"pooler_act must be one of {', '.join(POOLER_ACTS)}, got "
+                                   f"{self.pooler_act!r}")
         if self.hidden_act not in ACTIVATIONS:
             raise ModelConfigError(f"hidden_act must be one of {sorted(ACTIVATIONS)}, got "
                                    f"{self.hidden_act!r}")
@@ -182,6 +184,7 @@ ACTIVATIONS = {
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
 }
+POOLER_ACTS = ("tanh", "gelu", "relu")
 # Floating types the matmuls can run in (dtype) or params be stored in (param_dtype).
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = {
@@ -432,7 +435,8 @@ def _run_layer(layer, x, mask, key):
 
 class Pooler(nnx.Module):
     """dense -> activation on the first token: BERT's pooler, and the first half of RoBERTa's
-    (tanh) and ELECTRA's (gelu) sequence classifiers, which have no pooler of their own."""
+    (tanh), ELECTRA's (gelu) and DistilBERT's (relu) sequence classifiers, which have no pooler
+    of their own."""
 
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         self.dense = dense(cfg, cfg.hidden_size, cfg.hidden_size, ("embed", None), rngs=rngs)
@@ -440,7 +444,7 @@ class Pooler(nnx.Module):
 
     def __call__(self, sequence_output):
         x = self.dense(sequence_output[:, 0])
-        return jnp.tanh(x) if self.act == "tanh" else ACTIVATIONS["gelu"](x)
+        return jnp.tanh(x) if self.act == "tanh" else ACTIVATIONS[self.act](x)
 
 
 class BertModel(nnx.Module):

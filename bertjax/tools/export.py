@@ -45,6 +45,7 @@ from safetensors.numpy import load_file, save_file
 from bertjax import cli
 from bertjax.errors import UserError
 from bertjax.interop import electra_pair, hf_dir, params as interop, sentence_transformers as st
+from bertjax.interop import layouts
 from bertjax.model.bert import TASK_MODELS, build_model
 from bertjax.model.encoder import BertConfig
 from bertjax.interop import peft
@@ -88,7 +89,7 @@ def export(checkpoint: str, fmt: str, out: str, vocab: str | None = None,
         raise UserError(f"cannot write to {parent} ({e.strerror}); choose a writable --out") from None
     try:
         tok_files = _write_tokenizer(tokenizer, os.path.join(stage, "tokenizer"), fmt in HF_FORMATS,
-                                     cfg.max_length)
+                                     cfg.max_length, cfg.arch)
         built = os.path.join(stage, "export")
         if fmt == "sentence-transformers":
             _save_sentence_transformers(checkpoint, model, cfg, task, built, tok_files)
@@ -189,10 +190,12 @@ def _install(built: str, out: str, stage: str) -> None:
         raise
 
 
-def _write_tokenizer(tokenizer, directory: str, hf: bool, max_length: int) -> list[str]:
+def _write_tokenizer(tokenizer, directory: str, hf: bool, max_length: int,
+                     arch: str = "bert") -> list[str]:
     """The tokenizer's files for an export. hf: tokenizer.json and a tokenizer_config.json that
     transformers' AutoTokenizer loads (the tokenizer's hf_tokenizer_config(): BertTokenizer,
-    RobertaTokenizer, ...) plus special_tokens_map.json. The own formats keep the vocabulary in
+    RobertaTokenizer, ..., as the arch's layout adapts it: DistilBertTokenizer) plus
+    special_tokens_map.json. The own formats keep the vocabulary in
     its legacy spelling (vocab.txt, spiece.model, vocab.json + merges.txt), and tokenizer.json
     only where that is the tokenizer's one spelling."""
     os.makedirs(directory)
@@ -204,7 +207,7 @@ def _write_tokenizer(tokenizer, directory: str, hf: bool, max_length: int) -> li
     paths.append(_write_json(os.path.join(directory, wd.IDENTITY_FILE), identity))
     if not hf:
         return paths
-    config = tokenizer.hf_tokenizer_config()
+    config = layouts.for_arch(arch).tokenizer_config(tokenizer.hf_tokenizer_config())
     config["model_max_length"] = max_length
     config_path = _write_json(os.path.join(directory, "tokenizer_config.json"), config)
     if config_path not in paths:

@@ -4,11 +4,11 @@ all come through here."""
 from __future__ import annotations
 
 from bertjax.errors import UserError
-from bertjax.interop.layouts import albert, bert, electra, roberta
+from bertjax.interop.layouts import albert, bert, distilbert, electra, roberta
 from bertjax.interop.layouts.common import Entry, Layout  # noqa: F401
 
 LAYOUTS: dict[str, Layout] = {m.LAYOUT.model_type: m.LAYOUT
-                              for m in (bert, roberta, electra, albert)}
+                              for m in (bert, roberta, electra, albert, distilbert)}
 _BY_ARCH = {layout.arch: layout for layout in LAYOUTS.values()}
 
 

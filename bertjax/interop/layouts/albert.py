@@ -30,19 +30,10 @@ ARCHITECTURES = {
 POOLED = ("pretraining", "base", "sequence_classification", "sentence_embedding")
 
 
-def _group_entries(cfg, root: tuple, pre: str) -> list[common.Entry]:
-    out = []
-    for g in range(cfg.num_hidden_groups or cfg.num_layers):
-        lo = root + ("encoder", "layers", g)
-        lh = f"{pre}encoder.albert_layer_groups.{g}.albert_layers.0."
-        out += common.attention_entries(
-            cfg, lo, tuple(f"{lh}attention.{n}" for n in ("query", "key", "value")),
-            lh + "attention.dense")
-        out += common.layer_norm(lo + ("attention_layer_norm",), lh + "attention.LayerNorm")
-        out += common.linear(lo + ("intermediate",), lh + "ffn")
-        out += common.linear(lo + ("output",), lh + "ffn_output")
-        out += common.layer_norm(lo + ("output_layer_norm",), lh + "full_layer_layer_norm")
-    return out
+# ALBERT's names for the post-LN block inside `albert_layer_groups.G.albert_layers.0.`.
+BLOCK = dict(query="attention.query", key="attention.key", value="attention.value",
+             attention_out="attention.dense", attention_norm="attention.LayerNorm",
+             intermediate="ffn", output="ffn_output", output_norm="full_layer_layer_norm")
 
 
 def entries(cfg, task: str) -> list[common.Entry]:
@@ -52,7 +43,8 @@ def entries(cfg, task: str) -> list[common.Entry]:
     out = common.embedding_entries(cfg, root, pre)
     out += common.linear(root + ("embeddings", "projection"),
                          pre + "encoder.embedding_hidden_mapping_in")
-    out += _group_entries(cfg, root, pre)
+    out += common.block_entries(cfg, root, pre + "encoder.albert_layer_groups.{}.albert_layers.0.",
+                                BLOCK)
     if task in POOLED:
         out += common.linear(root + ("pooler", "dense"), pre + "pooler")
     if task in ("pretraining", "masked_lm"):

@@ -91,36 +91,55 @@ def attention_entries(cfg, lo: tuple, names: tuple[str, str, str], out: str) -> 
     ]
 
 
-def bert_block_entries(cfg, root: tuple, pre: str) -> list[Entry]:
-    """`{pre}encoder.layer.N.*` as BERT names it (RoBERTa, ELECTRA and others reuse the names)."""
+# The post-LN block's HF names inside one layer, as BERT spells them (RoBERTa and ELECTRA too).
+BERT_BLOCK = dict(query="attention.self.query", key="attention.self.key",
+                  value="attention.self.value", attention_out="attention.output.dense",
+                  attention_norm="attention.output.LayerNorm", intermediate="intermediate.dense",
+                  output="output.dense", output_norm="output.LayerNorm")
+
+
+def block_entries(cfg, root: tuple, layer: str, names: dict) -> list[Entry]:
+    """Every layer's post-LN block: `layer` is the HF prefix of layer (or shared group) N with
+    `{}` for N, `names` the block's tensors in it (BERT_BLOCK's keys)."""
     out = []
     for i in range(cfg.num_hidden_groups or cfg.num_layers):
         lo = root + ("encoder", "layers", i)
-        lh = f"{pre}encoder.layer.{i}."
-        out += attention_entries(cfg, lo, tuple(f"{lh}attention.self.{n}"
-                                                for n in ("query", "key", "value")),
-                                 lh + "attention.output.dense")
-        out += layer_norm(lo + ("attention_layer_norm",), lh + "attention.output.LayerNorm")
-        out += linear(lo + ("intermediate",), lh + "intermediate.dense")
-        out += linear(lo + ("output",), lh + "output.dense")
-        out += layer_norm(lo + ("output_layer_norm",), lh + "output.LayerNorm")
+        lh = layer.format(i)
+        out += attention_entries(cfg, lo, tuple(lh + names[n] for n in ("query", "key", "value")),
+                                 lh + names["attention_out"])
+        out += layer_norm(lo + ("attention_layer_norm",), lh + names["attention_norm"])
+        out += linear(lo + ("intermediate",), lh + names["intermediate"])
+        out += linear(lo + ("output",), lh + names["output"])
+        out += layer_norm(lo + ("output_layer_norm",), lh + names["output_norm"])
     return out
 
 
-def mlm_entries(prefix: str, dense: str = "dense", norm: str = "LayerNorm") -> list[Entry]:
-    """The MLM transform, its LayerNorm and the output bias (the decoder is tied)."""
-    return (linear(("mlm", "transform"), f"{prefix}.{dense}")
-            + layer_norm(("mlm", "layer_norm"), f"{prefix}.{norm}")
-            + [Entry(("mlm", "bias"), (f"{prefix}.bias",), same, one(same))])
+def bert_block_entries(cfg, root: tuple, pre: str) -> list[Entry]:
+    """`{pre}encoder.layer.N.*` as BERT names it (RoBERTa, ELECTRA and others reuse the names)."""
+    return block_entries(cfg, root, pre + "encoder.layer.{}.", BERT_BLOCK)
 
 
-def fine_tuning_heads(task: str, two_layer_classifier: bool) -> list[Entry]:
+def mlm_entries(prefix: str, dense: str = "dense", norm: str = "LayerNorm",
+                bias: str = "bias") -> list[Entry]:
+    """The MLM transform, its LayerNorm and the output bias (the decoder is tied), under
+    `{prefix}.`, or as named with prefix "" (DistilBERT's heads sit at the top level)."""
+    pre = f"{prefix}." if prefix else ""
+    return (linear(("mlm", "transform"), pre + dense)
+            + layer_norm(("mlm", "layer_norm"), pre + norm)
+            + [Entry(("mlm", "bias"), (pre + bias,), same, one(same))])
+
+
+def fine_tuning_heads(task: str, two_layer_classifier: bool,
+                      two_layer_names: tuple[str, str] = ("classifier.dense",
+                                                          "classifier.out_proj")) -> list[Entry]:
     """The heads of sequence and token classification and QA as HF names them. A two-layer
     sequence classifier (RoBERTa, ELECTRA: `classifier.dense` -> activation ->
-    `classifier.out_proj` on the first token) is our pooler followed by our classifier."""
+    `classifier.out_proj` on the first token; DistilBERT: `pre_classifier` -> ReLU ->
+    `classifier`) is our pooler followed by our classifier."""
     if task == "sequence_classification" and two_layer_classifier:
-        return (linear(("bert", "pooler", "dense"), "classifier.dense")
-                + linear(("classifier", "dense"), "classifier.out_proj"))
+        first, second = two_layer_names
+        return (linear(("bert", "pooler", "dense"), first)
+                + linear(("classifier", "dense"), second))
     if task in ("sequence_classification", "token_classification"):
         return linear(("classifier", "dense"), "classifier")
     if task == "question_answering":
@@ -176,6 +195,10 @@ class Layout:
     ignored: tuple[str, ...] = ()  # suffixes of HF tensors we derive (tied) or do not use
     config_in: Callable[[dict], dict] = _identity  # after the table, HF -> ours
     config_out: Callable[[dict], dict] = _identity  # after the table, ours -> HF
+    act_key: str = "hidden_act"  # the config.json key of the encoder's activation
+    # The tokenizer's tokenizer_config.json -> what an export of this member writes (a member
+    # whose HF tokenizer class differs from the tokenizer's, e.g. one without token types).
+    tokenizer_config: Callable[[dict], dict] = _identity
 
     @property
     def task_to_arch(self) -> dict[str, str]:
@@ -236,9 +259,9 @@ class Layout:
 
     def config_from_hf(self, hf: dict) -> dict:
         """HF config.json -> our model fields."""
-        act = hf.get("hidden_act", "gelu")
+        act = hf.get(self.act_key, "gelu")
         if act not in OUR_ACT:
-            raise UserError(f"config.json hidden_act {act!r} is not supported; use one of "
+            raise UserError(f"config.json {self.act_key} {act!r} is not supported; use one of "
                             f"{sorted(OUR_ACT)}")
         out = {"arch": self.arch, "hidden_act": OUR_ACT[act]}
         for ours, key, default in self.config:
@@ -251,7 +274,7 @@ class Layout:
 
     def config_to_hf(self, cfg, task: str, id2label: dict | None = None) -> dict:
         out = {"architectures": [self.task_to_arch[task]], "model_type": self.model_type,
-               "hidden_act": HF_ACT[cfg.hidden_act], "tie_word_embeddings": True}
+               self.act_key: HF_ACT[cfg.hidden_act], "tie_word_embeddings": True}
         for ours, key, _ in self.config:
             out[key] = getattr(cfg, ours)
         if task in ("sequence_classification", "token_classification"):
