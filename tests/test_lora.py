@@ -592,3 +592,18 @@ def test_lora_on_the_embedding_family_and_embed_with_the_adapter(tmp_path):
                                  ["query: alpha beta", "query: gamma"], "mean", 8, 32,
                                  normalize=True)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+    # The adapters exported for PEFT go over the base as sentence-transformers holds it.
+    from sentence_transformers import SentenceTransformer
+
+    from bertjax.tools import export as export_lib
+    export_lib.export(base, "sentence-transformers", str(tmp_path / "st_base"))
+    export_lib.export(best, "peft", str(tmp_path / "st_adapter"))
+    with open(tmp_path / "st_adapter" / "adapter_config.json") as f:
+        assert json.load(f)["task_type"] == "FEATURE_EXTRACTION"
+    st_model = SentenceTransformer(str(tmp_path / "st_base"), device="cpu")
+    plain = st_model.encode(["query: alpha beta", "query: gamma"])
+    st_model.load_adapter(str(tmp_path / "st_adapter"))
+    st_got = st_model.encode(["query: alpha beta", "query: gamma"])
+    np.testing.assert_allclose(st_got, want, atol=1e-4)
+    assert np.abs(plain - want).max() > 1e-3  # the adapters are what made them equal

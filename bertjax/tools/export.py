@@ -18,7 +18,9 @@ step) or a Hugging Face BERT directory. Formats:
                `SentenceTransformer(dir)` loads (bertjax/interop/sentence_transformers.py).
   peft         a LoRA checkpoint's adapters and head as adapter_config.json +
                adapter_model.safetensors, which `peft.PeftModel.from_pretrained` loads over the
-               base exported with --format=hf (bertjax/interop/peft.py). --format=hf --merge_lora
+               base exported with --format=hf (a sentence-embedding run's: over the bare
+               encoder, which SentenceTransformer.load_adapter reads; bertjax/interop/peft.py).
+               --format=hf --merge_lora
                writes the adapters merged into the weights (W0 + alpha/r B A) instead.
 Every export also holds model_config.json (the model config plus "task"), the vocabulary files and
 tokenizer_identity.json; `load_export` reads the two own formats back.
@@ -154,9 +156,20 @@ def _lora_export(checkpoint, model, cfg, task, fmt, merge_lora):
 def _save_peft(checkpoint, model, cfg, task, built, tok_files, base) -> None:
     """adapter_config.json and adapter_model.safetensors (interop/peft.py), which
     `peft.PeftModel.from_pretrained(AutoModelFor<task>.from_pretrained(BASE), dir)` loads over the
-    base exported as a Hugging Face model, plus the tokenizer files."""
+    base exported as a Hugging Face model, plus the tokenizer files. A sentence-embedding model's
+    adapters go over the bare encoder (AutoModel), as sentence-transformers loads them."""
     flat = interop.flat_params(model)
     head = [k for k in flat if "lora" not in map(str, k) and not adapters.in_base(k, task)]
+    if task == "sentence_embedding":
+        # sentence-transformers runs the encoder as the arch's bare HF model (AutoModel), so the
+        # adapters go over that: PEFT's FEATURE_EXTRACTION, which `SentenceTransformer(base)
+        # .load_adapter(dir)` reads. The pooling lives in the ST directory, not in weights.
+        if head:
+            raise UserError(f"{checkpoint} trained {', '.join('/'.join(map(str, k)) for k in head[:4])}"
+                            " outside the encoder, which a PEFT adapter over AutoModel has no place "
+                            "for; use --format=hf --merge_lora")
+        flat = {k[1:]: v for k, v in flat.items() if k[0] == "bert"}
+        task = "base"
     ref = adapters.read_reference(checkpoint) or {}
     config, tensors = peft.to_peft(flat, cfg, task, base or ref.get("base", ""), head)
     peft.write(built, config, tensors)
