@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-vocab": ("bertjax.text.train_vocab", "train a WordPiece, SentencePiece or byte-level BPE vocabulary"),
     "prepare": ("bertjax.data.prepare", "corpus -> masked sentence-pair record shards"),
     "pretrain": ("bertjax.pretrain", "pretrain (or resume) on prepared shards"),
+    "distill": ("bertjax.distill", "train a smaller student from a frozen teacher (DistilBERT)"),
     "finetune": ("bertjax.finetune", "fine-tune on GLUE, SQuAD, NER or sentence-embedding pairs"),
     "plan": ("bertjax.tools.plan", "compile a run's step for a TPU slice, no TPU needed: will it fit?"),
     "convert": ("bertjax.tools.convert", "Hugging Face <-> bertjax checkpoints"),

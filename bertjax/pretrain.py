@@ -18,7 +18,8 @@ from etils import epath
 
 from bertjax import cli
 from bertjax.errors import UserError
-from bertjax.model import archs, build_model
+from bertjax.load import teacher as teacher_lib
+from bertjax.model import archs
 from bertjax.store import workdir as wd
 from bertjax.train import distributed, loop, objectives
 from bertjax.train import mesh as mesh_lib
@@ -106,7 +107,19 @@ def pretrain(cfg, workdir: str):
     if seq_len > usable:
         raise UserError(f"the data has max_seq_length={seq_len} but the model has {usable} "
                         "positions; raise --config.model.max_position_embeddings")
-    plan = RunPlan.from_config(cfg, task_model=objective.model_task, model=model)
+    # A distillation run starts from its teacher (load/teacher.py), at the first start and on
+    # every resume: its checkpoints leave the teacher out.
+    teacher = getattr(objective, "teacher_path", "")
+    init_parts = None
+    if teacher:
+        if cfg.init_from:
+            raise UserError(f"--config.init_from={cfg.init_from} is not read by distillation: the "
+                            "student starts from the teacher (distill.init=teacher) or at random "
+                            "(distill.init=random); drop init_from")
+        teacher_lib.check_vocabulary(teacher, ident)
+        init_parts = teacher_lib.init_parts(objective)
+    plan = RunPlan.from_config(cfg, task_model=objective.model_task, model=model,
+                               init_from=teacher or str(cfg.init_from))
     model_cfg = plan.model_config()
     masking = cfg.data.masking or None
 
@@ -136,8 +149,8 @@ def pretrain(cfg, workdir: str):
     inputs = loop.Inputs(make_train=make_train, evaluate=evaluate, seq_len=seq_len,
                          predictions_per_seq=preds)
     return loop.train(cfg, plan, objective,
-                      lambda: build_model(plan.task_model, model_cfg, seed=plan.seed),
-                      inputs, workdir, on_ready=write_workdir_files)
+                      lambda: objective.build(plan.task_model, model_cfg, seed=plan.seed),
+                      inputs, workdir, on_ready=write_workdir_files, init_parts=init_parts)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from bertjax import cli
 from bertjax.config import lora_fields
 from bertjax.errors import UserError
 from bertjax.store.files import write_atomic
-from bertjax.model import BertConfig, build_model
+from bertjax.model import BertConfig
 from bertjax.model.attention import describe
 from bertjax.train import adapters, aot, objectives
 from bertjax.train import mesh as mesh_lib
@@ -95,8 +95,12 @@ class Planner:
             raise UserError(f"batch {batch} is not divisible by train.grad_accum_steps {accum}")
         steps, _, _ = aot.build_steps(cfg, RunPlan.from_config(cfg, task_model=self.task),
                                       objective,
-                                   lambda: build_model(self.task, model_cfg, seed=0), self.mesh)
+                                      lambda: objective.build(self.task, model_cfg, seed=0),
+                                      self.mesh)
         trained = sum(x.size for x in jax.tree.leaves(steps.abstract_state["params"]))
+        # What the step holds but does not train (a distillation teacher, LoRA's base): in the
+        # compiled arguments with no optimizer state.
+        frozen = sum(x.size for x in jax.tree.leaves(steps.abstract_state.get("frozen", {})))
         opt_bytes = sum(x.size * x.dtype.itemsize
                         for x in jax.tree.leaves(steps.abstract_state["opt_state"]))
         # Per top-level part of the model (ELECTRA: bert + discriminator, generator + mlm): its
@@ -119,7 +123,8 @@ class Planner:
                                   "tpu"),
             "hbm_gib": self.hbm_gib, "memory": "compiled (XLA memory_analysis), not a TPU run",
             "lora": ({k.removeprefix("lora_"): model_dict[k] for k in lora_fields(cfg)} or None),
-            "trained_params": int(trained), "optimizer_state_gib": round(opt_bytes / aot.GIB, 3),
+            "trained_params": int(trained), "frozen_params": int(frozen),
+            "optimizer_state_gib": round(opt_bytes / aot.GIB, 3),
             "params_by_part": by_part,
         }
         try:

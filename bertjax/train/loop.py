@@ -34,16 +34,19 @@ from bertjax.train.step import StepFns, model_arrays
 def train(cfg, plan: RunPlan, objective, model_fn: Callable, inputs: Inputs, workdir: str, *,
           eval_hooks: Sequence[Callable[[Run, dict], None]] = (),
           log: Callable[[str], None] = print,
-          on_ready: Callable[[], None] | None = None) -> Result:
+          on_ready: Callable[[], None] | None = None,
+          init_parts: Callable | None = None) -> Result:
     """Trains (or resumes) in `workdir` for `plan`. `eval_hooks` run after each eval with its
     metrics. `on_ready` runs on process 0 once the state and the input are set up, before the
     first step: the caller's workdir files go there, so a run refused for bad input leaves
-    nothing that a later run could take for its state."""
+    nothing that a later run could take for its state. `init_parts(abstract, fresh)` ->
+    (parts, LoadReport) reads `plan.init_from` into the model's parts ({"params"[, "frozen"]})
+    where matching a bertjax checkpoint by path is not how (a distillation teacher)."""
     hold = workdir_lock.acquire(workdir)
     try:
         if cfg.train.debug_nans:
             jax.config.update("jax_debug_nans", True)
-        run = _setup(cfg, plan, objective, model_fn, inputs, workdir, log, on_ready)
+        run = _setup(cfg, plan, objective, model_fn, inputs, workdir, log, on_ready, init_parts)
         _steps(run, _hooks(run, eval_hooks))
         return _result(run)
     finally:
@@ -53,7 +56,7 @@ def train(cfg, plan: RunPlan, objective, model_fn: Callable, inputs: Inputs, wor
 # --------------------------------------------------------------------------- setup
 
 
-def _setup(cfg, plan, objective, model_fn, inputs, workdir, log, on_ready) -> Run:
+def _setup(cfg, plan, objective, model_fn, inputs, workdir, log, on_ready, init_parts) -> Run:
     mesh = mesh_lib.make_mesh(cfg.mesh)
     # What the attention really is on this platform (never a silent change of BERT's recipe):
     # printed, and saved in the run plan.
@@ -66,7 +69,8 @@ def _setup(cfg, plan, objective, model_fn, inputs, workdir, log, on_ready) -> Ru
     steps, tx, schedule = aot.build_steps(cfg, plan, objective, model_fn, mesh)
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(cfg.train.keep_checkpoints),
                                          async_=bool(cfg.train.async_checkpointing))
-    state, data_state = _initial_state(plan, objective, steps, tx, checkpointer, workdir, log)
+    state, data_state = _initial_state(plan, objective, steps, tx, checkpointer, workdir, log,
+                                       init_parts)
     start = int(jax.device_get(state["step"]))
     if start >= plan.num_steps:
         log(f"already at step {start} >= {plan.num_steps} steps; nothing to do")
@@ -86,7 +90,7 @@ def _setup(cfg, plan, objective, model_fn, inputs, workdir, log, on_ready) -> Ru
                writer=writer, start=start, step=start, mark_time=time.time(), mark_step=start)
 
 
-def _initial_state(plan, objective, steps, tx, checkpointer, workdir, log):
+def _initial_state(plan, objective, steps, tx, checkpointer, workdir, log, init_parts=None):
     """Resume (everything) > init_from (params only, a fresh optimizer) > a fresh init. A frozen
     part the objective does not save comes back from init_from on resume, as it first came."""
     target = mesh_lib.with_shardings(steps.abstract_state, steps.state_shardings)
@@ -95,17 +99,21 @@ def _initial_state(plan, objective, steps, tx, checkpointer, workdir, log):
         saved = saved_state(objective, target)
         state, data_state, _ = checkpointer.restore(latest, saved)
         if "frozen" in target and "frozen" not in saved:
-            state = {**state, "frozen": _fresh(plan, steps, tx, target, log=None)["frozen"]}
+            fresh = _fresh(plan, steps, tx, target, None, init_parts)
+            state = {**state, "frozen": fresh["frozen"]}
         log(f"resumed from step {latest} in {workdir}")
         return state, data_state
-    return _fresh(plan, steps, tx, target, log), None
+    return _fresh(plan, steps, tx, target, log, init_parts), None
 
 
-def _fresh(plan, steps, tx, target, log):
+def _fresh(plan, steps, tx, target, log, init_parts=None):
     state = steps.init()
     if plan.init_from:
         model = model_arrays(state)
-        loaded, report = ckpt_lib.load_parts(plan.init_from, model_arrays(target), model)
+        if init_parts is not None:
+            loaded, report = init_parts(model_arrays(target), model)
+        else:
+            loaded, report = ckpt_lib.load_parts(plan.init_from, model_arrays(target), model)
         opt_state = jax.jit(tx.init, out_shardings=steps.state_shardings["opt_state"])(
             loaded["params"])
         state = {**state, **loaded, "opt_state": opt_state}

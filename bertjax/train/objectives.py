@@ -32,6 +32,7 @@ import optax
 from flax import nnx
 
 from bertjax.errors import UserError
+from bertjax.model import build_model
 from bertjax.train import flops as flops_lib
 
 I32, F32 = jnp.int32, jnp.float32
@@ -79,6 +80,11 @@ class Objective:
         that needs the tokenizer's special ids reads them here."""
         del cfg, special_ids
         return cls()
+
+    def build(self, task: str, model_cfg, seed: int = 0):
+        """The model the step runs: the task model, or (distillation) the task model beside the
+        frozen networks the objective reads."""
+        return build_model(task, model_cfg, seed=seed)
 
     def flops_per_token(self, model, seq: int, preds: int | None) -> float:
         """Training FLOPs per token of the model this objective runs (train/flops.py); `preds`
