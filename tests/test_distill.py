@@ -268,6 +268,25 @@ def test_layer_map_init_copies_exactly_the_mapped_layers(setup, scan):
             assert not np.array_equal(value, src[key])
 
 
+def test_a_hugging_face_directory_teaches_as_the_checkpoint_it_was_exported_from(setup, tmp_path):
+    root, _, vocab, teacher = setup
+    from bertjax.text import load_tokenizer
+    from bertjax.tools import export
+
+    hf = str(tmp_path / "hf")
+    export.export(teacher, "hf", hf)
+    assert os.path.exists(os.path.join(hf, "config.json"))
+    teacher_lib.check_vocabulary(hf, load_tokenizer(str(root / "data" / "vocab.txt")).identity())
+    obj, scfg = _objective(hf, vocab, layer_map=(0, 3))
+    parts, _ = _init(obj, scfg)
+    ref, _ = _init(_objective(teacher, vocab, layer_map=(0, 3))[0], scfg)
+    for part in ("params", "frozen"):
+        got, want = _flat(parts[part]), _flat(ref[part])
+        assert sorted(got) == sorted(want)
+        for k, v in want.items():
+            np.testing.assert_array_equal(got[k], v, err_msg=k)
+
+
 def test_resume_equals_the_unbroken_run_and_reloads_the_teacher(setup, run, tmp_path, capsys):
     cfg, workdir, result = run
     again = str(tmp_path / "again")
