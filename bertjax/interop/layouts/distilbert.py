@@ -59,18 +59,12 @@ def entries(cfg, task: str) -> list[common.Entry]:
                                           two_layer_names=("pre_classifier", "classifier"))
 
 
-CONFIG = (
-    ("vocab_size", "vocab_size", None),
-    ("hidden_size", "dim", None),
-    ("num_layers", "n_layers", None),
-    ("num_heads", "n_heads", None),
-    ("intermediate_size", "hidden_dim", None),
-    ("max_position_embeddings", "max_position_embeddings", 512),
-    ("hidden_dropout", "dropout", 0.1),
-    ("attention_dropout", "attention_dropout", 0.1),
-    ("initializer_range", "initializer_range", 0.02),
-    ("pad_token_id", "pad_token_id", 0),
-)
+# DistilBERT's config keys are BERT's renamed, less the segment table and the eps it lacks.
+_KEYS = {"hidden_size": "dim", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
+         "intermediate_size": "hidden_dim", "hidden_dropout_prob": "dropout",
+         "attention_probs_dropout_prob": "attention_dropout"}
+CONFIG = tuple((ours, _KEYS.get(key, key), default) for ours, key, default in common.BERT_CONFIG
+               if ours not in ("type_vocab_size", "layer_norm_eps"))
 
 
 def _config_in(model: dict) -> dict:
