@@ -155,7 +155,8 @@ _TASK_FAMILY = {
     ),
     # Sentence embeddings (bertjax/finetuning/embedding_task.py): JSONL of {"query", "positive",
     # "negatives"} (infonce), {"text_a", "text_b", "score"} (cosent, cosine_mse) or
-    # {"text_a", "text_b", "label"} (sbert_softmax); objective.name=auto picks from the data.
+    # {"text_a", "text_b", "label"} (sbert_softmax) or {"text"} with task.teacher (embedding_mse);
+    # objective.name=auto picks from the data.
     "embeddings": dict(
         train_file="",
         dev_file="",
@@ -174,6 +175,9 @@ _TASK_FAMILY = {
         # > 0: gradient caching, the encoder runs over chunks of this many texts (GradCache);
         # the batch can then exceed what one forward pass holds in memory
         mini_batch=0,
+        # Sentence data ({"text"} rows): the teacher whose embeddings the student learns
+        # (embedding_mse, sentence-transformers' model distillation); any checkpoint embed reads.
+        teacher="",
     ),
 }
 

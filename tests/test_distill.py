@@ -361,3 +361,73 @@ def test_bad_input_ends_in_one_line(setup, case, tmp_path):
     r = run_cli("distill", "--config=configs/distill.py:tiny", f"--workdir={tmp_path / 'w'}", *args)
     one_line(r, needle)
     assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+# --- embedding distillation (embedding_mse) ----------------------------------------------------
+
+
+def test_embedding_mse_equals_its_definition():
+    from bertjax.train.distill import EmbeddingMSE
+
+    rng = np.random.default_rng(1)
+    emb, target = rng.normal(size=(2, 4, 6))
+    obj = EmbeddingMSE(dim=6)
+    batch = {"target": jnp.asarray(target, jnp.float32),
+             "example_weight": jnp.asarray([1, 1, 1, 0], jnp.float32)}
+    loss, sums = obj.loss({"embedding": jnp.asarray(emb, jnp.float32)}, batch)
+    want = ((emb[:3] - target[:3]) ** 2).mean()  # torch's MSELoss over the real rows
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    got = objectives.finalize(sums)
+    assert got["loss"] == pytest.approx(want, rel=1e-5)
+    cos = (emb * target).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(target, axis=1)
+    assert got["cosine"] == pytest.approx(cos[:3].mean(), rel=1e-5)
+    assert obj.batch_spec(8, 16, 0)["target"] == ((8, 6), jnp.float32)
+
+
+def test_a_student_learns_the_teachers_sentence_embeddings(tmp_path):
+    """sentence-transformers' model distillation: a 1-layer student (another random init) fits a
+    2-layer teacher's mean-pooled, normalised embeddings; the dev MSE falls epoch by epoch."""
+    import embedding_support as es
+    import finetune_support as fs
+    import toy_tasks as toy
+    from bertjax import api
+    from bertjax.finetuning.embedding_task import SENTENCE_CONFIG
+
+    tok = toy.toy_tokenizer(str(tmp_path / "vocab"))
+    extra = {"vocab.txt": tok.vocab_path}
+    tcfg = BertConfig(vocab_size=tok.vocab_size, **{**fs.TINY_MODEL, "num_layers": 2})
+    teacher = str(tmp_path / "teacher")
+    model_files.save_checkpoint(teacher, build_model("sentence_embedding", tcfg, seed=5), tcfg,
+                                "sentence_embedding", extra_files={**extra, SENTENCE_CONFIG: json.dumps(
+                                    {"pooling": "mean", "normalize": True}).encode()})
+    scfg = BertConfig(vocab_size=tok.vocab_size, **fs.TINY_MODEL)
+    student = str(tmp_path / "student")
+    model_files.save_checkpoint(student, build_model("sentence_embedding", scfg, seed=6), scfg,
+                                "sentence_embedding", extra_files=extra)
+    rows = [{"text": r["query"]} for r in es.triplets(96, 0)]
+    train = es.write_jsonl(str(tmp_path / "train.jsonl"), rows[:64])
+    dev = es.write_jsonl(str(tmp_path / "dev.jsonl"), rows[64:])
+    cfg = fs.tiny(fs.recipe("embeddings"), student, epochs=4, lr=3e-3, batch=16)
+    cfg.task.train_file, cfg.task.dev_file, cfg.task.teacher = train, dev, teacher
+    s = api.finetune(cfg, str(tmp_path / "wd"), log=lambda m: None)
+    assert s["best_metric"] == "mse_loss"
+    evals = [json.loads(x) for x in open(tmp_path / "wd" / "seed-0" / "metrics.jsonl")]
+    mse = [r["eval/mse_loss"] for r in evals if "eval/mse_loss" in r]
+    assert len(mse) == 4 and mse[-1] < 0.5 * mse[0], mse
+
+
+def test_sentence_data_needs_a_teacher_and_a_teacher_needs_sentence_data(tmp_path):
+    import embedding_support as es
+    import finetune_support as fs
+
+    ckpt, _ = fs.make_checkpoint(str(tmp_path), task="sentence_embedding")
+    sentences = es.write_jsonl(str(tmp_path / "s.jsonl"), [{"text": "paris is big"}] * 4)
+    triplets = es.write_task(str(tmp_path / "data"), "triplets")
+    base = ["finetune", "--config=configs/embeddings.py", f"--config.init_from={ckpt}",
+            f"--workdir={tmp_path / 'wd'}"]
+    r = run_cli(*base, f"--config.task.train_file={sentences}",
+                f"--config.task.dev_file={sentences}")
+    one_line(r, "task.teacher=''", "sentences data")
+    r = run_cli(*base, f"--config.task.train_file={triplets['train_file']}",
+                f"--config.task.dev_file={triplets['dev_file']}", f"--config.task.teacher={ckpt}")
+    one_line(r, "with triplets data")

@@ -4,14 +4,18 @@ Data, JSONL (one object a line, UTF-8), the kind read from the first line:
 - retrieval triplets `{"query": str, "positive": str, "negatives": [str, ...]}` (negatives may be
   absent or empty): objective `infonce`, in-batch negatives over the global batch;
 - scored pairs `{"text_a": str, "text_b": str, "score": float}`: `cosent` (or `cosine_mse`);
-- labelled pairs `{"text_a": str, "text_b": str, "label": int|str}`: `sbert_softmax`.
+- labelled pairs `{"text_a": str, "text_b": str, "label": int|str}`: `sbert_softmax`;
+- sentences `{"text": str}` with `task.teacher` (any checkpoint `embed` reads): `embedding_mse`,
+  sentence-transformers' model distillation. The teacher embeds every train and dev sentence
+  once, before training, with its own tokenizer and sentence settings; the student learns the
+  mean squared difference, and dev reports it (`mse_loss`, the best checkpoint's) and the cosine.
 `objective.name=auto` picks the objective from the kind. Every line must have the fields of the
 first; a missing field, bad JSON or an empty file ends in one line.
 
 Dev metrics (task.dev_file, the same kind): triplets are scored as retrieval, every dev query
 against the corpus of every distinct dev positive and negative (ndcg@10, mrr@10, recall@1/10/100;
 best by mrr@10); scored pairs by the Spearman (and Pearson) correlation of cosine with the score;
-labelled pairs by accuracy.
+labelled pairs by accuracy; sentences by the MSE to the teacher's embeddings.
 
 Texts are tokenized once with [CLS] text [SEP] (the tokenizer's single-text layout), cut to the
 fixed lengths (queries task.query_length, else data.max_seq_length) and padded: one static
@@ -22,6 +26,7 @@ and `embed` read.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Callable
@@ -39,6 +44,7 @@ KINDS = {
     "triplets": (("query", "positive"), "infonce", ("infonce",)),
     "scored": (("text_a", "text_b", "score"), "cosent", ("cosent", "cosine_mse")),
     "labelled": (("text_a", "text_b", "label"), "sbert_softmax", ("sbert_softmax",)),
+    "sentences": (("text",), "embedding_mse", ("embedding_mse",)),
 }
 
 
@@ -85,9 +91,11 @@ def _kind_of(row: dict, path: str, line: int) -> str:
         return "scored"
     if "label" in row:
         return "labelled"
-    raise UserError(f"{path} line {line} has none of 'query', 'score', 'label'; write "
-                    "{\"query\", \"positive\", \"negatives\"} or {\"text_a\", \"text_b\", "
-                    "\"score\"|\"label\"} objects")
+    if "text" in row:
+        return "sentences"
+    raise UserError(f"{path} line {line} has none of 'query', 'score', 'label', 'text'; write "
+                    "{\"query\", \"positive\", \"negatives\"}, {\"text_a\", \"text_b\", "
+                    "\"score\"|\"label\"} or {\"text\"} objects")
 
 
 class Encoder:
@@ -167,6 +175,20 @@ def pair_features(rows, enc: Encoder, prefix: str, seq: int, kind: str, labels=N
     return out
 
 
+def teacher_embeddings(teacher: str, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """[len(texts), D] float32: the teacher's embeddings, with its own tokenizer, length, prompt
+    and pooling (a sentence-transformers directory's or an embedding checkpoint's; else CLS)."""
+    # Orbax and the Hugging Face readers come with the loader (tests/test_imports.py: LAZY_OK).
+    from bertjax.tools import embed
+
+    pooling, normalize, stored_len, prefix = embed.sentence_settings(teacher)
+    model, cfg, task = embed.load_with_adapter(teacher)
+    tokenizer = embed.checkpoint_tokenizer(teacher, cfg.vocab_size)
+    return embed.embed_texts(embed.encoder_of(model, task), tokenizer,
+                             [prefix + t for t in texts], pooling, batch_size,
+                             stored_len or cfg.max_length, normalize)
+
+
 def _warn_if_start_differs(cfg, log) -> None:
     """A start model with its own sentence settings (a sentence-transformers directory or an
     embedding checkpoint) trained with other pooling or prompts than this run's: say so."""
@@ -210,6 +232,11 @@ def prepare(cfg, tokenizer, log: Callable[[str], None]) -> Prepared:
         most = max(len(r.get("negatives") or []) for r in train_rows)
         num_negatives = most if int(t.num_negatives) < 0 else int(t.num_negatives)
     objective = _objective(cfg, kind, num_negatives)
+    teacher = str(t.teacher)
+    if bool(teacher) != (kind == "sentences"):
+        raise UserError(f"task.teacher={teacher!r} with {kind} data: a teacher distils sentences "
+                        "({\"text\"} rows) into the student, and sentence data needs one; set "
+                        "both or neither")
     if kind == "labelled":
         labels = {v: i for i, v in enumerate(sorted({r["label"] for r in train_rows}, key=str))}
         unknown = sorted({str(r["label"]) for r in dev_rows if r["label"] not in labels})
@@ -233,6 +260,22 @@ def prepare(cfg, tokenizer, log: Callable[[str], None]) -> Prepared:
             m = retrieval.retrieval_metrics(ranked, qrels)
             return {k: m[k] for k in names}
         best = "mrr@10"
+    elif kind == "sentences":
+        targets = teacher_embeddings(teacher, [r["text"] for r in train_rows + dev_rows])
+        objective = dataclasses.replace(objective, dim=int(targets.shape[1]))
+        train = {**model_inputs(*enc([prefixes[0] + r["text"] for r in train_rows], seq)),
+                 "target": targets[:len(train_rows)]}
+        dev_in = model_inputs(*enc([prefixes[0] + r["text"] for r in dev_rows], seq))
+        dev_target = targets[len(train_rows):]
+        names, best = ("mse_loss", "cosine"), "mse_loss"
+
+        def dev_metrics(predict) -> dict[str, float]:
+            emb = np.asarray(predict(dev_in)["embedding"], np.float32)
+            norms = np.linalg.norm(emb, axis=1) * np.linalg.norm(dev_target, axis=1)
+            return {"mse_loss": float(np.mean((emb - dev_target) ** 2)),
+                    "cosine": float(np.mean(np.sum(emb * dev_target, 1)
+                                            / np.maximum(norms, 1e-12)))}
+        log(f"teacher {teacher}: {targets.shape[1]}-wide embeddings of {len(targets)} sentences")
     else:
         train = pair_features(train_rows, enc, prefixes[0], seq, kind, labels)
         dev = pair_features(dev_rows, enc, prefixes[0], seq, kind, labels)

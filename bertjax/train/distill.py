@@ -18,6 +18,12 @@ Both models score every position, so each needs its MLM head over [B,S,V] logits
 `teacher_agreement` is the share of masked positions where the student's top-1 token is the
 teacher's. Student and teacher must share one vocabulary: the run checks the tokenizer identity
 the data and the teacher record (load/teacher.py), and the vocabulary sizes here.
+
+`embedding_mse` distils sentence embeddings instead (sentence-transformers' model distillation,
+Reimers and Gurevych 2020): the fine-tuning family `embeddings` on a file of sentences embeds each
+with the teacher once, before training (finetuning/embedding_task.py), and the student learns
+mean((student embedding - teacher embedding)^2). The teacher never enters the step, and its
+tokenizer may differ from the student's: only the vectors are compared.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from bertjax.model.distill import TEACHER, StudentAndTeacher, every_position
 from bertjax.model.encoder import BertConfig
 from bertjax.store import workdir as wd
 from bertjax.train import flops as flops_lib
+from bertjax.train.contrastive import _Embedding
 from bertjax.train.objectives import (Objective, _accuracy, _loss_sum, _rows_of, _weighted_ce,
                                       encoder_spec, register)
 
@@ -239,3 +246,41 @@ class Distillation(Objective):
         if self.teacher is None:
             return student
         return student + flops_lib.model_flops_per_token(self.teacher, seq, None) / 3
+
+
+@register("embedding_mse")
+@dataclasses.dataclass(frozen=True)
+class EmbeddingMSE(_Embedding):
+    """`target` [B, D]: the teacher's embedding of each text; loss = mean over rows and
+    dimensions of the squared difference (torch's MSELoss), and `cosine` between the two."""
+
+    dim: int = 0  # D, the teacher's embedding width (the batch spec's, for AOT and plan)
+    metrics = ("loss", "cosine")
+
+    def batch_spec(self, batch, seq, preds):
+        return {**encoder_spec(batch, seq), "target": ((batch, self.dim), F32)}
+
+    def forward(self, model, batch, dropout_key):
+        if "target" not in batch:
+            return self._predict_forward(model, batch)
+        emb = self._encode(model, batch["input_ids"], batch["input_mask"], dropout_key)
+        if emb.shape[-1] != batch["target"].shape[-1]:
+            raise UserError(f"the student's embeddings are {emb.shape[-1]} wide but the "
+                            f"teacher's {batch['target'].shape[-1]}; give the student the "
+                            "teacher's hidden size")
+        return {"embedding": emb}
+
+    def loss(self, out, batch, denoms=None):
+        emb, target = out["embedding"], batch["target"].astype(F32)
+        rows = _rows_of(batch, "target")
+        err = jnp.sum((emb - target) ** 2, axis=-1) * rows
+        width = jnp.float32(emb.shape[-1])
+        d = denoms["rows"] if denoms is not None else jnp.sum(rows)
+        cos = jnp.sum(emb * target, -1) / jnp.sqrt((jnp.sum(emb * emb, -1) + 1e-12)
+                                                   * (jnp.sum(target * target, -1) + 1e-12))
+        return jnp.sum(err) / (jnp.maximum(d, 1.0) * width), {
+            "loss": (jnp.sum(err) / width, jnp.sum(rows)),
+            "cosine": (jnp.sum(cos * rows), jnp.sum(rows))}
+
+    def denominators(self, batch):
+        return {"rows": jnp.sum(_rows_of(batch, "target"))}
