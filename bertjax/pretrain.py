@@ -117,7 +117,7 @@ def pretrain(cfg, workdir: str):
                             "student starts from the teacher (distill.init=teacher) or at random "
                             "(distill.init=random); drop init_from")
         teacher_lib.check_vocabulary(teacher, ident)
-        init_parts = teacher_lib.init_parts(objective)
+        init_parts = teacher_lib.init_parts(objective, workdir)
     plan = RunPlan.from_config(cfg, task_model=objective.model_task, model=model,
                                init_from=teacher or str(cfg.init_from))
     model_cfg = plan.model_config()

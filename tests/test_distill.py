@@ -17,6 +17,7 @@ from flax import nnx
 import pretrain_support as ps
 from cli_support import one_line, run_cli
 from bertjax import pretrain
+from bertjax.errors import UserError
 from bertjax.load import model_files
 from bertjax.load import teacher as teacher_lib
 from bertjax.model import BertConfig, build_model
@@ -307,6 +308,24 @@ def test_resume_equals_the_unbroken_run_and_reloads_the_teacher(setup, run, tmp_
     assert [now[s] for s in (4, 5, 6)] == [ref[s] for s in (4, 5, 6)]
     for k, v in _flat(result.state["frozen"]).items():
         np.testing.assert_array_equal(_flat(resumed.state["frozen"])[k], v)
+
+
+def test_resume_with_another_teacher_is_refused(setup, run, tmp_path):
+    root, _, vocab, teacher = setup
+    cfg, workdir, _ = run
+    assert json.load(open(os.path.join(workdir, teacher_lib.RECORD_FILE)))["path"] == teacher
+    again = str(tmp_path / "again")
+    shutil.copytree(workdir, again)
+    os.remove(os.path.join(again, "COMPLETED"))
+    _teacher(str(tmp_path / "changed"), vocab, str(root / "data" / "vocab.txt"), seed=12)
+    with cfg.unlocked():
+        cfg.distill.teacher = str(tmp_path / "changed")
+    try:
+        with pytest.raises(UserError, match="is not the one this run started from"):
+            pretrain.pretrain(cfg, again)
+    finally:
+        with cfg.unlocked():
+            cfg.distill.teacher = teacher
 
 
 def test_plan_counts_the_teacher(setup):

@@ -6,14 +6,18 @@ checkpoint, or a Hugging Face directory of a family member. `init_parts` is what
 loop calls where a run is initialised from `init_from` (train/loop.py), at the first start and
 again on every resume, because checkpoints leave the teacher out: it fills the frozen part with
 the teacher's weights and, with `distill.init=teacher`, the student with the teacher's
-embeddings, the layers of `distill.layer_map` and the MLM head.
+embeddings, the layers of `distill.layer_map` and the MLM head. The run records the sha256 of
+the teacher's weights (`teacher.json` in the workdir), so a resume refuses a teacher that changed
+under the same path: the run it continued would not be the one it started.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import jax
 import numpy as np
+from etils import epath
 from flax import nnx
 from flax.nnx import traversals
 
@@ -22,9 +26,11 @@ from bertjax.model import layer_stack
 from bertjax.model.distill import TEACHER
 from bertjax.store import workdir as wd
 from bertjax.text import check_identity, load_tokenizer
+from bertjax.train import adapters
 from bertjax.train import checkpoint as ckpt_lib
 
 _LAYERS = ("bert", "encoder", "layers")
+RECORD_FILE = "teacher.json"
 
 
 def check_vocabulary(teacher: str, identity: dict) -> None:
@@ -116,9 +122,27 @@ def fill(part: Any, fresh: Any, source: dict, one: Callable[[tuple], tuple | Non
     return jax.tree_util.tree_unflatten(treedef, out), copied, kept
 
 
-def init_parts(objective) -> Callable[[dict, dict], tuple[dict, ckpt_lib.LoadReport]]:
-    """The loop's initialiser for a distillation run: (abstract parts, fresh parts) ->
-    ({"params", "frozen"}, report)."""
+def check_record(workdir: str, path: str, source: dict) -> None:
+    """Refuses, on resume, a teacher whose weights are not those the run started with; records
+    them at a start (rewritten until the run has a checkpoint)."""
+    sha = adapters.fingerprint({"/".join(k): v for k, v in source.items()})
+    record = epath.Path(workdir) / RECORD_FILE
+    if wd.committed_steps(workdir) and record.exists():
+        was = json.loads(record.read_text())
+        if was.get("sha256") != sha:
+            raise UserError(f"the teacher at {path} is not the one this run started from "
+                            f"({was.get('path')}, weights sha256 {was.get('sha256', '?')[:12]}, "
+                            f"now {sha[:12]}); resume with that teacher, or start a new workdir")
+        return
+    if jax.process_index() == 0:
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        wd.write_atomic(record, json.dumps({"path": path, "sha256": sha}, indent=2))
+
+
+def init_parts(objective, workdir: str | None = None
+               ) -> Callable[[dict, dict], tuple[dict, ckpt_lib.LoadReport]]:
+    """The loop's initialiser for a distillation run in `workdir`: (abstract parts, fresh
+    parts) -> ({"params", "frozen"}, report)."""
     path = objective.teacher_path
 
     def load(abstract: dict, fresh: dict):
@@ -127,6 +151,8 @@ def init_parts(objective) -> Callable[[dict, dict], tuple[dict, ckpt_lib.LoadRep
 
         model, cfg, _, _, _ = model_files.load_model(path, task="masked_lm")
         source = teacher_arrays(model)
+        if workdir is not None:
+            check_record(workdir, path, source)
         stored = cfg.num_hidden_groups or cfg.num_layers
 
         def as_teacher(key):
