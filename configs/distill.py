@@ -5,11 +5,11 @@ bertjax prepare --input=TEXT --vocab=VOCAB --output_dir=DATA --no_nsp --masking=
 bertjax distill --config=configs/distill.py --workdir=DIR --config.data.train_dir=DATA \
     --config.distill.teacher=TEACHER
 
-arg = "distilbert" (default: 6 layers from a 12-layer, 768-wide teacher) or "tiny" (tests: 2
-layers, 32 wide, from a 4-layer teacher of that width). TEACHER is a run workdir, a bertjax
-checkpoint or a Hugging Face directory of any family member, tokenized like DATA. The student's
-arch is model.arch (bert here; any member whose weights have the teacher's shapes takes the
-teacher init).
+arg = "distilbert" (default: DistilBERT itself, the distilbert arch with no segment table, 6
+layers from a 12-layer, 768-wide teacher) or "tiny" (tests: a 2-layer BERT, 32 wide, from a
+4-layer teacher of that width). TEACHER is a run workdir, a bertjax checkpoint or a Hugging Face
+directory of any family member, tokenized like DATA. The student's arch is model.arch: any member
+whose weights have the teacher's shapes takes the teacher init.
 
 Optimizer as DistilBERT's train.py: Adam lr 5e-4, eps 1e-6, no weight decay, warmup 5% of the
 steps, gradient clip 5.0. DistilBERT reached an effective batch of about 4K sequences through
@@ -31,7 +31,7 @@ def get_config(arg: str = "distilbert"):
     if preset not in RECIPES:
         raise ValueError(f"configs/distill.py takes one of {sorted(RECIPES)}, not {arg!r}")
     layers, hidden, heads, layer_map, lr, batch, seq, preds, steps = RECIPES[preset]
-    c = base_config("base")
+    c = base_config("base", arch="distilbert" if preset == "distilbert" else "bert")
     m = c.model
     m.num_layers, m.hidden_size, m.num_heads, m.intermediate_size = layers, hidden, heads, 4 * hidden
     c.objective.name = "distill"

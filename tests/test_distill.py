@@ -269,6 +269,20 @@ def test_layer_map_init_copies_exactly_the_mapped_layers(setup, scan):
             assert not np.array_equal(value, src[key])
 
 
+def test_a_distilbert_student_drops_the_teachers_segment_table(setup):
+    _, _, vocab, teacher = setup
+    obj, _ = _objective(teacher, vocab, layer_map=(0, 3))
+    scfg = _student_cfg(vocab, arch="distilbert", type_vocab_size=0, pooler_act="relu")
+    parts, _ = _init(obj, scfg)
+    params = _flat(parts["params"])
+    src = {"/".join(k): v for k, v in teacher_lib.teacher_arrays(
+        model_files.load_model(teacher, task="masked_lm")[0]).items()}
+    assert not any("token_type" in k for k in params)
+    for k in ("bert/embeddings/word_embeddings/embedding", "bert/encoder/layers/1/output/kernel"):
+        want = src[k.replace("layers/1/", "layers/3/")]
+        np.testing.assert_array_equal(params[k], want)
+
+
 def test_a_hugging_face_directory_teaches_as_the_checkpoint_it_was_exported_from(setup, tmp_path):
     root, _, vocab, teacher = setup
     from bertjax.text import load_tokenizer
