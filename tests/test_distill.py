@@ -182,6 +182,12 @@ def test_a_run_logs_every_term_and_the_teacher_stays_frozen_and_out_of_checkpoin
     student, scfg, task, _, _ = model_files.load_model(workdir)
     assert (task, scfg.num_layers) == ("masked_lm", 2)
     assert any(k.startswith("params/bert/encoder/layers/1/") for k in saved)
+    # The student trained: its layer 1 started as the teacher's layer 3 (the default map for
+    # 4 -> 2) and moved away from it.
+    key = "bert/encoder/layers/1/output/kernel"
+    start = loaded[tuple(key.replace("layers/1/", "layers/3/").split("/"))]
+    trained = next(v for k, v in saved.items() if k.startswith("params/" + key))
+    assert trained.shape == start.shape and not np.allclose(trained, start)
 
 
 def _student_cfg(vocab, **kw):
@@ -213,9 +219,10 @@ def test_the_teacher_gets_no_gradient(setup):
         m = nnx.merge(graphdef, student, frozen)
         return obj.loss(obj.forward(m, batch, jax.random.key(0)), batch)[0]
 
-    g_student, g_teacher = jax.grad(loss, argnums=(0, 1))(student, frozen)
+    # The student's gradient is the run's (test above: its weights move, the teacher's do not).
+    g_teacher = jax.jit(jax.grad(loss, argnums=1))(student, frozen)
+    assert jax.tree.leaves(g_teacher)
     assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(g_teacher))
-    assert any(float(jnp.max(jnp.abs(g))) > 0.0 for g in jax.tree.leaves(g_student))
 
 
 def _init(obj, scfg):
@@ -369,8 +376,7 @@ def test_plan_counts_the_teacher(setup):
 # --- bad input: one line, exit 2 --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["not_a_checkpoint", "layer_past_depth", "wider_student",
-                                  "other_vocabulary"])
+@pytest.mark.parametrize("case", ["not_a_checkpoint", "layer_past_depth", "wider_student"])
 def test_bad_input_ends_in_one_line(setup, case, tmp_path):
     root, data_dir, vocab, teacher = setup
     kw, needle = {}, ""
@@ -381,14 +387,9 @@ def test_bad_input_ends_in_one_line(setup, case, tmp_path):
         kw, needle = {"distill.teacher": str(empty)}, "is neither a Hugging Face model directory"
     elif case == "layer_past_depth":
         kw, needle = {"distill.layer_map": "0,4"}, "past the teacher's depth (4 layers: 0..3)"
-    elif case == "wider_student":
+    else:
         kw, needle = {"model.hidden_size": 64, "model.intermediate_size": 128}, \
             "is wider than its teacher (32)"
-    else:
-        words = open(os.path.join(data_dir, "..", "vocab.txt")).read().replace("\ncat\n", "\ncow\n")
-        (tmp_path / "vocab.txt").write_text(words)
-        other = _teacher(str(tmp_path / "other"), vocab, str(tmp_path / "vocab.txt"))
-        kw, needle = {"distill.teacher": other}, "tokenizer mismatch for the teacher"
     values = {"distill.teacher": teacher, **kw}
     args = ps.overrides(data_dir, vocab, **values)
     r = run_cli("distill", "--config=configs/distill.py:tiny", f"--workdir={tmp_path / 'w'}", *args)
@@ -464,3 +465,13 @@ def test_sentence_data_needs_a_teacher_and_a_teacher_needs_sentence_data(tmp_pat
     r = run_cli(*base, f"--config.task.train_file={triplets['train_file']}",
                 f"--config.task.dev_file={triplets['dev_file']}", f"--config.task.teacher={ckpt}")
     one_line(r, "with triplets data")
+
+
+def test_a_teacher_of_another_vocabulary_is_refused(setup, tmp_path):
+    _, data_dir, vocab, _ = setup
+    words = open(os.path.join(data_dir, "..", "vocab.txt")).read().replace("\ncat\n", "\ncow\n")
+    (tmp_path / "vocab.txt").write_text(words)
+    other = _teacher(str(tmp_path / "other"), vocab, str(tmp_path / "vocab.txt"))
+    with pytest.raises(UserError, match="tokenizer mismatch for the teacher .*vocab"):
+        pretrain.pretrain(_config(data_dir, vocab, other), str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w" / "checkpoints")
