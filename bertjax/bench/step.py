@@ -35,7 +35,7 @@ from absl import flags
 from bertjax import cli
 from bertjax.bench import profile_summary as bench_profile
 from bertjax.errors import UserError
-from bertjax.model import BertConfig, build_model
+from bertjax.model import BertConfig
 from bertjax.model.attention import describe
 from bertjax.train import flops, mesh as mesh_lib, objectives, optim
 from bertjax.train.step import make_steps
@@ -113,7 +113,8 @@ def bench_bertjax(cfg, steps: int, warmup: int, batch_size: int | None = None,
     model_cfg = BertConfig.from_dict(cfg.model.to_dict())
     tx, _ = optim.make_optimizer(cfg.optim, int(cfg.train.num_steps), model_cfg=model_cfg)
     objective = objectives.from_config(cfg)
-    fns = make_steps(lambda: build_model(objective.model_task, model_cfg), objective, tx,
+    # A distillation objective's model holds its teacher too (random here: speed only).
+    fns = make_steps(lambda: objective.build(objective.model_task, model_cfg), objective, tx,
                      mesh, grad_accum_steps=int(cfg.train.grad_accum_steps))
     b = int(batch_size or cfg.train.batch_size)
     s, p = int(cfg.data.max_seq_length), int(cfg.data.max_predictions_per_seq)
