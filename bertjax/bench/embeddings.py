@@ -38,30 +38,22 @@ from absl import flags
 
 from bertjax import api, cli
 from bertjax.bench import gcide as gcide_lib
+from bertjax.demo import wordnet
 from bertjax.errors import UserError
 from bertjax.evaluate import retrieval
 from bertjax.tools import eval_retrieval as er
 
 WORDNET = "/usr/share/wordnet"
-POS_FILES = {"noun": "data.noun", "verb": "data.verb", "adj": "data.adj", "adv": "data.adv"}
 
 
 def wordnet_glosses(wordnet_dir: str, pos: str) -> list[tuple[str, str, list[str]]]:
     """(synset id, definition, quoted examples) of every synset of one part of speech."""
-    path = os.path.join(wordnet_dir, POS_FILES[pos])
-    if not os.path.isfile(path):
-        raise UserError(f"{path} not found; install Debian's wordnet-base (apt-get install "
-                        "wordnet-base)")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith(" ") or " | " not in line:
-                continue
-            head, gloss = line.rstrip("\n").split(" | ", 1)
-            examples = [e.strip() for e in re.findall(r'"([^"]+)"', gloss) if len(e.split()) >= 3]
-            definition = gloss.split('"', 1)[0].strip().rstrip(";").strip()
-            if examples and len(definition.split()) >= 3:
-                out.append((f"{pos}-{head.split()[0]}", definition, examples))
+    for fields, gloss in wordnet.data_records(wordnet_dir, pos):
+        examples = [e.strip() for e in re.findall(r'"([^"]+)"', gloss) if len(e.split()) >= 3]
+        definition = gloss.split('"', 1)[0].strip().rstrip(";").strip()
+        if examples and len(definition.split()) >= 3:
+            out.append((f"{pos}-{fields[0]}", definition, examples))
     return out
 
 

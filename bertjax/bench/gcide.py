@@ -29,6 +29,7 @@ import os
 import random
 import re
 
+from bertjax.demo import wordnet
 from bertjax.errors import UserError
 
 GCIDE_DIR = "/usr/share/dictd"
@@ -198,24 +199,15 @@ def webster_definitions(texts) -> dict[tuple[str, str], str]:
 def wordnet_synsets(wordnet_dir: str, pos: str) -> list[tuple[str, list[str], str]]:
     """(synset id, lower-case lemmas, definition) of every synset of one part of speech; ids as
     bench.embeddings names them ("verb-00001740")."""
-    path = os.path.join(wordnet_dir, POS_FILES[pos])
-    if not os.path.isfile(path):
-        raise UserError(f"{path} not found; install Debian's wordnet-base (apt-get install "
-                        "wordnet-base)")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith(" ") or " | " not in line:
-                continue
-            head, gloss = line.rstrip("\n").split(" | ", 1)
-            fields = head.split()
-            n = int(fields[3], 16)
-            # Adjective lemmas may carry a position marker: "galore(ip)".
-            lemmas = [re.sub(r"\([a-z]+\)$", "", w).replace("_", " ").lower()
-                      for w in fields[4:4 + 2 * n:2]]
-            definition = gloss.split('"', 1)[0].strip().rstrip(";").strip()
-            if definition:
-                out.append((f"{pos}-{fields[0]}", lemmas, definition))
+    for fields, gloss in wordnet.data_records(wordnet_dir, pos):
+        n = int(fields[3], 16)
+        # Adjective lemmas may carry a position marker: "galore(ip)".
+        lemmas = [re.sub(r"\([a-z]+\)$", "", w).replace("_", " ").lower()
+                  for w in fields[4:4 + 2 * n:2]]
+        definition = gloss.split('"', 1)[0].strip().rstrip(";").strip()
+        if definition:
+            out.append((f"{pos}-{fields[0]}", lemmas, definition))
     return out
 
 

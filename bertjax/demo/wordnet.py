@@ -48,6 +48,24 @@ class Synset:
     examples: tuple[str, ...]
 
 
+POS_FILES = {"noun": "data.noun", "verb": "data.verb", "adj": "data.adj", "adv": "data.adv"}
+
+
+def data_records(wordnet_dir: str, pos: str):
+    """(head fields, gloss) of every synset line of data.<pos> (wndb(5)); the licence header's
+    lines start with spaces."""
+    path = os.path.join(wordnet_dir, POS_FILES[pos])
+    if not os.path.isfile(path):
+        raise UserError(f"{path} not found; install Debian's wordnet-base (apt-get install "
+                        "wordnet-base)")
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(" ") or " | " not in line:
+                continue
+            head, gloss = line.rstrip("\n").split(" | ", 1)
+            yield head.split(), gloss
+
+
 def noun_synsets(wordnet_dir: str) -> list[Synset]:
     """Every noun synset of data.noun (wndb(5): offset, lex file, type, word count in hex, the
     words with their lex ids, pointer count, pointers, then "| gloss")."""
