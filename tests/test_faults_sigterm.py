@@ -34,6 +34,40 @@ def _two(workdir, args, log_dir, name):
                        ps.ROOT, env, os.path.join(log_dir, f"{name}-{i}.stderr")) for i in range(2)]
 
 
+# What a start that never reached the step prints when the two processes could not meet: the
+# coordinator's port taken between _free_port and its bind, or one process starting so late on a
+# loaded box that the other's wait ran out. The run under test never began, so it is started
+# again once; any other early death fails with both processes' stderr.
+_START_FAILURES = ("address already in use", "coordinat", "initializ", "deadline", "barrier",
+                   "unavailable", "gloo", "connect")
+
+
+def _until_training(workdir, args, log_dir):
+    for attempt in range(2):
+        name = f"term{attempt}"
+        procs = _two(workdir, args, log_dir, name)
+        while all(w.seen(fs.TRAINING_LINE) is None for w in procs):
+            if any(w.proc.poll() is not None for w in procs):
+                break
+            time.sleep(0.01)
+        else:
+            return procs
+        for w in procs:  # the sibling may wait forever for the dead one
+            if w.proc.poll() is None:
+                w.proc.kill()
+            w.finish()
+        if any(w.seen(fs.TRAINING_LINE) is not None for w in procs):
+            return procs  # a line the reader had not yet taken: the run did reach training
+        errs = [open(os.path.join(log_dir, f"{name}-{i}.stderr")).read()[-3000:] for i in range(2)]
+        codes = [w.proc.returncode for w in procs]
+        if attempt or not any(m in e.lower() for e in errs for m in _START_FAILURES):
+            raise AssertionError((fs.tag(), "a process died before training", codes, errs,
+                                  [w.stdout()[-1500:] for w in procs]))
+        print(f"two-process start failed before training ({codes}); starting again:\n"
+              + "\n".join(e[-600:] for e in errs))
+    raise AssertionError("unreachable")
+
+
 def _finish(procs, log_dir, name):
     for i, w in enumerate(procs):
         rc = w.finish()
@@ -61,10 +95,7 @@ def test_sigterm_on_two_processes_saves_one_step_and_resumes_exactly(tmp_path):
     assert sorted(ref_losses) == list(range(1, steps + 1))
 
     wd = str(tmp_path / "term")
-    procs = _two(wd, args, logs, "term")
-    while all(w.seen(fs.TRAINING_LINE) is None for w in procs):
-        assert all(w.proc.poll() is None for w in procs), fs.tag()
-        time.sleep(0.01)
+    procs = _until_training(wd, args, logs)
     time.sleep(rng.uniform(0.0, 0.5))
     lag = rng.uniform(0.0, 0.3)
     order = rng.sample([0, 1], 2)
