@@ -3,7 +3,8 @@ for every family member with a layout table. Random weights (perturbed so no ten
 initial 0 or 1) and odd sizes (hidden 48, 3 heads, FFN 37), so a transposed or swapped matrix
 shows; RoBERTa with a pad id of 3, so positions must follow the pad id, not a constant 1;
 ELECTRA with an embedding width of 24, so the E->H projection and the generator head's H->E show;
-DistilBERT with no segment table, its own names and config keys and a ReLU pre_classifier."""
+DistilBERT with no segment table, its own names and config keys and a ReLU pre_classifier;
+DeBERTa-v2 with disentangled attention over log buckets and no position table."""
 import numpy as np
 import pytest
 import torch
@@ -63,6 +64,20 @@ MEMBERS["distilbert"] = (transformers.DistilBertConfig, dict(max_position_embedd
     "sequence_classification": "DistilBertForSequenceClassification",
     "token_classification": "DistilBertForTokenClassification",
     "question_answering": "DistilBertForQuestionAnswering",
+})
+# DeBERTa-v2/v3: no absolute positions or segments, c2p + p2c over a shared LayerNorm'd table, and
+# 8 log buckets spanning 10, so the 12-token batch reaches past the exact range (+/- 4) into the
+# log-spaced one (test_deberta.py has 600 tokens at v3's 256 buckets).
+MEMBERS["deberta-v2"] = (transformers.DebertaV2Config, dict(
+    max_position_embeddings=64, type_vocab_size=0, relative_attention=True,
+    position_biased_input=False, pos_att_type=["p2c", "c2p"], position_buckets=8,
+    max_relative_positions=10, norm_rel_ebd="layer_norm", share_att_key=True,
+    layer_norm_eps=1e-7), {
+    "base": "DebertaV2Model",
+    "masked_lm": "DebertaV2ForMaskedLM",
+    "sequence_classification": "DebertaV2ForSequenceClassification",
+    "token_classification": "DebertaV2ForTokenClassification",
+    "question_answering": "DebertaV2ForQuestionAnswering",
 })
 # A member's spelling of SIZES' keys where it differs from BERT's.
 RENAMED = {"distilbert": dict(hidden_size="dim", num_hidden_layers="n_layers",

@@ -148,7 +148,7 @@ def bench_bertjax(cfg, steps: int, warmup: int, batch_size: int | None = None,
         "seq_len": s, "batch": b, "dtype": model_cfg.dtype,
         # What the step really ran: "auto" keeps attention dropout with xla while training.
         "attention": describe(model_cfg.attention_backend, model_cfg.attention_dropout, s,
-                              jax.default_backend()),
+                              jax.default_backend(), relative=model_cfg.relative_attention),
         "remat": model_cfg.remat,
         "sequences_per_second": seqs, "tokens_per_second": seqs * s, "step_time_s": dt,
         "mfu": flops.mfu(seqs * s, fpt, jax.device_count(), dev.device_kind),

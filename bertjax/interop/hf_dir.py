@@ -12,7 +12,7 @@ from safetensors.numpy import load_file, save_file
 from bertjax.errors import UserError
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.json", "spiece.model", "vocab.json", "merges.txt")
+                   "tokenizer.json", "spiece.model", "spm.model", "vocab.json", "merges.txt")
 
 
 def read_config(hf_dir: str) -> dict:

@@ -17,6 +17,13 @@ ARCHS: dict[str, dict] = {
     # DistilBERT: BERT's block without segment embeddings or pooler. Its sequence classifier's
     # pre_classifier (dense -> ReLU on the first token) is our pooler with a ReLU.
     "distilbert": dict(type_vocab_size=0, pooler_act="relu"),
+    # DeBERTa-v2 and v3 (one model_type): no absolute positions or segments in the input;
+    # disentangled attention (c2p + p2c) over log-bucketed distances (256 buckets spanning 512)
+    # with a LayerNorm'd relative table shared by every layer; LayerNorm eps 1e-7; the sequence
+    # classifier's ContextPooler is dense -> GELU on the first token.
+    "deberta-v2": dict(type_vocab_size=0, position_biased_input=False, relative_attention=True,
+                       pos_att_type="c2p|p2c", position_buckets=256, norm_rel_ebd="layer_norm",
+                       layer_norm_eps=1e-7, pooler_act="gelu"),
 }
 
 

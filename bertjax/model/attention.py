@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
@@ -80,6 +81,56 @@ def xla_attention(q, k, v, mask, *, dropout_rate=0.0, dropout_key=None):
     depth = q.shape[-1]
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     logits = logits / jnp.sqrt(jnp.float32(depth))
+    bias = jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min / 2)
+    probs = jax.nn.softmax(logits + bias, axis=-1)
+    if dropout_rate > 0.0 and dropout_key is not None:
+        keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+
+
+@functools.lru_cache(maxsize=64)
+def relative_index(seq_len: int, span: int, buckets: int, max_distance: int) -> np.ndarray:
+    """DeBERTa's [S, S] row of the relative table for query i and key j: the distance i - j,
+    log-bucketed when `buckets` > 0 (exact within +/- buckets/2, then log-spaced so that
+    `max_distance` lands on the last bucket), shifted by `span` and clipped to [0, 2 * span).
+
+    Static (numpy) for a static length: the traced step holds it as a constant. The log runs in
+    float32 as in the reference implementation, so that a distance on a bucket edge rounds the
+    same way."""
+    rel = np.arange(seq_len)[:, None] - np.arange(seq_len)[None, :]
+    if buckets > 0 and max_distance > 0:
+        mid = buckets // 2
+        sign = np.sign(rel)
+        far = np.where(np.abs(rel) < mid, mid - 1, np.abs(rel)).astype(np.float32)
+        log_pos = np.ceil(np.log(far / np.float32(mid)) / np.log(np.float32((max_distance - 1) / mid))
+                          * np.float32(mid - 1)) + mid
+        rel = np.where(far <= mid, rel, log_pos * sign).astype(np.int64)
+    return np.clip(rel + span, 0, 2 * span - 1).astype(np.int32)
+
+
+def disentangled_attention(q, k, v, mask, pos_q, pos_k, *, terms: tuple[str, ...], buckets: int,
+                           max_distance: int, dropout_rate=0.0, dropout_key=None):
+    """DeBERTa's attention: content->content plus content->position (c2p: query i against the
+    key map of distance i-j's embedding) and position->content (p2c: key j against the query
+    map of the same distance's embedding), all divided by sqrt(d * (1 + len(terms))).
+
+    pos_q, pos_k: [2 * span, heads, head_dim], the relative table through the layer's query and
+    key maps. Only xla can run it: the fused kernels take no bias terms. Each term is computed
+    against every table row ([B, H, S, 2*span]) and then gathered per (i, j), which costs
+    S * 2*span per head instead of S * S * head_dim."""
+    seq, depth, span = q.shape[1], q.shape[-1], pos_q.shape[0] // 2
+    index = jnp.asarray(relative_index(seq, span, buckets, max_distance))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    if "c2p" in terms:
+        c2p = jnp.einsum("bqhd,rhd->bhqr", q, pos_k, preferred_element_type=jnp.float32)
+        logits = logits + jnp.take_along_axis(c2p, index[None, None], axis=-1)
+    if "p2c" in terms:
+        # Row j of the key side reads the distance i - j for every query i: index transposed.
+        p2c = jnp.einsum("bkhd,rhd->bhkr", k, pos_q, preferred_element_type=jnp.float32)
+        logits = logits + jnp.swapaxes(jnp.take_along_axis(p2c, index.T[None, None], axis=-1),
+                                       -1, -2)
+    logits = logits / jnp.sqrt(jnp.float32(depth * (1 + len(terms))))
     bias = jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min / 2)
     probs = jax.nn.softmax(logits + bias, axis=-1)
     if dropout_rate > 0.0 and dropout_key is not None:
@@ -203,9 +254,17 @@ def attend(q, k, v, mask, *, backend: str, dropout_rate: float = 0.0, dropout_ke
     return splash_attention(q, k, v, mask)
 
 
-def describe(name: str, attention_dropout: float, seq_len: int, platform: str) -> dict:
+RELATIVE_REASON = ("DeBERTa's disentangled attention adds c2p/p2c bias terms, which the fused "
+                   "kernels (splash, cudnn) cannot take")
+
+
+def describe(name: str, attention_dropout: float, seq_len: int, platform: str,
+             relative: bool = False) -> dict:
     """What a run's attention really is, for the run plan: the backend in training and in eval,
-    and the attention dropout that training applies."""
+    and the attention dropout that training applies. `relative` (DeBERTa) always runs xla."""
+    if relative:
+        return {"configured": name, "train": "xla", "eval": "xla",
+                "attention_dropout": attention_dropout, "why_xla": RELATIVE_REASON}
     train = resolve_backend(name, platform, seq_len=seq_len, dropout=attention_dropout > 0.0)
     evaluate = resolve_backend(name, platform, seq_len=seq_len, dropout=False)
     return {"configured": name, "train": train, "eval": evaluate,

@@ -55,6 +55,21 @@ class BertConfig:
     pooler_act: str = _field("tanh", "the [CLS] head's activation: tanh (BERT's pooler, RoBERTa's "
                              "classifier), gelu (ELECTRA's classifier) or relu (DistilBERT's "
                              "pre_classifier)", arch=True)
+    position_biased_input: bool = _field(True, "absolute position embeddings added to the input; "
+                                         "false = none (DeBERTa)", arch=True)
+    relative_attention: bool = _field(False, "DeBERTa's disentangled attention: relative position "
+                                      "embeddings shared by every layer", arch=True)
+    pos_att_type: str = _field("", "DeBERTa's extra attention terms, '|'-separated: c2p "
+                               "(content->position), p2c (position->content); each also widens "
+                               "the score scale to sqrt(d * (1 + terms))", arch=True)
+    position_buckets: int = _field(0, "DeBERTa-v2: relative distances exact within +/- buckets/2, "
+                                   "log-spaced beyond (0 = no buckets, distances clipped)",
+                                   arch=True)
+    max_relative_positions: int = _field(0, "DeBERTa: the longest distance the log buckets (or, "
+                                         "without buckets, the table) span; 0 = "
+                                         "max_position_embeddings", arch=True)
+    norm_rel_ebd: str = _field("none", "DeBERTa-v2: LayerNorm on the relative embeddings "
+                               "(layer_norm) or none", arch=True)
     generator_hidden_size: int = _field(0, "ELECTRA: the generator's width (0 = no generator); "
                                         "it shares the embeddings and has the same depth",
                                         arch=True)
@@ -104,6 +119,15 @@ class BertConfig:
     def max_length(self) -> int:
         """The longest input: the position table less its offset (514 rows hold 512 at pad 1)."""
         return self.max_position_embeddings - self.position_offset
+
+    @property
+    def relative_span(self) -> int:
+        """DeBERTa: half the rows of the relative embedding table (distances -span..span-1)."""
+        return self.position_buckets or self.max_relative_positions or self.max_position_embeddings
+
+    @property
+    def attention_terms(self) -> tuple[str, ...]:
+        return tuple(t for t in ("c2p", "p2c") if t in self.pos_att_type.split("|"))
 
     @property
     def embedding_width(self) -> int:
@@ -168,6 +192,24 @@ class BertConfig:
         if groups and self.scan_layers:
             raise ModelConfigError("scan_layers stacks one set of weights per layer; with shared "
                                    "layers (num_hidden_groups > 0) set model.scan_layers=false")
+        terms = [t for t in self.pos_att_type.split("|") if t]
+        if any(t not in ("c2p", "p2c") for t in terms) or len(set(terms)) != len(terms):
+            raise ModelConfigError(f"model.pos_att_type={self.pos_att_type!r}: use c2p, p2c, "
+                                   "c2p|p2c or '' (DeBERTa's relative attention terms)")
+        if terms and not self.relative_attention:
+            raise ModelConfigError(f"model.pos_att_type={self.pos_att_type!r} needs "
+                                   "model.relative_attention=true (the terms read its table)")
+        if self.norm_rel_ebd not in ("none", "layer_norm"):
+            raise ModelConfigError(f"model.norm_rel_ebd={self.norm_rel_ebd!r}: use layer_norm or "
+                                   "none")
+        if self.position_buckets < 0 or self.max_relative_positions < 0:
+            raise ModelConfigError("model.position_buckets and model.max_relative_positions must "
+                                   "be >= 0 (0 = off, Hugging Face's -1)")
+        if self.relative_attention and self.attention_backend in attn_lib.FUSED.values():
+            raise ModelConfigError(
+                f"model.attention_backend={self.attention_backend!r} cannot run "
+                f"{self.arch}'s disentangled attention: the fused kernel takes no bias terms "
+                "(c2p/p2c); set model.attention_backend=xla or auto (xla for this arch)")
         try:
             attn_lib.check_backend(self.attention_backend, self.attention_dropout)
         except ValueError as e:
@@ -282,7 +324,8 @@ class Embeddings(nnx.Module):
             )
 
         self.word_embeddings = embed(cfg.vocab_size, ("vocab", "embed"))
-        self.position_embeddings = embed(cfg.max_position_embeddings, ("pos", "embed"))
+        if cfg.position_biased_input:
+            self.position_embeddings = embed(cfg.max_position_embeddings, ("pos", "embed"))
         if cfg.type_vocab_size:
             self.token_type_embeddings = embed(cfg.type_vocab_size, ("type", "embed"))
         self.layer_norm = LayerNorm(cfg, rngs=rngs, size=width)
@@ -300,8 +343,9 @@ class Embeddings(nnx.Module):
         return jnp.cumsum(mask, axis=1) * mask + (self.position_offset - 1)
 
     def __call__(self, input_ids, segment_ids, keys: DropoutKeys, input_mask=None):
-        x = self.word_embeddings(input_ids) + self.position_embeddings(
-            self.positions(input_ids.shape[1], input_mask))
+        x = self.word_embeddings(input_ids)
+        if hasattr(self, "position_embeddings"):
+            x = x + self.position_embeddings(self.positions(input_ids.shape[1], input_mask))
         if self.type_vocab_size > 1:
             x = x + self.token_type_embeddings(segment_ids)
         elif self.type_vocab_size == 1:
@@ -335,16 +379,33 @@ class SelfAttention(nnx.Module):
         )
         self.backend = cfg.attention_backend
         self.attention_dropout = cfg.attention_dropout
+        self.terms = cfg.attention_terms if cfg.relative_attention else ()
+        self.buckets = cfg.position_buckets
+        self.max_distance = cfg.max_relative_positions or cfg.max_position_embeddings
         self.lora = lora_lib.adapters(cfg, {
             **{t: ((h,), (nh, hd), ("embed",), ("heads", None)) for t in lora_lib.QKV},
             "attention_output": ((nh, hd), (h,), ("heads", None), ("embed",))}, rngs=rngs)
 
-    def __call__(self, x, mask, keys: DropoutKeys):
+    def _qkv(self, x, keys):
         qkv = self.qkv(x)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.lora is not None:
             q, k, v = (lora_lib.add(self.lora, name, t, x, keys)
                        for t, name in zip((q, k, v), lora_lib.QKV))
+        return q, k, v
+
+    def __call__(self, x, mask, keys: DropoutKeys, rel=None):
+        q, k, v = self._qkv(x, keys)
+        if self.terms:
+            # DeBERTa's share_att_key: the relative embeddings go through this layer's own query
+            # and key maps (adapters included, as where Hugging Face wraps query_proj), so the
+            # positions need no projections of their own.
+            pos_q, pos_k, _ = self._qkv(rel[None], keys)
+            ctx = attn_lib.disentangled_attention(
+                q, k, v, mask, pos_q[0], pos_k[0], terms=self.terms, buckets=self.buckets,
+                max_distance=self.max_distance, dropout_rate=self.attention_dropout,
+                dropout_key=keys())
+            return lora_lib.add(self.lora, "attention_output", self.out(ctx), ctx, keys)
         ctx = attn_lib.attend(
             q,
             k,
@@ -373,8 +434,12 @@ class EncoderLayer(nnx.Module):
             "intermediate": ((h,), (i,), ("embed",), ("mlp",)),
             "output": ((i,), (h,), ("mlp",), ("embed",))}, rngs=rngs)
 
-    def __call__(self, x, mask, keys: DropoutKeys):
-        a = dropout(self.attention(x, mask, keys), self.rate, keys)
+    def __call__(self, x, mask, keys: DropoutKeys, rel=None):
+        if rel is not None:
+            # Each layer drops its own copy of the shared relative embeddings (DeBERTa's
+            # pos_dropout, at the hidden rate).
+            rel = dropout(rel, self.rate, keys)
+        a = dropout(self.attention(x, mask, keys, rel), self.rate, keys)
         x = self.attention_layer_norm(x + a)
         z = ACTIVATIONS[self.act](lora_lib.add(self.lora, "intermediate", self.intermediate(x), x,
                                                keys))
@@ -405,32 +470,54 @@ class Encoder(nnx.Module):
             self.layers = stacked(rngs)
         else:
             self.layers = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(groups)])
+        if cfg.relative_attention:
+            self.relative = RelativeEmbeddings(cfg, rngs=rngs)
 
     def __call__(self, x, mask, keys: DropoutKeys):
         # One key per layer, drawn the same way with or without remat or scan, so all agree.
         layer_keys = [keys() for _ in range(self.num_layers)]
+        rel = self.relative() if hasattr(self, "relative") else None
         run = nnx.remat(_run_layer, policy=self.policy) if self.remat else _run_layer
         if not self.scan:
             for index, key in zip(self.layer_map, layer_keys):
-                x = run(self.layers[index], x, mask, key)
+                x = run(self.layers[index], x, mask, key, rel)
             return x
         stacked_keys = None if layer_keys[0] is None else jnp.stack(layer_keys)
 
         @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
         def body(h, layer, key):
-            return run(layer, h, mask, key)
+            return run(layer, h, mask, key, rel)
 
         if stacked_keys is None:
             @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
             def body_nokey(h, layer):
-                return run(layer, h, mask, None)
+                return run(layer, h, mask, None, rel)
 
             return body_nokey(x, self.layers)
         return body(x, self.layers, stacked_keys)
 
 
-def _run_layer(layer, x, mask, key):
-    return layer(x, mask, DropoutKeys(key))
+def _run_layer(layer, x, mask, key, rel=None):
+    return layer(x, mask, DropoutKeys(key), rel)
+
+
+class RelativeEmbeddings(nnx.Module):
+    """DeBERTa's relative position embeddings: one [2 * span, H] table shared by every layer,
+    LayerNorm'd once per forward pass when norm_rel_ebd says so."""
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.table = nnx.Embed(2 * cfg.relative_span, cfg.hidden_size, dtype=_dtype(cfg.dtype),
+                               param_dtype=_dtype(cfg.param_dtype),
+                               embedding_init=_init(cfg, ("pos", "embed")), rngs=rngs)
+        if cfg.norm_rel_ebd == "layer_norm":
+            self.layer_norm = LayerNorm(cfg, rngs=rngs)
+        self.out_dtype = _dtype(cfg.dtype)
+
+    def __call__(self):
+        rel = self.table.embedding[...]
+        if hasattr(self, "layer_norm"):
+            return self.layer_norm(rel)
+        return rel.astype(self.out_dtype)
 
 
 class Pooler(nnx.Module):

@@ -220,7 +220,13 @@ def _write_tokenizer(tokenizer, directory: str, hf: bool, max_length: int,
     paths.append(_write_json(os.path.join(directory, wd.IDENTITY_FILE), identity))
     if not hf:
         return paths
-    config = layouts.for_arch(arch).tokenizer_config(tokenizer.hf_tokenizer_config())
+    layout = layouts.for_arch(arch)
+    for ours, theirs in layout.tokenizer_renames:
+        src = os.path.join(directory, ours)
+        if src in paths:
+            os.replace(src, os.path.join(directory, theirs))
+            paths[paths.index(src)] = os.path.join(directory, theirs)
+    config = layout.tokenizer_config(tokenizer.hf_tokenizer_config())
     config["model_max_length"] = max_length
     config_path = _write_json(os.path.join(directory, "tokenizer_config.json"), config)
     if config_path not in paths:

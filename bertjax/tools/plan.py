@@ -120,7 +120,7 @@ class Planner:
             "batch": batch, "per_chip_batch": per_chip, "grad_accum_steps": accum,
             "remat": remat, "dtype": model_cfg.dtype, "mesh": dict(self.mesh.shape),
             "attention": describe(model_cfg.attention_backend, model_cfg.attention_dropout, seq,
-                                  "tpu"),
+                                  "tpu", relative=model_cfg.relative_attention),
             "hbm_gib": self.hbm_gib, "memory": "compiled (XLA memory_analysis), not a TPU run",
             "lora": ({k.removeprefix("lora_"): model_dict[k] for k in lora_fields(cfg)} or None),
             "trained_params": int(trained), "frozen_params": int(frozen),

@@ -13,7 +13,8 @@ Everything else (kernels, embeddings) is decayed.
 Layer-wise learning-rate decay (`optim.layer_decay` = d < 1; ELECTRA's fine-tuning recipe: 0.8 for
 small/base, 0.9 for large) gives a parameter at depth k the rate lr * d ** (L + 2 - k), L the
 model's num_layers: depth 0 for anything under an `embeddings` component (tables, their LayerNorm,
-the E->H projection), i + 1 for `.../encoder/layers/<i>/...`, L + 2 for everything else (pooler,
+the E->H projection), i + 1 for `.../encoder/layers/<i>/...`, L for DeBERTa's relative table
+`.../encoder/relative/...` (every layer reads it), L + 2 for everything else (pooler,
 task heads), whatever the path's first component (bert/, generator/). See `layer_depth`.
 """
 from __future__ import annotations
@@ -163,6 +164,10 @@ def layer_depth(path: tuple, num_layers: int, num_hidden_groups: int = 0) -> int
     the unshared rule exactly."""
     names = _names(path)
     for i in range(len(names) - 1):
+        if names[i] == "encoder" and names[i + 1] == "relative":
+            # DeBERTa's relative table (and its LayerNorm) is read by every layer: like a
+            # shared layer, it takes the depth of the last layer that reads it.
+            return num_layers
         if names[i] == "encoder" and names[i + 1] == "layers":
             if i + 2 >= len(names) or not names[i + 2].isdigit():
                 return tuple(range(1, num_layers + 1))

@@ -4,16 +4,19 @@ all come through here."""
 from __future__ import annotations
 
 from bertjax.errors import UserError
-from bertjax.interop.layouts import albert, bert, distilbert, electra, roberta
+from bertjax.interop.layouts import albert, bert, deberta_v2, distilbert, electra, roberta
 from bertjax.interop.layouts.common import Entry, Layout  # noqa: F401
 
 LAYOUTS: dict[str, Layout] = {m.LAYOUT.model_type: m.LAYOUT
-                              for m in (bert, roberta, electra, albert, distilbert)}
+                              for m in (bert, roberta, electra, albert, distilbert, deberta_v2)}
 _BY_ARCH = {layout.arch: layout for layout in LAYOUTS.values()}
 
 
 def for_hf_config(hf: dict) -> Layout:
     model_type = hf.get("model_type", "bert")
+    if model_type == "deberta":
+        raise UserError("config.json has model_type 'deberta' (DeBERTa v1): not supported yet, "
+                        "use v2/v3 (model_type 'deberta-v2')")
     if model_type not in LAYOUTS:
         raise UserError(f"config.json has model_type {model_type!r}, which bertjax does not "
                         f"convert; it reads {', '.join(sorted(LAYOUTS))}")

@@ -199,6 +199,9 @@ class Layout:
     # The tokenizer's tokenizer_config.json -> what an export of this member writes (a member
     # whose HF tokenizer class differs from the tokenizer's, e.g. one without token types).
     tokenizer_config: Callable[[dict], dict] = _identity
+    # Tokenizer files an export of this member names as HF's tokenizer class expects
+    # (ours -> HF's), e.g. DeBERTa-v2's spm.model for our spiece.model.
+    tokenizer_renames: tuple[tuple[str, str], ...] = ()
 
     @property
     def task_to_arch(self) -> dict[str, str]:
