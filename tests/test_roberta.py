@@ -1,6 +1,7 @@
 """RoBERTa end to end: a Hugging Face directory written by transformers' own save_pretrained
 (model and tokenizer, so it holds tokenizer.json only) converts, exports back with tokenizer files
-AutoTokenizer loads, and fine-tunes on every task family; and pretraining on BPE-prepared
+AutoTokenizer loads, and fine-tunes on every task family (as does a DeBERTa-v2 directory with
+an spm.model, with layer-wise learning-rate decay); and pretraining on BPE-prepared
 FULL-SENTENCES data with configs/roberta.py exports a RobertaForMaskedLM that transformers runs
 to the same logits. Pad id 1 as in GPT-2's BPE here; the parity tests use another."""
 import json
@@ -16,6 +17,7 @@ import transformers
 from finetune_support import compile_cache, recipe, tiny  # noqa: F401  (autouse fixture)
 from tokenizers import AddedToken, ByteLevelBPETokenizer
 
+import deberta_support
 import pretrain_support as ps
 import toy_tasks as toy
 from bertjax.finetuning import run as ft_run
@@ -108,22 +110,43 @@ def test_convert_and_export_round_trip_with_tokenizer_json_only(roberta_hf, tmp_
     assert np.abs(np.asarray(mine)[real] - want[real]).max() < 1e-4
 
 
-def _finetune(cfg, workdir):
+@pytest.fixture(scope="module")
+def deberta_hf(tmp_path_factory):
+    """DebertaV2ForMaskedLM (v3's knobs, 16 log buckets) saved by transformers with an
+    spm.model (tests/deberta_support.py)."""
+    return deberta_support.deberta_dir(str(tmp_path_factory.mktemp("deberta")))
+
+
+# member -> (fixture, what the run plan must show, optim.layer_decay): DeBERTa fine-tunes with
+# ELECTRA's layer-wise decay, its shared relative table included.
+MEMBERS = {
+    "roberta": ("roberta_hf", {"arch": "roberta", "position_offset": 2}, 1.0),
+    "deberta-v2": ("deberta_hf", {"arch": "deberta-v2", "relative_attention": True,
+                                  "position_biased_input": False}, 0.8),
+}
+
+
+def _finetune(cfg, workdir, member="roberta"):
+    _, want, layer_decay = MEMBERS[member]
+    cfg.optim.layer_decay = layer_decay
     summary = ft_run.finetune(cfg, workdir)
     run = summary["runs"][0]
     plan = json.loads(open(os.path.join(workdir, "seed-0", "run_plan.json")).read())
-    assert plan["model"]["arch"] == "roberta" and plan["model"]["position_offset"] == 2
+    assert {k: plan["model"][k] for k in want} == want
+    saved = json.loads(open(os.path.join(workdir, "seed-0", "config.json")).read())
+    assert saved["optim"]["layer_decay"] == layer_decay
     return run["dev"]
 
 
 @pytest.mark.slow
-def test_every_fine_tuning_task_runs_from_a_roberta_directory(roberta_hf, tmp_path):
-    path, _ = roberta_hf
+@pytest.mark.parametrize("member", sorted(MEMBERS))
+def test_every_fine_tuning_task_runs_from_a_roberta_directory(member, request, tmp_path):
+    path = request.getfixturevalue(MEMBERS[member][0])[0]
     glue_dir = str(tmp_path / "glue")
     toy.make_toy_glue_dir(glue_dir, "mnli", n_train=64, n_dev=32, n_test=4)
     cfg = tiny(recipe("glue", "mnli"), path, epochs=8)
     cfg.task.data_dir = glue_dir
-    dev = _finetune(cfg, str(tmp_path / "mnli"))
+    dev = _finetune(cfg, str(tmp_path / "mnli"), member)
     # Pairs as <s> A </s></s> B </s>: the toy label's signal word is found (chance is 1/3).
     assert dev["matched/accuracy"] > 0.5, dev
 
@@ -132,14 +155,14 @@ def test_every_fine_tuning_task_runs_from_a_roberta_directory(roberta_hf, tmp_pa
     cfg = tiny(recipe("squad", "v1"), path, seq=64, epochs=2)
     cfg.task.data_dir, cfg.task.train_file, cfg.task.predict_file = str(tmp_path), "train.json", "dev.json"
     cfg.task.doc_stride, cfg.task.max_query_length = 24, 16
-    dev = _finetune(cfg, str(tmp_path / "squad"))
+    dev = _finetune(cfg, str(tmp_path / "squad"), member)
     assert np.isfinite(dev["f1"]) and np.isfinite(dev["exact"])
 
     ner_dir = tmp_path / "ner"
     toy.make_toy_conll(str(ner_dir), n_train=48, n_dev=16, n_test=8)
     cfg = tiny(recipe("ner"), path, epochs=2)
     cfg.task.data_dir = str(ner_dir)
-    dev = _finetune(cfg, str(tmp_path / "ner_work"))
+    dev = _finetune(cfg, str(tmp_path / "ner_work"), member)
     assert np.isfinite(dev["f1"])
 
 
