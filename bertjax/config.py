@@ -45,6 +45,26 @@ def base_config(preset: str = "base", arch: str = "bert") -> mlc.ConfigDict:
             masking="",
             shuffle_buffer=10000,
             prefetch=2,
+            # prepared: read data.train_dir (made by `bertjax prepare`); text: build the pairs
+            # on the fly from data.text_files (globs, comma-separated, local or gs://) with the
+            # tokenizer at data.vocab (bertjax/data/stream.py). The keys below are prepare's
+            # flags of the same names and apply to text only (prepared data carry their own);
+            # masking "" means static there, as prepare's default.
+            source="prepared",
+            text_files="",
+            vocab="",
+            pair_task="nsp",
+            short_seq_prob=0.1,
+            masked_lm_prob=0.15,
+            whole_word_masking=False,
+            masking_ngram=1,
+            mask_budget="sequence",
+            format="auto",
+            partner_pool=100,
+            # true: every epoch reuses epoch 0's pairs (as prepared data with dupe_factor=1);
+            # false: new segment boundaries, partners and truncations each epoch.
+            keep_epoch0_pairs=False,
+            stream_workers=0,  # processes building pairs; 0 = every core this process may use
         )
     )
     c.optim = mlc.ConfigDict(
@@ -252,6 +272,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "objective.name": ("auto", *OBJECTIVES),
     "optim.schedule": tuple(SCHEDULES),
     "data.masking": ("", *MASKING_MODES),  # "" = as prepared
+    "data.source": ("prepared", "text"),
+    "data.pair_task": ("nsp", "sop", "none"),
     "task.family": tuple(FINETUNE_FAMILIES),
     "task.model_task": tuple(TASK_MODELS),
     "task.source": GLUE_SOURCES,

@@ -2,6 +2,8 @@
 
 bertjax pretrain --config=configs/bert_tiny.py --workdir=DIR \
     --config.data.train_dir=PREPARED [--config.data.eval_dir=PREPARED_HELDOUT] [--config.a.b=v ...]
+bertjax pretrain --config=configs/bert_tiny.py --workdir=DIR --config.data.source=text \
+    --config.data.text_files='corpus/*.txt' --config.data.vocab=vocab.txt
 
 Starting in a workdir that holds a committed checkpoint resumes from it; --config.init_from loads
 params only. SIGTERM saves and exits 0.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import tempfile
 
 import jax
 from absl import flags
@@ -69,9 +72,20 @@ def pretrain(cfg, workdir: str):
     # bad flag still ends in one line.
     from bertjax.data import pipeline
 
-    if not cfg.data.train_dir:
-        raise UserError("set --config.data.train_dir to a directory made by bertjax.data.prepare")
-    meta = pipeline.read_metadata(cfg.data.train_dir)
+    text = None
+    if cfg.data.source == "text":
+        from bertjax.data import stream
+
+        # The files, the vocabulary and prepare's option checks, then this process's share of
+        # the text read once (prepare's refusals), all before anything compiles.
+        text = stream.TextSource.from_config(cfg)
+        text.validate(jax.process_index(), jax.process_count())
+        meta = text.metadata
+    elif not cfg.data.train_dir:
+        raise UserError("set --config.data.train_dir to a directory made by bertjax.data.prepare, "
+                        "or --config.data.source=text with data.text_files and data.vocab")
+    else:
+        meta = pipeline.read_metadata(cfg.data.train_dir)
     ident = meta["tokenizer"]
     if ident["vocab_size"] != cfg.model.vocab_size:
         raise UserError(
@@ -95,7 +109,13 @@ def pretrain(cfg, workdir: str):
         # Only once the loop has checked the data, the state and init_from (on_ready): a refused
         # run must not leave an identity that makes the workdir refuse the right data later.
         wd.write_identity(workdir, ident)
-        _copy_vocab(os.path.join(cfg.data.train_dir, wd.VOCAB_DIR), os.path.join(workdir, wd.VOCAB_DIR))
+        if text is None:
+            _copy_vocab(os.path.join(cfg.data.train_dir, wd.VOCAB_DIR),
+                        os.path.join(workdir, wd.VOCAB_DIR))
+            return
+        with tempfile.TemporaryDirectory(prefix="bertjax-vocab-") as local:
+            text.tokenizer.save(local)
+            _copy_vocab(local, os.path.join(workdir, wd.VOCAB_DIR))
 
     objective = objectives.from_config(cfg, nsp=bool(meta.get("nsp", True)),
                                        special_ids=meta.get("special_ids"),
@@ -124,6 +144,11 @@ def pretrain(cfg, workdir: str):
     masking = cfg.data.masking or None
 
     def make_train(shard, num_shards, local_batch, state):
+        if text is not None:
+            return text.input(batch_size=local_batch, process_index=shard,
+                              process_count=num_shards, state=state,
+                              shuffle_buffer=int(cfg.data.shuffle_buffer),
+                              prefetch=int(cfg.data.prefetch), validate=False)
         return pipeline.make_pretrain_input(
             cfg.data.train_dir, batch_size=local_batch, process_index=shard,
             process_count=num_shards, seed=int(cfg.train.seed), shuffle=True,

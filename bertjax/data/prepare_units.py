@@ -235,20 +235,40 @@ def _to_records(batch: list, first_id: int, o: Options, tok, spec: masking.MaskS
     return rec
 
 
+def instance_stream(o: Options, tok, index: int, dupe_pass: int, docs, seeds,
+                    counts: instances.BuildCounts):
+    """The instances of input `index` for one duplication pass (or, streamed, one epoch): the
+    pass's random draws all come from (seed, index, pass). prepare's shards and the text stream
+    (stream_units.py) both build from here."""
+    rng = np.random.default_rng([o.seed, index, dupe_pass])
+    common = dict(max_seq_length=o.max_seq_length, short_seq_prob=o.short_seq_prob,
+                  cls_id=tok.cls_id, sep_id=tok.sep_id, rng=rng, counts=counts)
+    if o.nsp:
+        return instances.pair_instances(docs, pool_size=o.partner_pool, seed_documents=seeds,
+                                        pair_task=o.pair_task or "nsp", **common)
+    return instances.packed_instances(docs, **common)
+
+
+def first_example_id(index: int, dupe_pass: int) -> int:
+    """Example ids: input index, pass (8 bits) and instance number (32 bits); see records.py."""
+    return (index << 40) | ((dupe_pass & 0xFF) << 32)
+
+
+def partner_seeds(o: Options, tok, neighbour) -> list:
+    """Random-next partners from the neighbouring input, for NSP only (SOP and packed data
+    draw none)."""
+    if o.nsp and o.pair_task != "sop" and neighbour is not None:
+        return _seed_documents(o, tok, *neighbour)
+    return []
+
+
 def _build_shard(o: Options, tok, spec, dtype, index: int, dupe_pass: int, docs, seeds,
                  path: str, params: dict) -> dict:
     stats = dict.fromkeys(("instances", "random_next", "tokens", "short_target", "candidates",
                            "masked", "capped", "mask_token", "kept"), 0)
     counts = instances.BuildCounts()
-    rng = np.random.default_rng([o.seed, index, dupe_pass])
-    common = dict(max_seq_length=o.max_seq_length, short_seq_prob=o.short_seq_prob,
-                  cls_id=tok.cls_id, sep_id=tok.sep_id, rng=rng, counts=counts)
-    if o.nsp:
-        stream = instances.pair_instances(docs, pool_size=o.partner_pool, seed_documents=seeds,
-                                          pair_task=o.pair_task or "nsp", **common)
-    else:
-        stream = instances.packed_instances(docs, **common)
-    first_id = (index << 40) | (dupe_pass << 32)
+    stream = instance_stream(o, tok, index, dupe_pass, docs, seeds, counts)
+    first_id = first_example_id(index, dupe_pass)
     start, cpu_start = time.perf_counter(), time.process_time()
     with records.ShardWriter(path) as writer:
 
@@ -286,9 +306,7 @@ def run_source(job) -> list[tuple[str, dict]]:
     tok = cached_tokenizer(o.vocab)
     spec = mask_spec(o, tok)
     dtype = record_dtype(o, tok)
-    seeds = []
-    if o.nsp and o.pair_task != "sop" and neighbour is not None:
-        seeds = _seed_documents(o, tok, *neighbour)
+    seeds = partner_seeds(o, tok, neighbour)
     out = []
     cache = None
     try:
