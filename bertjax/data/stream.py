@@ -29,8 +29,10 @@ and counting: slower, the same batches.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gc
+import itertools
 import multiprocessing
 import os
 
@@ -172,11 +174,6 @@ class TextInput:
             self.close()
             raise
 
-    # ---------------------------------------------------------------------------- checks
-
-    def _map(self, fn, jobs):
-        return self._pool.imap(fn, jobs) if self._pool is not None else map(fn, jobs)
-
     # ---------------------------------------------------------------------------- epochs
 
     def _epoch_files(self, epoch: int) -> list[int]:
@@ -186,13 +183,24 @@ class TextInput:
     def _pair_epoch(self, epoch: int) -> int:
         return 0 if self.source.keep_epoch0_pairs else epoch
 
-    def _units(self, epoch: int):
+    def _jobs(self, first_epoch: int):
+        """(epoch, job) for every unit from first_epoch on, with (epoch, None) closing each."""
         src, o = self.source, self.source.options
-        jobs = [(o, i, src.files[i], src.neighbour(i), self._pair_epoch(epoch))
-                for i in self._epoch_files(epoch)]
+        epoch = first_epoch
+        while True:
+            for i in self._epoch_files(epoch):
+                yield epoch, (o, i, src.files[i], src.neighbour(i), self._pair_epoch(epoch))
+            yield epoch, None
+            epoch += 1
+
+    def _units(self, epoch: int, producer=None):
+        """This host's units of `epoch` in order. With a pool, `producer` keeps the workers a few
+        units ahead, across the epoch's end too, so they never idle while a shuffle buffer
+        drains; a bounded window, so memory does not grow with the epoch."""
         rows = 0
         try:
-            for unit in self._map(stream_units.build_unit, jobs):
+            units_of = self._one_epoch(epoch) if producer is None else producer.take(epoch)
+            for unit in units_of:
                 rows += len(unit["length"])
                 if len(unit["length"]):
                     yield unit
@@ -202,6 +210,13 @@ class TextInput:
             # Every later epoch would be empty too: the stream would never yield a batch.
             raise ValueError(_MARK + f"host {self.process_index}'s files make no instances in "
                              f"epoch {epoch}; give it more text (or more files)")
+
+    def _one_epoch(self, epoch: int):
+        jobs = itertools.takewhile(lambda j: j is not None, (job for _, job in self._jobs(epoch)))
+        if self._pool is not None:  # counting an epoch to locate a position: all workers
+            yield from self._pool.imap(stream_units.build_unit, jobs)
+        else:
+            yield from map(stream_units.build_unit, jobs)
 
     def _count(self, epoch: int) -> int:
         return sum(len(u["length"]) for u in self._units(epoch))
@@ -224,9 +239,12 @@ class TextInput:
                 yield epoch, shuffle_seed, skip if epoch == first_epoch else 0
                 epoch += 1
 
+        producer = _Producer(self._pool, self._jobs(first_epoch), 2 * self._workers) \
+            if self._pool is not None else None
+
         def epoch_dataset(epoch, shuffle_seed, to_skip):
             ds = tf.data.Dataset.from_generator(
-                lambda e: self._units(int(e)), args=(epoch,), output_signature=spec_of)
+                lambda e: self._units(int(e), producer), args=(epoch,), output_signature=spec_of)
             ds = ds.unbatch()
             ds = ds.shuffle(self.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
             ds = ds.skip(to_skip)
@@ -337,6 +355,30 @@ class TextInput:
             self._in_epoch += int(n)
         self._batches += 1
         return batch
+
+
+class _Producer:
+    """Units built by the pool in job order, at most `ahead` of them submitted at a time."""
+
+    def __init__(self, pool, jobs, ahead: int):
+        self.pool, self.jobs, self.ahead = pool, jobs, max(1, ahead)
+        self.window: collections.deque = collections.deque()
+
+    def _fill(self):
+        while len(self.window) < self.ahead:
+            epoch, job = next(self.jobs)
+            self.window.append((epoch, None if job is None else
+                                self.pool.apply_async(stream_units.build_unit, (job,))))
+
+    def take(self, epoch: int):
+        while True:
+            self._fill()
+            e, pending = self.window.popleft()
+            if e != epoch:
+                raise RuntimeError(f"unit of epoch {e} where epoch {epoch} was expected")
+            if pending is None:
+                return
+            yield pending.get()
 
 
 def _gather_sizes(index: int, sizes: list[int]) -> dict:
