@@ -206,16 +206,9 @@ def _jsonl_docs(path: str, text_field: str) -> Iterator[list[str]]:
 
 
 def _tfds_docs(name: str, data_dir: str, split: str, text_field: str) -> Iterator[list[str]]:
-    # TensorFlow and TFDS take seconds to import and only this source needs them. TensorFlow
-    # only feeds data here: keep it off the accelerators JAX owns.
-    import tensorflow as tf
-
-    for kind in ("GPU", "TPU"):
-        try:
-            tf.config.set_visible_devices([], kind)
-        except (RuntimeError, ValueError):
-            pass  # already initialised, or no such device type in this build
-    import tensorflow_datasets as tfds  # after the device hiding above
+    # TensorFlow and TFDS take seconds to import and only this source needs them.
+    from bertjax.data.tf_runtime import tf  # noqa: F401  (before TFDS: hides the accelerators)
+    import tensorflow_datasets as tfds
 
     where = data_dir or "the default TFDS data_dir"
     try:

@@ -401,7 +401,7 @@ def _ngram_tf(tf, word_len, num_words, sorted_word, valid, span, n, ngram):
 def mask_batch_tf(tokens, lengths, example_ids, epochs, seed: int, spec: MaskSpec):
     """The TensorFlow twin of mask_batch_np, for tf.data maps over batches. tokens [N, S] int32
     with a static S; lengths [N]; example_ids, epochs [N] int64."""
-    import tensorflow as tf  # prepare masks with NumPy and must not pay TensorFlow's import
+    from bertjax.data.tf_runtime import tf  # prepare masks with NumPy: no TensorFlow import
 
     tokens = tf.convert_to_tensor(tokens, tf.int32)
     seq = int(tokens.shape[1])

@@ -30,23 +30,12 @@ import os
 import re
 
 import numpy as np
-import tensorflow as tf
 
 from bertjax.data import masking, records
+from bertjax.data.tf_runtime import tf
 from bertjax.errors import UserError
 from bertjax.text import check_identity
 
-
-def _hide_accelerators() -> None:
-    # TensorFlow only feeds data: it must never take GPU/TPU memory from JAX.
-    for kind in ("GPU", "TPU"):
-        try:
-            tf.config.set_visible_devices([], kind)
-        except (RuntimeError, ValueError):
-            pass  # already initialised, or no such device type in this build
-
-
-_hide_accelerators()
 
 _BATCH_FUNCTIONS: dict = {}
 # Shards this process has checked against their .done (path -> bytes). Each shard is hashed

@@ -142,7 +142,7 @@ def decode_batch_tf(records, metadata: dict):
     """A batch of raw records (tf.string [N]) -> dict of tensors: example_id, a_doc, b_doc [N] int64;
     length, segment_start, next_sentence_label, num_masked [N] int32; tokens [N, S] int32 and, for
     static data, masked_positions / masked_ids [N, P] int32."""
-    import tensorflow as tf  # prepare writes records without TensorFlow; only tf.data reads them so
+    from bertjax.data.tf_runtime import tf  # prepare writes records without TensorFlow
 
     s = metadata["max_seq_length"]
     p = metadata["max_predictions_per_seq"]

@@ -95,7 +95,7 @@ def checkpoint_prefix(directory: str) -> str:
 
 
 def read_variables(prefix: str) -> dict[str, np.ndarray]:
-    import tensorflow as tf  # seconds to import; only the TF-checkpoint reader needs it
+    from bertjax.data.tf_runtime import tf  # seconds to import; only this reader needs it
 
     try:
         reader = tf.train.load_checkpoint(prefix)

@@ -260,13 +260,7 @@ def read_tfds(data_dir: str, task: GlueTask | str, split: str) -> list[GlueExamp
     task = get_task(task) if isinstance(task, str) else task
     split = resolve_split(task, split)
     # TensorFlow and TFDS take seconds to import; only the TFDS source of GLUE needs them.
-    import tensorflow as tf
-
-    try:
-        # Keep TensorFlow off the accelerators so it never takes device memory from JAX.
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:
-        pass  # already initialised by the input pipeline, which hides devices the same way
+    from bertjax.data.tf_runtime import tf  # noqa: F401  (before TFDS: hides the accelerators)
     import tensorflow_datasets as tfds
 
     try:
