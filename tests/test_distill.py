@@ -475,3 +475,30 @@ def test_a_teacher_of_another_vocabulary_is_refused(setup, tmp_path):
     with pytest.raises(UserError, match="tokenizer mismatch for the teacher .*vocab"):
         pretrain.pretrain(_config(data_dir, vocab, other), str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_the_benchmarks_demo_preset_is_the_demo_at_half_depth_with_the_distill_loss():
+    """The distillation benchmark's students differ in objective and start only: the distilled
+    one's recipe is configs/demo.py field for field, but for its depth and the distill loss."""
+    from bertjax import api
+    from bertjax.bench import distill as bench
+
+    demo = api.recipe(os.path.join(ROOT, "configs/demo.py")).to_dict()
+    student = api.recipe(os.path.join(ROOT, "configs/distill.py") + ":demo").to_dict()
+    assert (demo["model"]["num_layers"], student["model"]["num_layers"]) == (4, 2)
+    assert (student["objective"]["name"], student["distill"]["init"]) == ("distill", "teacher")
+    for c in (demo, student):
+        c["model"].pop("num_layers")
+        c["objective"].pop("name")
+    student.pop("distill")
+    assert student == demo
+    teacher = "T"
+    cmds = {name: bench.student_commands(name, "W", "D", teacher, 150, 2, vocab_size=8000)
+            for name in bench.STUDENTS}
+    assert cmds["scratch_mlm"][:2] == ["bertjax.pretrain", "--config=configs/demo.py"]
+    shared = set(cmds["scratch_mlm"][2:])
+    assert "--config.optim.warmup_steps=15" in shared
+    for name, init in (("distilled", "teacher"), ("distilled_random_init", "random")):
+        assert cmds[name][:2] == ["bertjax.distill", "--config=configs/distill.py:demo"]
+        assert set(cmds[name][2:]) - shared == {f"--config.distill.teacher={teacher}",
+                                                f"--config.distill.init={init}"}

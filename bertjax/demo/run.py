@@ -455,22 +455,27 @@ def _finetune_comparison(progress, logs, w, ckpt, vocab, labelled, model_cfg) ->
     """The same architecture and recipe fine-tuned from the pretrained checkpoint and from scratch.
     What counts is each seed's dev accuracy at the end of its fixed schedule (no choice of a
     step by dev score); the per-epoch evaluations are kept for the curves."""
-    shape = [f"--config.model.{k}={model_cfg[k]}" for k in
-             ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size")]
     results = {}
     inits = (("pretrained", ckpt),) + ((("random_init", ""),) if not FLAGS.skip_random_init else ())
     for name, init in inits:
         workdir = os.path.join(w, "finetune", name)
-        out = _run(progress, logs, f"finetune_{name}", "bertjax.finetune",
-                   f"--config=configs/text_classification.py:{labelled}", f"--workdir={workdir}",
-                   f"--config.task.vocab={vocab}", f"--config.init_from={init}",
-                   f"--config.seeds={FLAGS.finetune_seeds}",
-                   f"--config.task.epochs={FLAGS.finetune_epochs}",
-                   f"--config.optim.learning_rate={FLAGS.finetune_lr}",
-                   f"--config.data.max_seq_length={FINETUNE_SEQ}", "--config.train.batch_size=16",
-                   *shape)
+        out = _run(progress, logs, f"finetune_{name}",
+                   *finetune_args(labelled, vocab, workdir, init, model_cfg, FLAGS.finetune_seeds,
+                                  FLAGS.finetune_epochs, FLAGS.finetune_lr))
         results[name] = final_accuracies(_last_json(out))
     return results
+
+
+def finetune_args(labelled, vocab, workdir, init, model_cfg, seeds, epochs, lr) -> list[str]:
+    """The demo's WordNet-topic fine-tuning as `python -m` arguments (the distillation benchmark
+    runs the same recipe)."""
+    shape = [f"--config.model.{k}={model_cfg[k]}" for k in
+             ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size")]
+    return ["bertjax.finetune", f"--config=configs/text_classification.py:{labelled}",
+            f"--workdir={workdir}", f"--config.task.vocab={vocab}", f"--config.init_from={init}",
+            f"--config.seeds={seeds}", f"--config.task.epochs={epochs}",
+            f"--config.optim.learning_rate={lr}", f"--config.data.max_seq_length={FINETUNE_SEQ}",
+            "--config.train.batch_size=16", *shape]
 
 
 def final_accuracies(summary: dict) -> dict:
