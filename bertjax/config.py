@@ -180,7 +180,9 @@ _TASK_FAMILY = {
     "embeddings": dict(
         train_file="",
         dev_file="",
-        pooling="mean",  # mean | cls | last
+        # mean | cls | last; "" = the start model's (init_from a sentence-transformers
+        # directory or an embedding checkpoint), else mean
+        pooling="",
         normalize=True,  # L2-normalise the pooled vector
         temperature=0.05,  # InfoNCE's tau (sentence-transformers' scale 20); E5/BGE use 0.01-0.02
         symmetric=False,  # InfoNCE: also passage -> query as a second softmax, averaged
@@ -192,6 +194,9 @@ _TASK_FAMILY = {
         query_length=0,  # query tokens; 0 = data.max_seq_length
         query_prefix="",  # e.g. E5's "query: ", BGE's instruction; also on both texts of pairs
         passage_prefix="",  # e.g. E5's "passage: "
+        # an empty query_prefix/passage_prefix takes the start model's query/document prompt;
+        # false trains (and exports) with none
+        prompts_from_start=True,
         # > 0: gradient caching, the encoder runs over chunks of this many texts (GradCache);
         # the batch can then exceed what one forward pass holds in memory
         mini_batch=0,
@@ -277,7 +282,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "task.family": tuple(FINETUNE_FAMILIES),
     "task.model_task": tuple(TASK_MODELS),
     "task.source": GLUE_SOURCES,
-    "task.pooling": ("mean", "cls", "last"),
+    "task.pooling": ("", "mean", "cls", "last"),
 }
 
 

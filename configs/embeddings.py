@@ -6,10 +6,12 @@ bertjax finetune --config=configs/embeddings.py --config.init_from=CKPT --workdi
 Triplets {"query", "positive", "negatives"} train in-batch-negatives InfoNCE over the global batch
 (sentence-transformers' MultipleNegativesRankingLoss, temperature 0.05); scored pairs
 {"text_a", "text_b", "score"} train CoSENT; labelled pairs {"text_a", "text_b", "label"} train
-SBERT's softmax classifier. Mean pooling and L2 normalisation; learning rate 2e-5, batch 32,
-1 epoch, 10% warmup, max_seq_length 128 (bertjax/finetuning/embedding_task.py). The argument
-picks prefixes: "e5" ("query: "/"passage: "), "bge" (BGE's query instruction, CLS pooling,
-temperature 0.02), "" none.
+SBERT's softmax classifier. The start model's pooling and prompts when it is a
+sentence-transformers directory or an embedding checkpoint, else mean pooling and none; L2
+normalisation; learning rate 2e-5, batch 32, 1 epoch, 10% warmup, max_seq_length 128
+(bertjax/finetuning/embedding_task.py). The argument sets prefixes, which win over the start's:
+"e5" ("query: "/"passage: "), "bge" (BGE's query instruction, CLS pooling, temperature 0.02),
+"" none of its own.
 """
 from bertjax.config import finetune_config
 

@@ -270,22 +270,57 @@ def test_benchmark_tfidf_is_sklearns_and_wordnet_glosses_parse(tmp_path):
                     ["I can breathe better now", "she breathes deeply"])]
 
 
-def test_a_start_models_other_sentence_settings_are_named(tmp_path):
-    from bertjax.config import finetune_config
+def test_a_start_models_pooling_and_prompts_unless_the_config_sets_them(tmp_path):
+    """A start directory with our exporter's module files (CLS pooling, two prompts, no
+    Normalize): the run takes its pooling and prompts; what the config sets wins, named in one
+    line; prompts_from_start=false drops the start's prompts; a start without sentence settings
+    gives mean pooling and no prompts, silently."""
+    from bertjax.config import check_choices, finetune_config
     from bertjax.interop import sentence_transformers as st_interop
     st_interop.write_modules(str(tmp_path), 8, {"pooling": "cls", "normalize": False,
                                                 "max_seq_length": 16,
-                                                "prompts": {"query": "query: "}})
+                                                "prompts": {"query": "query: ",
+                                                            "document": "passage: "}})
     cfg = finetune_config("tiny", "embeddings")
+    check_choices(cfg)  # pooling "" is a choice
     cfg.init_from = str(tmp_path)
-    logs = []
-    embedding_task._warn_if_start_differs(cfg, logs.append)
-    assert len(logs) == 1 and "pooling 'cls' there, 'mean' here" in logs[0]
-    assert "query prompt 'query: ' there, '' here" in logs[0]
-    cfg.task.pooling, cfg.task.normalize, cfg.task.query_prefix = "cls", False, "query: "
-    logs.clear()
-    embedding_task._warn_if_start_differs(cfg, logs.append)
-    assert logs == []
+
+    def settings():
+        logs = []
+        got = embedding_task.sentence_settings(cfg, logs.append)
+        return got, logs
+
+    got, logs = settings()
+    assert got == {"pooling": "cls", "normalize": True,
+                   "prompts": {"query": "query: ", "document": "passage: "}}
+    assert logs == [f"sentence settings of {tmp_path}: kept pooling 'cls', query prompt "
+                    "'query: ', document prompt 'passage: '; the config's normalize True "
+                    "(task.normalize; False there)"]
+    cfg.task.pooling, cfg.task.normalize, cfg.task.query_prefix = "mean", False, "q: "
+    got, logs = settings()
+    assert got == {"pooling": "mean", "normalize": False,
+                   "prompts": {"query": "q: ", "document": "passage: "}}
+    assert len(logs) == 1 and logs[0].endswith(
+        "kept document prompt 'passage: '; the config's pooling 'mean' (task.pooling; 'cls' "
+        "there), query prompt 'q: ' (task.query_prefix; 'query: ' there)")
+    cfg.task.query_prefix, cfg.task.prompts_from_start = "", False
+    got, logs = settings()
+    assert got["prompts"] == {"query": "", "document": ""}
+    assert "document prompt '' (task.passage_prefix, task.prompts_from_start=false; " \
+        "'passage: ' there)" in logs[0] and len(logs) == 1
+    cfg.task.pooling, cfg.task.prompts_from_start = "", True
+    cfg.init_from = ""
+    assert settings() == ({"pooling": "mean", "normalize": False,
+                           "prompts": {"query": "", "document": ""}}, [])
+    cfg.task.pooling = "max"
+    with pytest.raises(UserError, match="task.pooling='max' is not one of"):
+        check_choices(cfg)
+    # A start whose pooling bertjax lacks is refused, not trained with another one.
+    cfg.task.pooling, cfg.init_from = "", str(tmp_path)
+    with open(tmp_path / "1_Pooling" / "config.json", "w") as f:
+        json.dump({"embedding_dimension": 8, "pooling_mode": "max"}, f)
+    with pytest.raises(UserError, match="pooling max is not supported"):
+        settings()
 
 
 @pytest.mark.slow

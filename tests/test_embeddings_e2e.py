@@ -140,6 +140,50 @@ def test_all_minilm_l6_v2_embeds_as_sentence_transformers_does(tmp_path):
     np.testing.assert_allclose(again, ours, atol=1e-4)
 
 
+@pytest.mark.slow
+def test_finetune_from_a_sentence_transformers_dir_takes_its_pooling_and_prompts(tmp_path):
+    """A start directory saved by sentence-transformers itself: our export of a tiny model with
+    its Pooling swapped for last-token pooling, two prompts and no Normalize. Fine-tuning from it
+    trains with its pooling and prompts and says so in one line (normalisation stays the
+    config's); the export of the result loads in sentence-transformers with that pooling and
+    those prompts and embeds as `embed` does."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    ckpt, _ = fs.make_checkpoint(str(tmp_path), task="sentence_embedding")
+    ours = str(tmp_path / "ours")
+    export_lib.export(ckpt, "sentence-transformers", ours)
+    transformer = SentenceTransformer(ours, device="cpu")[0]
+    start = str(tmp_path / "start")
+    prompts = {"query": "find: ", "document": "doc: "}
+    SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(),
+                                                      pooling_mode="lasttoken")],
+                        device="cpu", prompts=prompts).save(start)
+    files = es.write_task(str(tmp_path / "data"), "triplets", n_train=32, n_dev=8)
+    cfg = _cfg(start, files)
+    cfg.task.epochs = 1.0
+    logs = []
+    api.finetune(cfg, str(tmp_path / "wd"), log=logs.append)
+    assert [ln for ln in logs if ln.startswith("sentence settings")] == [
+        f"sentence settings of {start}: kept pooling 'last', query prompt 'find: ', document "
+        "prompt 'doc: '; the config's normalize True (task.normalize; False there)"]
+    best = str(tmp_path / "wd" / "seed-0" / "best")
+    with open(os.path.join(best, "sentence_config.json")) as f:
+        sc = json.load(f)
+    assert (sc["pooling"], sc["normalize"], sc["prompts"]) == ("last", True, prompts)
+    out = str(tmp_path / "st")
+    export_lib.export(best, "sentence-transformers", out)
+    st = SentenceTransformer(out, device="cpu")
+    assert st[1].pooling_mode == "lasttoken" and st.prompts == prompts
+    src = str(tmp_path / "in.txt")
+    with open(src, "w") as f:
+        f.write("\n".join(TEXTS) + "\n")
+    for prompt in prompts:
+        mine = embed_lib.embed_file(best, src, str(tmp_path / "e.npy"), prompt=prompt)
+        theirs = st.encode(TEXTS, prompt_name=prompt, convert_to_numpy=True)
+        np.testing.assert_allclose(mine, theirs, atol=1e-5)
+
+
 def _beir(root, docs, queries, qrels):
     os.makedirs(os.path.join(root, "qrels"), exist_ok=True)
     es.write_jsonl(os.path.join(root, "corpus.jsonl"),

@@ -199,7 +199,7 @@ def _free_port():
 
 
 WORKER = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     sys.path.insert(0, {repo!r})
     import jax
     jax.config.update("jax_num_cpu_devices", 4)
@@ -208,6 +208,7 @@ WORKER = textwrap.dedent("""
     from bertjax.errors import user_errors_exit
     from bertjax.train import checkpoint, distributed, mesh as m
     from bertjax.store import workdir
+    from bertjax.tools import eval_retrieval as er
 
     @user_errors_exit
     def main():
@@ -238,15 +239,34 @@ WORKER = textwrap.dedent("""
         params, report = checkpoint.load_params(sys.argv[2], {{"w": target["params"]["w"]}})
         if topo.process_index == 0:
             workdir.write_completed(sys.argv[2], 5)
+
+        # Retrieval over the global mesh: each process holds only its own rows of the corpus.
+        arrays = np.load(os.path.join(os.path.dirname(sys.argv[2]), "search.npz"))
+        corpus, queries = arrays["corpus"], arrays["queries"]
+        held = er.corpus_rows(len(corpus))
+        found, scores = er.device_search(queries, corpus[held], 10, n_docs=len(corpus))
         same = jax.jit(lambda a, b: (a == b).all())
         print("RESULT", json.dumps(dict(process=topo.process_index, count=topo.process_count,
               devices=topo.global_device_count, shard=shard, num_shards=num_shards, rows=rows,
               shape=list(batch["x"].shape), total=int(total), wide=list(wide_slice),
               wide_total=int(wide_total), restored=bool(same(restored["params"]["w"], w)),
-              loaded=bool(same(params["w"], w)), data=data, step=int(restored["step"]))), flush=True)
+              loaded=bool(same(params["w"], w)), data=data, step=int(restored["step"]),
+              corpus_rows=held.tolist(), found=found.tolist(), scores=scores.tolist())), flush=True)
 
     main()
 """)
+
+
+def _search_data(path):
+    """33 rows over 8 devices: 5 a device, the last one padding only. Row 30 (process 1's)
+    repeats row 2 (process 0's): a tie the merge must break the way one top-k does."""
+    rng = np.random.default_rng(7)
+    corpus = rng.normal(size=(33, 16)).astype(np.float32)
+    corpus[30] = corpus[2]
+    queries = rng.normal(size=(5, 16)).astype(np.float32)
+    queries[0] = corpus[2]
+    np.savez(path, corpus=corpus, queries=queries)
+    return corpus, queries
 
 
 def _launch(tmp_path, ids, n, timeout):
@@ -264,6 +284,7 @@ def _launch(tmp_path, ids, n, timeout):
 
 
 def test_two_processes_share_batches_and_checkpoints(tmp_path):
+    corpus, queries = _search_data(tmp_path / "search.npz")
     results = []
     for p, out, err in _launch(tmp_path, [0, 1], 2, 60):
         assert p.returncode == 0, err[-2000:]
@@ -277,6 +298,16 @@ def test_two_processes_share_batches_and_checkpoints(tmp_path):
         assert r["wide"] == [0, 1, 16] and r["wide_total"] == sum(range(16))
         assert r["restored"] and r["loaded"] and r["step"] == 5 and r["data"] == {"pos": 5}
     assert sorted(r["shard"] for r in results) == [0, 1]
+    # Exact search over both processes' devices returns what one process with the same 8 devices
+    # returns, ids and scores bit for bit.
+    from bertjax.tools import eval_retrieval as er
+    one_ids, one_scores = er.device_search(queries, corpus, 10)
+    held = sorted(sum((r["corpus_rows"] for r in results), []))
+    assert held == list(range(33))  # every row on exactly one process
+    for r in results:
+        np.testing.assert_array_equal(np.array(r["found"]), one_ids)
+        np.testing.assert_array_equal(np.array(r["scores"], np.float32), one_scores)
+    assert list(one_ids[0, :2]) == [2, 30]  # the tie: the lower row first
     assert json.loads((tmp_path / "run" / "COMPLETED").read_text())["step"] == 5
 
 

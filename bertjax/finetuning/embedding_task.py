@@ -20,9 +20,11 @@ labelled pairs by accuracy; sentences by the MSE to the teacher's embeddings.
 Texts are tokenized once with [CLS] text [SEP] (the tokenizer's single-text layout), cut to the
 fixed lengths (queries task.query_length, else data.max_seq_length) and padded: one static
 shape, one compile. task.query_prefix goes before every query (and before both texts of a pair),
-task.passage_prefix before every passage. The best checkpoint holds sentence_config.json: the
-pooling, normalisation, lengths and prompts, which `bertjax export --format=sentence-transformers`
-and `embed` read.
+task.passage_prefix before every passage. Started from a sentence-transformers directory or an
+embedding checkpoint, the run takes its pooling (task.pooling="") and its prompts (an empty
+prefix, with task.prompts_from_start) unless the config sets them (sentence_settings). The best
+checkpoint holds sentence_config.json: the pooling, normalisation, lengths and prompts, which
+`bertjax export --format=sentence-transformers` and `embed` read.
 """
 from __future__ import annotations
 
@@ -119,15 +121,60 @@ class Encoder:
         return ids, mask
 
 
-def sentence_config(cfg) -> dict:
+def sentence_settings(cfg, log: Callable[[str], None] = lambda m: None) -> dict:
+    """This run's pooling, normalisation and prompts: the config's, where it sets them, else the
+    start model's (init_from a sentence-transformers directory or an embedding checkpoint), else
+    mean pooling and no prompts. One logged line names what came from the start and what the
+    config changed there.
+
+    A setting the config makes explicitly wins over the start's, as in sentence-transformers,
+    where a Pooling module of another mode over a model's Transformer, or the trainer's
+    `prompts`, is how one fine-tunes with other settings: the checkpoint then records (and the
+    export writes) what this run trained with. Normalisation is always the config's: with it
+    off our losses score dot products, while sentence-transformers' losses take the cosine
+    whether or not a Normalize module follows, so the start's module says nothing about how to
+    train."""
     t = cfg.task
-    q = int(t.query_length) or int(cfg.data.max_seq_length)
-    return {"pooling": str(t.pooling), "normalize": bool(t.normalize),
+    init = str(cfg.init_from)
+    stored = (st_interop.read_config(init) if init and os.path.isdir(init) else None) or {}
+    theirs = stored.get("prompts") or {}
+    pooling = str(t.pooling) or stored.get("pooling") or "mean"
+    prompts, taken, changed = {}, [], []
+    if stored and not str(t.pooling):
+        taken.append(f"pooling {pooling!r}")
+    elif stored and pooling != stored.get("pooling"):
+        changed.append(f"pooling {pooling!r} (task.pooling; {stored.get('pooling')!r} there)")
+    for side, key in (("query", "query_prefix"), ("document", "passage_prefix")):
+        own, start = str(t[key]), str(theirs.get(side) or "")
+        if own or not bool(t.prompts_from_start):
+            prompts[side] = own
+            if start and own != start:
+                changed.append(f"{side} prompt {own!r} (task.{key}"
+                               + ("" if own else ", task.prompts_from_start=false")
+                               + f"; {start!r} there)")
+        else:
+            prompts[side] = start
+            if start:
+                taken.append(f"{side} prompt {start!r}")
+    normalize = bool(t.normalize)
+    if "normalize" in stored and bool(stored["normalize"]) != normalize:
+        changed.append(f"normalize {normalize} (task.normalize; {stored['normalize']} there)")
+    if taken or changed:
+        log(f"sentence settings of {init}: "
+            + "; ".join(([f"kept {', '.join(taken)}"] if taken else [])
+                        + ([f"the config's {', '.join(changed)}"] if changed else [])))
+    return {"pooling": pooling, "normalize": normalize, "prompts": prompts}
+
+
+def sentence_config(cfg, sentence: dict) -> dict:
+    """What the best checkpoint stores as sentence_config.json (embed, export read it)."""
+    q = int(cfg.task.query_length) or int(cfg.data.max_seq_length)
+    return {"pooling": sentence["pooling"], "normalize": sentence["normalize"],
             "max_seq_length": int(cfg.data.max_seq_length), "query_length": q,
-            "prompts": {"query": str(t.query_prefix), "document": str(t.passage_prefix)}}
+            "prompts": dict(sentence["prompts"])}
 
 
-def _objective(cfg, kind: str, num_negatives: int):
+def _objective(cfg, kind: str, num_negatives: int, sentence: dict):
     name = str(cfg.objective.name)
     allowed = KINDS[kind][2]
     if name == "auto":
@@ -136,7 +183,7 @@ def _objective(cfg, kind: str, num_negatives: int):
         raise UserError(f"objective.name={name!r} does not train on {kind} data; use "
                         f"{' or '.join(allowed)} (or auto)")
     t = cfg.task
-    return objectives.make(name, pooling=str(t.pooling), normalize=bool(t.normalize),
+    return objectives.make(name, pooling=sentence["pooling"], normalize=sentence["normalize"],
                            temperature=float(t.temperature), symmetric=bool(t.symmetric),
                            directions=tuple(d.strip() for d in str(t.directions).split(",")
                                             if d.strip()),
@@ -189,24 +236,6 @@ def teacher_embeddings(teacher: str, texts: list[str], batch_size: int = 64) -> 
                              stored_len or cfg.max_length, normalize)
 
 
-def _warn_if_start_differs(cfg, log) -> None:
-    """A start model with its own sentence settings (a sentence-transformers directory or an
-    embedding checkpoint) trained with other pooling or prompts than this run's: say so."""
-    init = str(cfg.init_from)
-    stored = st_interop.read_config(init) if init and os.path.isdir(init) else None
-    if not stored:
-        return
-    ours = sentence_config(cfg)
-    diff = [f"{k} {stored.get(k)!r} there, {ours[k]!r} here" for k in ("pooling", "normalize")
-            if k in stored and stored[k] != ours[k]]
-    for k, v in (stored.get("prompts") or {}).items():
-        if v and v != ours["prompts"].get(k):
-            diff.append(f"{k} prompt {v!r} there, {ours['prompts'].get(k)!r} here")
-    if diff:
-        log(f"warning: {init} was trained with other sentence settings ({'; '.join(diff)}); set "
-            "--config.task.pooling/normalize/query_prefix/passage_prefix to keep them")
-
-
 def model_inputs(ids: np.ndarray, mask: np.ndarray) -> dict:
     return {"input_ids": ids, "segment_ids": np.zeros_like(ids), "input_mask": mask}
 
@@ -223,15 +252,15 @@ def prepare(cfg, tokenizer, log: Callable[[str], None]) -> Prepared:
     qlen = int(t.query_length) or seq
     if not 3 <= qlen <= seq:
         raise UserError(f"task.query_length must be between 3 and data.max_seq_length={seq}")
-    prefixes = (str(t.query_prefix), str(t.passage_prefix))
+    sentence = sentence_settings(cfg, log)
+    prefixes = (sentence["prompts"]["query"], sentence["prompts"]["document"])
     enc = Encoder(tokenizer)
-    _warn_if_start_differs(cfg, log)
 
     num_negatives, labels = 0, None
     if kind == "triplets":
         most = max(len(r.get("negatives") or []) for r in train_rows)
         num_negatives = most if int(t.num_negatives) < 0 else int(t.num_negatives)
-    objective = _objective(cfg, kind, num_negatives)
+    objective = _objective(cfg, kind, num_negatives, sentence)
     teacher = str(t.teacher)
     if bool(teacher) != (kind == "sentences"):
         raise UserError(f"task.teacher={teacher!r} with {kind} data: a teacher distils sentences "
@@ -302,7 +331,7 @@ def prepare(cfg, tokenizer, log: Callable[[str], None]) -> Prepared:
     def write_outputs(predict, out_dir: str, write: bool) -> dict:
         return {"metrics": dev_metrics(predict), "files": []}
 
-    extra = {SENTENCE_CONFIG: json.dumps(sentence_config(cfg), indent=2).encode()}
+    extra = {SENTENCE_CONFIG: json.dumps(sentence_config(cfg, sentence), indent=2).encode()}
     if labels:
         extra["labels.json"] = json.dumps([str(k) for k in labels]).encode()
     return Prepared(name=f"embeddings-{kind}", objective=objective,

@@ -10,8 +10,11 @@ sentence-transformers directory (its pooling, Normalize and prompts are used).
 DIR is in BEIR's layout: corpus.jsonl ({"_id", "title", "text"}), queries.jsonl ({"_id",
 "text"}) and qrels/<split>.tsv (query-id, corpus-id, score; a header line). Documents are
 embedded as "title text" with the checkpoint's "document" prompt, queries with its "query"
-prompt. Search is exact: the corpus embeddings sit on the devices, split over all of them by
-rows, and each chunk of queries is one matmul and top-k there. Printed: a progress line, a
+prompt. Search is exact: the corpus embeddings sit on the devices of every process, split over
+all of them by rows; each device scores a chunk of queries against its rows and keeps its top k,
+and the devices' candidates are merged into the global top k. Started on several hosts (as
+`pretrain` is: BERTJAX_COORDINATOR, BERTJAX_NUM_PROCESSES, BERTJAX_PROCESS_ID), each host embeds
+only its share of the corpus, and process 0 prints the result. Printed: a progress line, a
 table, then a last JSON line with ndcg@10, mrr@10, recall@1, recall@10 and recall@100.
 
 A .jsonl of scored pairs ({"text_a", "text_b", "score"}) is scored as STS: the Spearman (and
@@ -35,6 +38,7 @@ from bertjax.errors import UserError
 from bertjax.evaluate import retrieval
 from bertjax.finetuning.embedding_task import read_jsonl
 from bertjax.tools import embed as embed_lib
+from bertjax.train import distributed
 
 QUERY_CHUNK = 256
 PROGRESS_BLOCK = 512
@@ -99,33 +103,81 @@ def _is_number(s: str) -> bool:
         return False
 
 
-def device_search(queries: np.ndarray, corpus: np.ndarray, k: int = 100):
-    """Exact inner-product top-k with the corpus split by rows over every device: one matmul and
-    top-k per chunk of queries. Returns (indices [Q, k'], scores [Q, k'])."""
-    devices = jax.devices()
-    n_dev = len(devices)
-    d = len(corpus)
-    k = min(k, d)
-    padded = -(-d // n_dev) * n_dev
-    c = np.zeros((padded, corpus.shape[1]), np.float32)
-    c[:d] = corpus
-    mesh = jax.sharding.Mesh(np.array(devices), ("rows",))
-    c_dev = jax.device_put(c, NamedSharding(mesh, PartitionSpec("rows")))
-    valid = jax.device_put(np.arange(padded) < d, NamedSharding(mesh, PartitionSpec("rows")))
+def search_mesh() -> jax.sharding.Mesh:
+    """Every device of every process on one axis: the corpus is split over it by rows."""
+    return jax.sharding.Mesh(np.array(jax.devices()), ("rows",))
 
-    @jax.jit
-    def top(q, c, valid):
-        s = jnp.where(valid[None, :], q @ c.T, -jnp.inf)
-        return jax.lax.top_k(s, k)
 
+def _blocks(n_docs: int, mesh) -> tuple[int, list[int]]:
+    """(rows per device, the mesh positions of this process's devices, in order)."""
+    per = max(-(-n_docs // mesh.size), 1)
+    me = jax.process_index()
+    return per, [i for i, d in enumerate(mesh.devices.flat) if d.process_index == me]
+
+
+def corpus_rows(n_docs: int, mesh=None) -> np.ndarray:
+    """The corpus rows whose embeddings this process holds for `device_search`: the rows of its
+    own devices, ascending (every row on one process). A host embeds only these."""
+    per, mine = _blocks(n_docs, mesh or search_mesh())
+    return np.concatenate([np.arange(b * per, min((b + 1) * per, n_docs)) for b in mine]
+                          + [np.zeros(0, np.int64)]).astype(np.int64)
+
+
+def device_search(queries: np.ndarray, corpus: np.ndarray, k: int = 100,
+                  n_docs: int | None = None, mesh=None):
+    """Exact inner-product top-k over a corpus split by rows over every device of every process.
+
+    `queries` [Q, H] are the same on every process. `corpus` is this process's share, the rows
+    `corpus_rows(n_docs)` in that order, when `n_docs` (the corpus size) is given; without it,
+    `corpus` is the whole corpus and each process keeps its own rows of it. Each device scores
+    its rows and keeps its top k; the devices' candidates are gathered and the top k of those
+    returned to every process, so the answer does not depend on how many processes hold the
+    corpus. Ties go to the lower row, as one global top-k would. Returns (indices [Q, k'],
+    scores [Q, k']), k' = min(k, corpus size), best first."""
+    mesh = mesh or search_mesh()
+    dim = corpus.shape[1]
+    if n_docs is None:
+        n_docs = len(corpus)
+        corpus = corpus[corpus_rows(n_docs, mesh)]
+    per, mine = _blocks(n_docs, mesh)
+    if len(corpus) != len(corpus_rows(n_docs, mesh)):
+        raise ValueError(f"this process holds {len(corpus)} corpus rows; corpus_rows({n_docs}) "
+                         f"says {len(corpus_rows(n_docs, mesh))}")
+    k = min(k, n_docs)
+    local = np.zeros((len(mine) * per, dim), np.float32)
+    local[:len(corpus)] = corpus  # padding is the global tail, so every host's real rows come first
+    at = {b: i * per for i, b in enumerate(mine)}
+    c_dev = jax.make_array_from_callback(
+        (mesh.size * per, dim), NamedSharding(mesh, PartitionSpec("rows")),
+        lambda index: local[at[(index[0].start or 0) // per]:][:per])
+    keep = min(k, per)
+
+    def shard(q, c):
+        first = jax.lax.axis_index("rows") * per
+        s = q @ c.T
+        s = jnp.where((first + jnp.arange(per) < n_docs)[None, :], s, -jnp.inf)
+        sc, ix = jax.lax.top_k(s, keep)
+        # The gather runs in mesh order, so among equal scores the lower global row comes first.
+        sc = jax.lax.all_gather(sc, "rows", axis=1, tiled=True)
+        ix = jax.lax.all_gather(ix + first, "rows", axis=1, tiled=True)
+        sc, j = jax.lax.top_k(sc, k)
+        return sc, jnp.take_along_axis(ix, j, axis=1)
+
+    # The gathered candidates are the same on every device, but JAX cannot infer that through
+    # all_gather, so the replication check is off.
+    top = jax.jit(jax.shard_map(shard, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec("rows")),
+                                out_specs=(PartitionSpec(), PartitionSpec()), check_vma=False))
+    replicated = NamedSharding(mesh, PartitionSpec())
     idx, sc = [], []
     for start in range(0, len(queries), QUERY_CHUNK):
-        q = np.zeros((QUERY_CHUNK, corpus.shape[1]), np.float32)
+        q = np.zeros((QUERY_CHUNK, dim), np.float32)
         part = queries[start:start + QUERY_CHUNK]
         q[:len(part)] = part
-        s, i = top(jnp.asarray(q), c_dev, valid)
-        idx.append(np.asarray(i)[:len(part)])
-        sc.append(np.asarray(s)[:len(part)])
+        q_dev = jax.make_array_from_callback(q.shape, replicated, lambda index: q[index])
+        s, i = top(q_dev, c_dev)
+        # Replicated: this process's first copy is the whole answer.
+        idx.append(np.asarray(i.addressable_data(0))[:len(part)])
+        sc.append(np.asarray(s.addressable_data(0))[:len(part)])
     return np.concatenate(idx), np.concatenate(sc)
 
 
@@ -168,11 +220,14 @@ def bar(what: str):
 
 
 def evaluate_beir(embed, directory: str, split: str = "test", log=print) -> dict:
+    """With several processes, each embeds only the documents its devices hold (corpus_rows)
+    and every one embeds all the queries."""
     _, docs, _, queries, qrels = read_beir(directory, split)
-    log(f"embedding {len(docs)} documents and {len(queries)} queries ...")
-    c = embed(docs, "document", progress=bar("documents"))
+    rows = corpus_rows(len(docs))
+    log(f"embedding {len(rows)} of {len(docs)} documents and {len(queries)} queries ...")
+    c = embed([docs[i] for i in rows], "document", progress=bar("documents"))
     q = embed(queries, "query", progress=bar("queries  "))
-    ranked, _ = device_search(q, c, k=100)
+    ranked, _ = device_search(q, c, k=100, n_docs=len(docs))
     return retrieval.retrieval_metrics(ranked, qrels)
 
 
@@ -215,6 +270,7 @@ def main(argv):
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {' '.join(argv[1:])}")
     FLAGS = flags.FLAGS
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     for name in ("checkpoint", "data"):
         if not getattr(FLAGS, name):
             raise UserError(f"--{name} is required: bertjax eval-retrieval --checkpoint=CKPT "
@@ -227,12 +283,16 @@ def main(argv):
         read_pairs(data)  # bad input fails before the model loads
     else:
         read_beir(data, FLAGS.split)
+    # After the input checks (no JAX in them), so bad input ends in its one line; before any
+    # JAX call. Started on every host (BERTJAX_COORDINATOR, BERTJAX_NUM_PROCESSES,
+    # BERTJAX_PROCESS_ID, or a TPU slice), the corpus is split over all of their devices.
+    topo = distributed.initialize(None, log=log)
     embed = Embedder(FLAGS.checkpoint, FLAGS.pooling, FLAGS.batch_size, FLAGS.max_seq_length,
                      FLAGS.adapter)
-    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     metrics = evaluate_sts(embed, data) if sts else evaluate_beir(embed, data, FLAGS.split, log)
-    print(table(metrics))
-    print(json.dumps(metrics, sort_keys=True))
+    if topo.process_index == 0:  # every process holds the same answer
+        print(table(metrics))
+        print(json.dumps(metrics, sort_keys=True))
 
 
 if __name__ == "__main__":
