@@ -37,7 +37,8 @@ def other_value(key, v):
         choices = {"model.hidden_act": "gelu_tanh", "model.attention_backend": "xla",
                    "model.dtype": "bfloat16", "model.param_dtype": "float32", "model.remat": "dots",
                    "optim.name": "adamw", "optim.schedule": "cosine", "data.masking": "dynamic",
-                   "model.arch": "roberta", "objective.name": "mlm"}
+                   "model.arch": "roberta", "objective.name": "mlm",
+                   "model.pos_att_type": "c2p", "model.norm_rel_ebd": "layer_norm"}
         new = choices.get(key, "/tmp/elsewhere")
         return new, new
     raise AssertionError(f"untyped leaf {key}={v!r}")
