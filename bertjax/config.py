@@ -13,6 +13,7 @@ from bertjax.model.attention import BACKENDS
 from bertjax.model.bert import TASK_MODELS
 from bertjax.model.archs import ARCHS
 from bertjax.model import lora as lora_lib
+from bertjax.model.electra import SHARING as ELECTRA_SHARING
 from bertjax.model.encoder import ACTIVATIONS, DTYPES, REMAT_POLICIES, BertConfig
 from bertjax.model.presets import PRESETS
 from bertjax.train.objectives import OBJECTIVES
@@ -108,8 +109,12 @@ def base_config(preset: str = "base", arch: str = "bert") -> mlc.ConfigDict:
     # What the step computes (bertjax.train.objectives.OBJECTIVES); "auto" = what the run is:
     # mlm_nsp or mlm from the prepared data, the task family's objective when fine-tuning.
     # mask_rate and disc_weight are ELECTRA's (objective.name=electra): the share of real tokens
-    # the step masks (0.15; 0.25 for large) and the discriminator loss's weight (50).
-    c.objective = mlc.ConfigDict(dict(name="auto", mask_rate=0.15, disc_weight=50.0))
+    # the step masks (0.15; 0.25 for large) and the discriminator loss's weight (50);
+    # embedding_sharing how its generator and discriminator share embeddings (plain: one set, as
+    # ELECTRA; gdes: DeBERTa-v3's gradient-disentangled sharing; none: separate) and
+    # generator_num_layers the generator's depth (0 = the discriminator's; DeBERTa-v3: half).
+    c.objective = mlc.ConfigDict(dict(name="auto", mask_rate=0.15, disc_weight=50.0,
+                                      embedding_sharing="plain", generator_num_layers=0))
     c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.distributed = mlc.ConfigDict(
         dict(
@@ -275,6 +280,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.param_dtype": DTYPES,
     "optim.name": tuple(OPTIMIZERS),
     "objective.name": ("auto", *OBJECTIVES),
+    "objective.embedding_sharing": ELECTRA_SHARING,
     "optim.schedule": tuple(SCHEDULES),
     "data.masking": ("", *MASKING_MODES),  # "" = as prepared
     "data.source": ("prepared", "text"),

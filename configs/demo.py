@@ -10,17 +10,24 @@ arg "electra": the same 4-layer, 128-wide network as ELECTRA's discriminator, wi
 the same depth at 1/4 of its width (32 wide, 1 head, FFN 128, sharing the embeddings), trained by
 replaced-token detection for as many steps as give the MLM run's training FLOPs (600 steps of MLM
 on 10 of 64 positions), both counted by bertjax/train/flops.py, generator included.
+
+arg "electra_gdes" / "electra_none": the electra arm with DeBERTa-v3's gradient-disentangled
+embedding sharing, or with separate embeddings (objective.embedding_sharing). Sharing changes no
+matmul, so the three ELECTRA arms have the same FLOPs per step and the same number of steps.
 """
 from bertjax.config import base_config
 from bertjax.train import flops
 from bertjax.train.rtd import max_masked
 
 MLM_STEPS = 600
+# arg -> objective.embedding_sharing
+ELECTRA_ARMS = {"electra": "plain", "electra_gdes": "gdes", "electra_none": "none"}
 
 
 def get_config(arg: str = ""):
-    if arg not in ("", "electra"):
-        raise ValueError(f"configs/demo.py takes no argument or 'electra', not {arg!r}")
+    if arg not in ("", *ELECTRA_ARMS):
+        raise ValueError(f"configs/demo.py takes no argument or one of {', '.join(ELECTRA_ARMS)}, "
+                         f"not {arg!r}")
     c = base_config("tiny", arch="electra" if arg else "bert")
     c.model.num_layers = 4
     c.model.hidden_size = 128
@@ -39,7 +46,8 @@ def get_config(arg: str = ""):
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 60
     c.optim.bias_correction = True  # short runs need Adam's early-step correction
-    if arg == "electra":
+    if arg in ELECTRA_ARMS:
+        c.objective.embedding_sharing = ELECTRA_ARMS[arg]
         c.model.generator_hidden_size = 32
         c.model.generator_num_heads = 1
         c.model.generator_intermediate_size = 128

@@ -20,7 +20,7 @@ import pretrain_support as ps
 from cli_support import one_line, run_cli
 from bertjax.interop import params as interop
 from bertjax.load import model_files
-from bertjax.model import BertConfig, build_model
+from bertjax.model import BertConfig, build_model, count_params
 from bertjax.train import objectives
 from bertjax.train.rtd import max_masked
 
@@ -360,3 +360,220 @@ def test_an_electra_checkpoint_with_another_vocabulary_is_refused_by_a_bert_task
         cwd=ps.ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2"),
         capture_output=True, text=True, timeout=300)
     one_line(r, "tokenizer mismatch", "init_from", "vocab_size")
+
+
+# --- embedding sharing (objective.embedding_sharing: plain | gdes | none) -----------------------
+
+def _tiny_cfg():
+    return BertConfig(vocab_size=V, hidden_size=48, num_layers=2, num_heads=3,
+                      intermediate_size=37, embedding_size=24, max_position_embeddings=64,
+                      arch="electra", pooler_act="gelu", generator_hidden_size=16,
+                      generator_num_heads=2, generator_intermediate_size=20)
+
+
+def _flat(model):
+    return {k: np.asarray(v) for k, v in nnx.traversals.flatten_mapping(
+        nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
+
+
+def _term_grads(model, obj, batch):
+    """{term: the largest |gradient| of each parameter} for the MLM and the discriminator loss
+    terms (their summed numerators), each differentiated alone, in one compile."""
+    def term(m, name):
+        _, sums = obj.loss(obj.forward(m, batch, jax.random.key(5)), batch)
+        return sums[name][0]
+
+    @nnx.jit
+    def both(m):
+        return {n: nnx.grad(lambda m, n=n: term(m, n))(m) for n in ("mlm_loss", "disc_loss")}
+
+    return {n: {k: float(jnp.abs(v).max()) for k, v in nnx.traversals.flatten_mapping(
+        nnx.to_pure_dict(g)).items()} for n, g in both(model).items()}
+
+
+def test_gdes_mlm_gradients_reach_only_the_shared_table_and_rtd_only_the_residual():
+    obj = _objective(embedding_sharing="gdes", generator_num_layers=1)
+    model = obj.build("electra_pretraining", _tiny_cfg())
+    word = ("bert", "embeddings", "word_embeddings")
+    shared, residual = word + ("embedding",), word + ("residual",)
+    flat = _flat(model)
+    assert not flat[residual].any() and flat[residual].shape == flat[shared].shape == (V, 24)
+    # One shared array: it is the generator's table, stored once (at the discriminator's path).
+    assert model.bert.embeddings.word_embeddings.embedding is \
+        model.generator.embeddings.word_embeddings.embedding
+    assert not any(k[:3] == ("generator", "embeddings", "word_embeddings") for k in flat)
+    # Half depth: one generator layer under a two-layer discriminator.
+    assert model.generator.config.num_layers == 1 and model.bert.config.num_layers == 2
+    # A non-zero residual, so the discriminator's table differs from the generator's (a zero
+    # residual would hide a residual that is read nowhere).
+    model.bert.embeddings.word_embeddings.residual[...] = 0.01 * jax.random.normal(
+        jax.random.key(1), (V, 24))
+    _, batch = _batch(4, 32, seed=2)
+    grads = _term_grads(model, obj, batch)
+    mlm, disc = grads["mlm_loss"], grads["disc_loss"]
+    assert mlm[shared] > 0 and mlm[residual] == 0.0
+    assert disc[residual] > 0 and disc[shared] == 0.0
+    # The rest as in ELECTRA: each loss reaches its own network, the other's exactly not (the
+    # discriminator's own position and segment tables and LayerNorm included).
+    disc_side = [k for k in mlm if k[0] in ("bert", "discriminator") and k != shared]
+    gen_side = [k for k in mlm if k[0] in ("generator", "mlm")]
+    assert ("bert", "embeddings", "position_embeddings", "embedding") in disc_side
+    assert all(mlm[k] == 0.0 for k in disc_side) and all(disc[k] == 0.0 for k in gen_side)
+    assert mlm[("mlm", "bias")] > 0 and disc[("discriminator", "dense_prediction", "kernel")] > 0
+
+
+def test_plain_is_todays_model_and_none_keeps_two_sets_of_embeddings():
+    cfg = _tiny_cfg()
+    _, batch = _batch(4, 32, seed=3)
+    plain = _objective()  # embedding_sharing defaults to plain, generator_num_layers to 0
+    assert (plain.embedding_sharing, plain.generator_num_layers) == ("plain", 0)
+    # The registry's model (what export, convert and init_from build) and the objective's are
+    # one tree with the same values, and they give the same losses.
+    ours, registry = plain.build("electra_pretraining", cfg, seed=4), \
+        build_model("electra_pretraining", cfg, seed=4)
+    a, b = _flat(ours), _flat(registry)
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not any(k[-1] == "residual" for k in a)
+    losses = nnx.jit(lambda m: plain.loss(plain.forward(m, batch, jax.random.key(7)), batch))
+    (la, sa), (lb, sb) = losses(ours), losses(registry)
+    assert float(la) == float(lb) and np.isfinite(float(la))
+    assert all(float(sa[k][0]) == float(sb[k][0]) for k in sa)
+
+    none = _objective(embedding_sharing="none")
+    model = none.build("electra_pretraining", cfg, seed=4)
+    flat = _flat(model)
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        d, g = ("bert", "embeddings", name, "embedding"), ("generator", "embeddings", name,
+                                                           "embedding")
+        assert d in flat and g in flat and flat[d].shape == flat[g].shape
+        assert not np.array_equal(flat[d], flat[g]), name
+    assert model.generator.embeddings.word_embeddings is not \
+        model.bert.embeddings.word_embeddings
+    # Two tables: the discriminator's takes only the RTD loss, the generator's only the MLM loss.
+    grads = _term_grads(model, none, batch)
+    mlm, disc = grads["mlm_loss"], grads["disc_loss"]
+    d, g = ("bert", "embeddings", "word_embeddings", "embedding"), \
+        ("generator", "embeddings", "word_embeddings", "embedding")
+    assert mlm[g] > 0 and mlm[d] == 0.0 and disc[d] > 0 and disc[g] == 0.0
+    # Exactly two embedding sets' worth of word-table parameters over plain's one.
+    assert count_params(model) - count_params(ours) == V * 24 + 64 * 24 + 2 * 24 + 2 * 24
+
+
+def test_bad_embedding_sharing_and_generator_depth_end_in_one_line():
+    from bertjax.config import base_config, check_choices
+    from bertjax.errors import UserError
+
+    cfg = base_config("tiny")
+    cfg.objective.embedding_sharing = "tied"
+    with pytest.raises(UserError, match="objective.embedding_sharing='tied' is not one of"):
+        check_choices(cfg)
+    with pytest.raises(UserError, match="generator_num_layers=-1 must be >= 0"):
+        _objective(generator_num_layers=-1)
+    with pytest.raises(UserError, match=r"generator_num_layers=3 must be in \[0, 2\]"):
+        _objective(generator_num_layers=3).build("electra_pretraining", _tiny_cfg())
+
+
+def _check_pair_parity(model, out, disc_table, gen_table, gen_layers):
+    originals, _ = _batch(3, 24, seed=4, preds=3)
+    ids = np.asarray(originals)
+    vocab = model.bert.config.vocab_size
+    ids = np.where(ids >= vocab, 5, ids)  # a real run's vocabulary is smaller than V
+    seg, mask = np.zeros_like(ids), (ids != PAD).astype(np.int64)
+    positions = np.tile(np.arange(ids.shape[1]), (3, 1)).astype(np.int32)
+    t = dict(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(seg),
+             attention_mask=torch.tensor(mask))
+    real = mask.astype(bool)
+    for part, cls, ours, table in (
+            ("discriminator", transformers.ElectraForPreTraining,
+             lambda: model(ids, seg, mask)["rtd_logits"], disc_table),
+            ("generator", transformers.ElectraForMaskedLM,
+             lambda: model.generate(ids, seg, mask, positions)["mlm_logits"], gen_table)):
+        hf, info = cls.from_pretrained(os.path.join(out, part), output_loading_info=True)
+        assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+        got = hf.electra.embeddings.word_embeddings.weight.detach().numpy()
+        np.testing.assert_array_equal(got, np.asarray(table), err_msg=part)
+        with torch.no_grad():
+            want = hf.eval()(**t).logits.numpy()
+        assert np.abs(np.asarray(ours())[real] - want[real]).max() < 1e-4, part
+    gen = json.load(open(os.path.join(out, "generator", "config.json")))
+    assert gen["num_hidden_layers"] == gen_layers
+    assert json.load(open(os.path.join(out, "discriminator", "config.json")))[
+        "num_hidden_layers"] == 2
+
+
+@pytest.fixture(scope="module")
+def gdes_run(tmp_path_factory):
+    """A real gdes pretraining run in-process: 4 steps, a checkpoint every 2, half-depth
+    generator."""
+    from bertjax import pretrain
+
+    root = tmp_path_factory.mktemp("gdes")
+    data_dir, vocab = ps.prepare(str(root / "data"), nsp=False, dupe_factor=1)
+    args = ps.overrides(data_dir, vocab, **ps.ELECTRA, **{
+        "train.num_steps": 4, "train.checkpoint_every": 2, "train.keep_checkpoints": 3,
+        "objective.embedding_sharing": "gdes", "objective.generator_num_layers": 1,
+        "train.async_checkpointing": False})
+    cfg = ps.apply(_electra_recipe(), args)
+    run = str(root / "run")
+    pretrain.pretrain(cfg, run)
+    return run, cfg, args
+
+
+def _electra_recipe():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("electra_recipe",
+                                                  os.path.join(ps.ROOT, "configs", "electra.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config("tiny")
+
+
+def test_gdes_resumes_exactly(gdes_run, tmp_path):
+    import shutil
+
+    from bertjax import pretrain
+
+    run, cfg, args = gdes_run
+    ref_losses, ref = ps.losses(run), interop.flat_params(model_files.load_model(run)[0])
+    assert sorted(ref_losses) == [1, 2, 3, 4]
+    assert any(k[-1] == "residual" for k in ref)
+    # The residual trained (the RTD loss reached it) and the generator is one layer deep.
+    assert np.abs(ref[("bert", "embeddings", "word_embeddings", "residual")]).max() > 0
+    assert not any(k[:3] == ("generator", "encoder", "layers") and k[3] == 1 for k in ref)
+    again = str(tmp_path / "again")
+    shutil.copytree(run, again)
+    shutil.rmtree(os.path.join(again, "checkpoints", "4"))
+    os.remove(os.path.join(again, "COMPLETED"))
+    pretrain.pretrain(ps.apply(_electra_recipe(), args), again)
+    resumed = ps.losses(again)
+    for step in (3, 4):
+        assert resumed[step] == ref_losses[step], step
+    back = interop.flat_params(model_files.load_model(again)[0])
+    assert sorted(back) == sorted(ref)
+    assert all(np.array_equal(back[k], ref[k]) for k in ref)
+
+
+def test_a_gdes_run_exports_through_the_cli_path_at_hf_parity(gdes_run, tmp_path):
+    from bertjax.tools import export
+
+    run = gdes_run[0]
+    model, cfg, task, _, _ = model_files.load_model(run)
+    assert task == "electra_pretraining"
+    out = str(tmp_path / "hf")
+    export.export(run, "hf", out)
+    word = model.bert.embeddings.word_embeddings
+    _check_pair_parity(model, out, word.embedding[...] + word.residual[...], word.embedding[...],
+                       gen_layers=1)
+    # A params-only checkpoint of the pair records how it is tied and reads back as built...
+    ckpt = str(tmp_path / "ckpt")
+    model_files.save_checkpoint(ckpt, model, cfg, task)
+    a, b = interop.flat_params(model), interop.flat_params(model_files.load_model(ckpt)[0])
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    # ...and fine-tuning (init_from) starts from the discriminator's effective token table.
+    for src in (run, ckpt):
+        init = model_files.gdes_discriminator(src, str(tmp_path / "init"))
+        disc, _, disc_task, _, _ = model_files.load_model(init)
+        assert disc_task == "replaced_token_detection"
+        np.testing.assert_array_equal(np.asarray(disc.bert.embeddings.word_embeddings.embedding[...]),
+                                      np.asarray(word.embedding[...] + word.residual[...]))

@@ -2,6 +2,9 @@
 RoBERTa's (FULL-SENTENCES packing, no NSP so MLM only, dynamic masks), at equal tokens.
 
     python -m bertjax.demo.compare --workdir=demo_compare [--arms=bert,roberta]
+    python -m bertjax.demo.compare --workdir=demo_sharing --arms=electra,electra_gdes,electra_none
+
+(the second is DeBERTa-v3's embedding-sharing ablation: plain, gdes and none at equal FLOPs)
 
 Each arm is `bertjax demo --pretrain_style=ARM` in DIR/ARM: the same corpus, labelled set and
 WordPiece vocabulary (the first arm builds them, the others reuse them with --reuse_data_from),
@@ -49,6 +52,8 @@ DESCRIPTION = {
     "roberta": "FULL-SENTENCES, MLM only, dynamic masks",
     "electra": "roberta's data, replaced-token detection at the MLM arm's FLOPs",
     "sop": "sentence-order pairs, MLM+SOP (ALBERT's pair task)",
+    "electra_gdes": "electra with DeBERTa-v3's gradient-disentangled embedding sharing",
+    "electra_none": "electra with separate generator and discriminator embeddings",
 }
 
 
@@ -245,7 +250,8 @@ def _train_flops(config: dict, steps: int) -> float:
     preds = int(config["data"]["max_predictions_per_seq"])
     if config["objective"]["name"] == "electra":
         per_token = flops.electra_flops_per_token(
-            config["model"], seq, max_masked(float(config["objective"]["mask_rate"]), seq))
+            config["model"], seq, max_masked(float(config["objective"]["mask_rate"]), seq),
+            int(config["objective"].get("generator_num_layers", 0)))
     else:
         per_token = flops.model_flops_per_token(config["model"], seq, preds)
     return per_token * seq * int(config["train"]["batch_size"]) * int(steps)

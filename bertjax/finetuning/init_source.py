@@ -147,6 +147,10 @@ def resolve(cfg, workdir: str, log: Callable[[str], None] = print) -> Source:
                                            str(cfg.task.model_task), log)
         elif hf and not epath.Path(init, wd.MODEL_CONFIG_FILE).exists():
             init_dir = convert_hf(init, os.path.join(workdir, "init"), str(cfg.task.model_task), log)
+        elif not hf:
+            # A gdes ELECTRA pair stores its discriminator's token table in two halves; the
+            # fine-tuned encoder starts from their sum.
+            init_dir = model_files.gdes_discriminator(init, os.path.join(workdir, "init")) or init
     vocab = _vocab_path(cfg, init_dir)
     tokenizer = load_tokenizer(vocab)
     identity = tokenizer.identity()

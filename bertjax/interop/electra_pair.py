@@ -2,6 +2,13 @@
 (ElectraForPreTraining) and `generator/` (ElectraForMaskedLM at the generator's width), each with
 its own copy of the shared embeddings. `split` makes the two models of an `electra_pretraining`
 model; `join` makes one back from the two, refusing a pair that does not belong together.
+
+Whatever the run's `embedding_sharing`, each directory holds the embeddings its network computes
+with: under "gdes" the discriminator's token table is written as its effective table, the
+generator's shared table + the residual (so ElectraForPreTraining runs it as our
+discriminator), and the generator's as the shared table alone; under "none" each its own. Such a
+pair no longer shares one set of embeddings, so `join` refuses it: import either directory alone
+(the discriminator to fine-tune it).
 """
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ import numpy as np
 
 from bertjax.errors import UserError
 from bertjax.interop import hf_dir, layouts, params as interop
-from bertjax.model.electra import SHARED_EMBEDDINGS
+from bertjax.model.electra import GDES_RESIDUAL, GDES_SHARED, SHARED_EMBEDDINGS
 from bertjax.model.encoder import BertConfig
 
 PRETRAINING = "electra_pretraining"
@@ -40,16 +47,26 @@ def _shared(key: tuple) -> bool:
     return key[:2] == ("bert", "embeddings") and key[2] in SHARED_EMBEDDINGS
 
 
-def split(flat: dict[tuple, np.ndarray], cfg: BertConfig) -> dict[str, tuple]:
-    """{part: (cfg, task, flat params)} of an electra_pretraining model's parameters. The shared
-    tables sit under the discriminator's path (nnx keeps a shared array once, at its first path);
-    the generator gets them under its own `bert/embeddings`."""
+_WORD = ("bert", "embeddings", "word_embeddings")
+
+
+def split(flat: dict[tuple, np.ndarray], cfg: BertConfig,
+          gen_cfg: BertConfig | None = None) -> dict[str, tuple]:
+    """{part: (cfg, task, flat params)} of an electra_pretraining model's parameters. Tables the
+    networks share sit under the discriminator's path (nnx keeps a shared array once, at its
+    first path); the generator gets them under its own `bert/embeddings` unless it has its own.
+    A gdes residual is added into the discriminator's token table. `gen_cfg` is the generator's
+    encoder config (its depth may be less than the discriminator's); default: the same depth."""
     disc = {k: v for k, v in flat.items() if k[0] in ("bert", "discriminator")}
+    residual = disc.pop(_WORD + (GDES_RESIDUAL,), None)
     gen = {("bert",) + k[1:]: v for k, v in flat.items() if k[0] == "generator"}
-    gen.update({k: v for k, v in flat.items() if k[0] == "mlm" or _shared(k)})
+    gen.update({k: v for k, v in flat.items() if k[0] == "mlm" or (_shared(k) and k not in gen)})
+    if residual is not None:
+        # GDES: what the discriminator computes with is stop_gradient(shared) + residual.
+        disc[_WORD + (GDES_SHARED,)] = disc[_WORD + (GDES_SHARED,)] + residual
     return {"discriminator": (dataclasses.replace(cfg, **_NO_GENERATOR), PARTS["discriminator"],
                               disc),
-            "generator": (cfg.generator_config(), PARTS["generator"], gen)}
+            "generator": (gen_cfg or cfg.generator_config(), PARTS["generator"], gen)}
 
 
 def join(disc_cfg: BertConfig, disc: dict, gen_cfg: BertConfig, gen: dict,
@@ -81,7 +98,8 @@ def join(disc_cfg: BertConfig, disc: dict, gen_cfg: BertConfig, gen: dict,
 def save_hf(model, cfg: BertConfig, out_dir: str, extra_files=()) -> None:
     """`out_dir/discriminator` and `out_dir/generator`, each a complete HF directory."""
     os.makedirs(out_dir, exist_ok=True)
-    for part, (part_cfg, task, flat) in split(interop.flat_params(model), cfg).items():
+    parts = split(interop.flat_params(model), cfg, model.generator.config)
+    for part, (part_cfg, task, flat) in parts.items():
         interop.save_hf(interop.model_from_flat(task, part_cfg, flat), part_cfg, task,
                         os.path.join(out_dir, part), extra_files=extra_files)
 

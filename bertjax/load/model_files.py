@@ -14,6 +14,7 @@ from flax import nnx
 
 from bertjax.errors import UserError
 from bertjax.interop import electra_pair, hf_dir, layouts, params as interop
+from bertjax.model import electra as electra_lib
 from bertjax.model.bert import TASK_MODELS, build_model
 from bertjax.model.encoder import BertConfig
 from bertjax.store import workdir as wd
@@ -23,9 +24,15 @@ from bertjax.text import check_identity, load_tokenizer
 from bertjax.train import checkpoint as ckpt_lib
 
 
+ELECTRA_OPTIONS = "electra_pretraining_options"
+
+
 def save_checkpoint(out_dir: str, model: nnx.Module, cfg: BertConfig, task: str,
                     extra_files: dict | None = None, overwrite: bool = False) -> None:
     config = {**cfg.to_dict(), "task": task}
+    if task == electra_pair.PRETRAINING and electra_lib.options(model):
+        # How the pair is tied is the objective's, not a model field: kept beside the fields.
+        config[ELECTRA_OPTIONS] = electra_lib.options(model)
     ckpt_lib.save_params(out_dir, nnx.state(model, nnx.Param), config, extra_files=extra_files,
                          overwrite=overwrite)
 
@@ -64,21 +71,55 @@ def load_model(path: str, task: str | None = None, allow_missing: bool = False,
     if task not in TASK_MODELS:
         raise UserError(f"unknown task {task!r} in {path}; expected one of {sorted(TASK_MODELS)}")
     model_cfg.pop("id2label", None)  # label names, read by export
+    pair_options = model_cfg.pop(ELECTRA_OPTIONS, None)
     cfg = BertConfig.from_dict(model_cfg, what=f"the model config of {path}")
     if cfg.lora_rank:
         model = lora_files.load(path, cfg, task, base, load_model)
         return model, cfg, task, {"missing": [], "unexpected": []}, path
+    build = _builder(contents, task, cfg, pair_options)
     # Restore into an abstract model: no initialiser runs unless a weight is missing.
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(task, cfg)))
+    graphdef, abstract = nnx.split(nnx.eval_shape(build))
     params, report = ckpt_lib.load_params(path, abstract)
     if report.missing:
         if not allow_missing:
             raise UserError(f"{path} has no weights for {len(report.missing)} parameters of a "
                             f"{task} model: {', '.join(report.missing[:10])}")
-        fresh = nnx.state(build_model(task, cfg), nnx.Param)
+        fresh = nnx.state(build(), nnx.Param)
         params, report = ckpt_lib.load_params(path, fresh, fallback=fresh)
     model = nnx.merge(graphdef, params)
     return model, cfg, task, {"missing": report.missing, "unexpected": report.unexpected}, path
+
+
+def _builder(contents, task: str, cfg: BertConfig, pair_options: dict | None):
+    """How the task model of `contents` is built: an ELECTRA pretraining pair is tied as its run's
+    objective section says (embedding_sharing, generator_num_layers: train/rtd.py), or as a
+    params-only checkpoint of it recorded."""
+    if task == electra_pair.PRETRAINING and (pair_options or contents.kind == "run"):
+        from bertjax.train.rtd import model_options
+
+        opts = pair_options or model_options(
+            wd.step_config(contents.path, contents.step)["config"])
+        return lambda: electra_lib.build_pretraining(
+            cfg, 0, opts.get("embedding_sharing", "plain"),
+            int(opts.get("generator_num_layers", 0)))
+    return lambda: build_model(task, cfg)
+
+
+def gdes_discriminator(path: str, dst: str) -> str | None:
+    """For an ELECTRA pretraining checkpoint trained with gdes sharing: writes its discriminator,
+    with its effective token table (shared + residual), as a params-only checkpoint at dst and
+    returns dst; None for any other checkpoint (its `bert/*` is the discriminator as stored)."""
+    contents = wd.inspect(path)
+    if contents.task != electra_pair.PRETRAINING or contents.kind not in ("run", "params"):
+        return None
+    model, cfg, _, _, _ = load_model(path)
+    if model.embedding_sharing != "gdes":
+        return None
+    disc_cfg, task, flat = electra_pair.split(interop.flat_params(model), cfg,
+                                              model.generator.config)["discriminator"]
+    disc = interop.model_from_flat(task, disc_cfg, flat)
+    save_checkpoint(dst, disc, disc_cfg, task, extra_files=tokenizer_extras(path), overwrite=True)
+    return dst
 
 
 def tokenizer_extras(path: str) -> dict:

@@ -67,11 +67,13 @@ def mfu(tokens_per_second: float, flops_per_token_: float, num_devices: int,
     return tokens_per_second * flops_per_token_ / (peak * num_devices)
 
 
-def electra_flops_per_token(model_cfg: Any, seq_len: int, num_masked: int) -> float:
+def electra_flops_per_token(model_cfg: Any, seq_len: int, num_masked: int,
+                            generator_layers: int = 0) -> float:
     """ELECTRA's step per token: the discriminator's encoder with its head (dense H->H, then
-    H->1) on every token, plus the generator's encoder (model_cfg's generator_* width, same depth)
-    with its MLM head (H_g->E transform and the tied E->V output) on the `num_masked` positions.
-    The E->H projections add 6*E*H per network when E differs from H."""
+    H->1) on every token, plus the generator's encoder (model_cfg's generator_* width,
+    `generator_layers` deep, 0 = the same depth) with its MLM head (H_g->E transform and the tied
+    E->V output) on the `num_masked` positions. The E->H projections add 6*E*H per network when
+    E differs from H."""
     def get(name):
         return model_cfg[name] if isinstance(model_cfg, Mapping) else getattr(model_cfg, name)
 
@@ -82,6 +84,7 @@ def electra_flops_per_token(model_cfg: Any, seq_len: int, num_masked: int) -> fl
     g_ff = get("generator_intermediate_size") or 4 * g
     f = num_masked / T
     disc = 6 * L * (4 * d * d + 2 * d * d_ff) + 12 * L * d * T + 6 * (d * d + d)
-    gen = 6 * L * (4 * g * g + 2 * g * g_ff) + 12 * L * g * T + 6 * (g * e + e * V) * f
+    L_g = generator_layers or L
+    gen = 6 * L_g * (4 * g * g + 2 * g * g_ff) + 12 * L_g * g * T + 6 * (g * e + e * V) * f
     projections = 6 * e * d * (e != d) + 6 * e * g * (e != g)
     return float(disc + gen + projections)

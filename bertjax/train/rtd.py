@@ -18,6 +18,13 @@ One step, one optimizer, two networks (model/electra.py):
    token ([CLS] and [SEP] included, as the reference's input_mask).
 5. Loss = MLM mean over masked positions + disc_weight (50) x discriminator mean over real tokens.
 
+Two knobs shape the networks (model/electra.py): `embedding_sharing` (plain: ELECTRA's one set
+of embeddings; gdes: DeBERTa-v3's gradient-disentangled sharing, where the discriminator's token
+table is stop_gradient(the generator's) + a zero-initialised residual; none: separate) and
+`generator_num_layers` (0 = the discriminator's depth; DeBERTa-v3: half). They live in the
+objective section, not the model's: they say how the pretraining pair is tied, not what either
+exported network is, and a run's checkpoints are read back with them (`model_options`).
+
 Eval draws masks and samples from a fixed key, so a held-out number is comparable across evals.
 """
 from __future__ import annotations
@@ -28,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from bertjax.errors import UserError
+from bertjax.model import electra as electra_lib
 from bertjax.train import flops as flops_lib
 from bertjax.train.objectives import (Objective, _accuracy, _loss_sum, _rows_of, _weighted_ce,
                                       encoder_spec, register)
@@ -78,6 +86,8 @@ class ReplacedTokenDetection(Objective):
     cls_id: int = 101
     sep_id: int = 102
     mask_id: int = 103
+    embedding_sharing: str = "plain"
+    generator_num_layers: int = 0
     metrics = ("loss", "mlm_accuracy", "disc_accuracy", "disc_precision", "disc_recall",
                "replaced_fraction")
 
@@ -87,13 +97,26 @@ class ReplacedTokenDetection(Objective):
                             "masks 0.15 (0.25 for large)")
         if float(self.disc_weight) <= 0.0:
             raise UserError(f"objective.disc_weight={self.disc_weight} must be > 0 (ELECTRA: 50)")
+        if self.embedding_sharing not in electra_lib.SHARING:
+            raise UserError(f"objective.embedding_sharing={self.embedding_sharing!r} is not one of "
+                            f"{', '.join(electra_lib.SHARING)} (plain: ELECTRA's shared "
+                            "embeddings; gdes: DeBERTa-v3's; none: separate)")
+        if int(self.generator_num_layers) < 0:
+            raise UserError(f"objective.generator_num_layers={self.generator_num_layers} must be "
+                            ">= 0 (0 = the discriminator's depth; DeBERTa-v3 uses half)")
 
     @classmethod
     def configure(cls, cfg, special_ids):
         ids = {f"{k}_id": int(v) for k, v in (special_ids or {}).items()
                if k in ("pad", "cls", "sep", "mask")}
         return cls(mask_rate=float(cfg.objective.mask_rate),
-                   disc_weight=float(cfg.objective.disc_weight), **ids)
+                   disc_weight=float(cfg.objective.disc_weight), **model_options(cfg), **ids)
+
+    def build(self, task: str, model_cfg, seed: int = 0):
+        if task != self.model_task:
+            return super().build(task, model_cfg, seed=seed)
+        return electra_lib.build_pretraining(model_cfg, seed, self.embedding_sharing,
+                                             int(self.generator_num_layers))
 
     def batch_spec(self, batch, seq, preds):
         return {**encoder_spec(batch, seq), "masked_lm_positions": ((batch, preds), I32),
@@ -198,5 +221,14 @@ class ReplacedTokenDetection(Objective):
     def flops_per_token(self, model: dict, seq: int, preds: int | None) -> float:
         """Both networks: the discriminator's encoder and head on every token, the generator's
         encoder and its MLM head on the masked positions (flops.electra_flops_per_token)."""
-        return flops_lib.electra_flops_per_token(model, seq, max_masked(self.mask_rate, seq))
+        return flops_lib.electra_flops_per_token(model, seq, max_masked(self.mask_rate, seq),
+                                                 int(self.generator_num_layers))
+
+
+def model_options(cfg) -> dict:
+    """{embedding_sharing, generator_num_layers} of a run's config (a ConfigDict or the dict a
+    checkpoint saved); a config written before the knobs existed is plain at full depth."""
+    section = cfg.get("objective") or {}
+    return {"embedding_sharing": str(section.get("embedding_sharing", "plain")),
+            "generator_num_layers": int(section.get("generator_num_layers", 0))}
 
