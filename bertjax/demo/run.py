@@ -89,6 +89,11 @@ PREPARE_FLAGS = {
 # replaced-token detection at the MLM arm's training FLOPs (configs/demo.py:electra).
 PREPARE_FLAGS["electra"] = PREPARE_FLAGS["roberta"]
 PRETRAIN_CONFIG = {"electra": "configs/demo.py:electra"}
+# electra_gdes, electra_none: the electra arm with DeBERTa-v3's gradient-disentangled embedding
+# sharing or with separate embeddings (the v3 paper's sharing ablation), at the same FLOPs.
+for _arm in ("electra_gdes", "electra_none"):
+    PREPARE_FLAGS[_arm] = PREPARE_FLAGS["roberta"]
+    PRETRAIN_CONFIG[_arm] = f"configs/demo.py:{_arm}"
 # sop: ALBERT's sentence-order pairs (prepare --pair_task=sop: both segments from one document,
 # swapped half the time) instead of next-sentence pairs; the objective follows the data
 # (mlm_sop), the model, optimizer and budget are the bert arm's, so only the pair task differs.
