@@ -98,7 +98,8 @@ def _wait_for_step(workdir, step, proc, timeout=240):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_and_sigterm_and_on_other_meshes(data, tmp_path):
+def test_resume_after_sigterm_on_other_meshes(data, tmp_path):
+    # A SIGKILL and its resume are test_faults_kill's (after a commit, and at random moments).
     data_dir, vocab = data
     args = ps.overrides(data_dir, vocab, **{"train.num_steps": 40})
 
@@ -111,23 +112,6 @@ def test_resume_after_sigkill_and_sigterm_and_on_other_meshes(data, tmp_path):
     ref_losses, ref_params = ps.losses(ref_dir), _final_params(ref_dir)
     assert os.path.exists(os.path.join(ref_dir, "COMPLETED"))
     assert os.path.isdir(os.path.join(ref_dir, "tensorboard"))
-
-    # SIGKILL after a committed checkpoint, then the same command again.
-    kill_dir = str(tmp_path / "killed")
-    proc = ps.run_pretrain(kill_dir, args, wait=False)
-    _wait_for_step(kill_dir, 8, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    r = ps.run_pretrain(kill_dir, args)
-    assert r.returncode == 0, r.stderr[-3000:]
-    resumed_at = int(r.stdout.split("resumed from step ")[1].split()[0])
-    assert 8 <= resumed_at < 40
-    got = ps.losses(kill_dir)
-    after = [s for s in ref_losses if s > resumed_at]
-    np.testing.assert_allclose([got[s] for s in after], [ref_losses[s] for s in after], rtol=1e-6)
-    params = _final_params(kill_dir)
-    for k, v in ref_params.items():
-        np.testing.assert_allclose(params[k], v, rtol=1e-6, atol=1e-7, err_msg=str(k))
 
     # Cross-mesh resumes, each compared step by step: a SIGTERM (preemption notice) on an fsdp=2
     # mesh (data=4, fsdp=2 on 8 devices) saves and exits 0; the run resumes on 2 devices
