@@ -577,3 +577,36 @@ def test_a_gdes_run_exports_through_the_cli_path_at_hf_parity(gdes_run, tmp_path
         assert disc_task == "replaced_token_detection"
         np.testing.assert_array_equal(np.asarray(disc.bert.embeddings.word_embeddings.embedding[...]),
                                       np.asarray(word.embedding[...] + word.residual[...]))
+
+
+def test_gdes_pretrains_a_deberta_v2_pair_with_v3s_half_depth_generator():
+    """DeBERTa-v3's recipe at toy size: arch deberta-v2 (no absolute positions, c2p+p2c over log
+    buckets), a generator of the same width at half the depth, gdes sharing; three plain SGD
+    steps on the objective's loss lower it and move the residual. (Which loss reaches which half
+    of the token table does not depend on the arch: the gradient test above.)"""
+    import dataclasses
+
+    from bertjax.model.archs import ARCHS
+
+    knobs = {**ARCHS["deberta-v2"], "arch": "deberta-v2", "position_buckets": 8,
+             "max_relative_positions": 16, "embedding_size": 0, "generator_hidden_size": 48,
+             "generator_num_heads": 3, "generator_intermediate_size": 37, "hidden_dropout": 0.0,
+             "attention_dropout": 0.0}
+    cfg = dataclasses.replace(_tiny_cfg(), **knobs)
+    obj = _objective(embedding_sharing="gdes", generator_num_layers=1)
+    model = obj.build("electra_pretraining", cfg, seed=1)
+    assert model.generator.config.num_layers == 1 and model.generator.config.hidden_size == 48
+    _, batch = _batch(4, 32, seed=6)
+
+    @nnx.jit
+    def step(m):
+        def f(m):
+            return obj.loss(obj.forward(m, batch, jax.random.key(2)), batch)[0]
+        loss, g = nnx.value_and_grad(f)(m)
+        state = nnx.state(m, nnx.Param)
+        nnx.update(m, jax.tree.map(lambda p, d: p - 0.01 * d, state, nnx.state(g, nnx.Param)))
+        return loss
+
+    losses = [float(step(model)) for _ in range(3)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    assert float(jnp.abs(model.bert.embeddings.word_embeddings.residual[...]).max()) > 0
