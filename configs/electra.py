@@ -12,6 +12,13 @@ width (1/4 small and large, 1/3 base: Table 6's "generator size", which scales h
 heads together) and shares its token, position and segment embeddings and their LayerNorm.
 Optimizer: AdamW, eps 1e-6, weight decay 0.01, 10k warmup, linear decay, no bias correction (the
 reference's AdamWeightDecayOptimizer).
+
+DeBERTa-v3's pretraining is this objective with gradient-disentangled embedding sharing and a
+generator of the discriminator's width at half its depth, e.g. for a 12-layer, 768-wide model:
+--config.objective.embedding_sharing=gdes --config.objective.generator_num_layers=6
+--config.model.generator_hidden_size=768 --config.model.generator_num_heads=12
+--config.model.generator_intermediate_size=3072 (objective.embedding_sharing: plain, the default,
+is ELECTRA's; none keeps two sets of embeddings).
 """
 from bertjax.config import base_config
 
