@@ -252,3 +252,4 @@ def test_cli_refuses_non_utf8_text_in_one_line(tmp_path):
     lines = ps.error_lines(r.stderr)
     assert r.returncode == 2, r.stderr[-2000:]
     assert len(lines) == 1 and "is not UTF-8: byte 0xff" in lines[0], lines
+
