@@ -38,7 +38,9 @@ def other_value(key, v):
                    "model.dtype": "bfloat16", "model.param_dtype": "float32", "model.remat": "dots",
                    "optim.name": "adamw", "optim.schedule": "cosine", "data.masking": "dynamic",
                    "model.arch": "roberta", "objective.name": "mlm",
-                   "model.pos_att_type": "c2p", "model.norm_rel_ebd": "layer_norm"}
+                   "model.pos_att_type": "c2p", "model.norm_rel_ebd": "layer_norm",
+                   "objective.embedding_sharing": "gdes", "data.source": "prepared",
+                   "data.pair_task": "sop"}
         new = choices.get(key, "/tmp/elsewhere")
         return new, new
     raise AssertionError(f"untyped leaf {key}={v!r}")
