@@ -227,7 +227,7 @@ def checkpoints(tmp_path_factory):
 
 @pytest.mark.parametrize("case,args,needles", [
     ("model_type", ["convert", "--from_hf={root}/xlnet", "--out={root}/o1"],
-     ["model_type 'xlnet'", "albert, bert, distilbert, electra, roberta"]),
+     ["model_type 'xlnet'", "albert, bert, deberta-v2, distilbert, electra, roberta"]),
     ("arch", ["export", "--checkpoint={root}/alien", "--format=hf", "--out={root}/o2"],
      ["model.arch='alien'"]),
     ("key", ["convert", "--checkpoint={root}/extra_key", "--to_hf={root}/o3"],

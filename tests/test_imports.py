@@ -15,7 +15,7 @@ LAZY_OK = (
     "tensorflow", "tensorflow_datasets", "apache_beam", "google.cloud", "google.api_core",
     "torch", "transformers", "sentence_transformers", "gensim", "matplotlib", "sentencepiece", "orbax",
     "jax.experimental.pallas",
-    "bertjax.data.pipeline", "bertjax.data.tf_runtime",  # TensorFlow
+    "bertjax.data.pipeline", "bertjax.data.stream", "bertjax.data.tf_runtime",  # TensorFlow
     "bertjax.load.model_files", "bertjax.tools.embed",  # Orbax (tools/export.load_export)
     "bertjax.interop.tf_checkpoint",  # TensorFlow
     "bertjax.text.sentencepiece_tok",  # sentencepiece

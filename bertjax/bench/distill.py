@@ -29,7 +29,10 @@ import os
 import statistics
 import time
 
+import jax
+import numpy as np
 from absl import flags
+from flax import nnx
 
 from bertjax import cli
 from bertjax.demo import run as demo
@@ -94,10 +97,6 @@ def throughput(models: dict, batch: int, seq: int, rounds: int, calls: int) -> d
     same random token ids, jitted, compiled before timing. Rounds interleave the models so that
     a load spike from other processes falls on all of them; each model's figure is its median
     round."""
-    import jax
-    import numpy as np
-    from flax import nnx
-
     from bertjax.load import model_files
 
     rng = np.random.default_rng(0)

@@ -18,7 +18,10 @@ import subprocess
 import sys
 import time
 
+import psutil
 from absl import app, flags
+
+from bertjax.data import prepare_units as units
 
 FLAGS = flags.FLAGS
 
@@ -39,9 +42,7 @@ def measure(corpus: str, vocab: str, cores: int, *, batch: int = 256, warmup: in
             pair_task: str = "nsp") -> dict:
     """One measurement in this process (call it in a fresh child: it pins the process)."""
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
-    import psutil
-
-    from bertjax.data import prepare_units as units
+    # After the pinning: TensorFlow sizes its thread pools from the affinity when it loads.
     from bertjax.data import stream
 
     o = units.Options(input=corpus, vocab=vocab, output_dir="(bench)", max_seq_length=seq,

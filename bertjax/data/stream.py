@@ -36,12 +36,13 @@ import itertools
 import multiprocessing
 import os
 
+import jax
 import numpy as np
-import tensorflow as tf
+from jax.experimental import multihost_utils
 
-from bertjax.data import corpus, masking, storage, stream_units
-from bertjax.data import pipeline  # noqa: F401  (its import keeps TensorFlow off the accelerators)
+from bertjax.data import corpus, masking, prepare, storage, stream_units
 from bertjax.data import prepare_units as units
+from bertjax.data.tf_runtime import tf
 from bertjax.errors import UserError
 
 _MARK = "BERTJAX_BAD_TEXT: "
@@ -50,8 +51,6 @@ PAIR_TASKS = ("nsp", "sop", "none")
 
 def options_from_config(data, seed: int) -> units.Options:
     """prepare's Options from the config's data section, checked by prepare's own checks."""
-    from bertjax.data import prepare
-
     task = data.pair_task
     o = units.Options(
         input=data.text_files, vocab=data.vocab, output_dir="(stream)",
@@ -309,8 +308,6 @@ class TextInput:
 
     def state(self) -> dict:
         sizes = {str(self.process_index): list(self._sizes)}
-        import jax  # only for the gather; the data path itself never needs JAX
-
         if jax.process_count() > 1:
             sizes = _gather_sizes(self.process_index, self._sizes)
         return {"batches": self._batches, "epoch_sizes": sizes}
@@ -383,8 +380,6 @@ class _Producer:
 
 def _gather_sizes(index: int, sizes: list[int]) -> dict:
     """Every process's epoch sizes, so process 0's checkpoint holds all hosts' positions."""
-    from jax.experimental import multihost_utils
-
     n = multihost_utils.process_allgather(np.array([index, len(sizes)], np.int32))
     width = int(np.max(n[:, 1])) if len(n) else 0
     row = np.zeros(width + 1, np.int32)

@@ -22,6 +22,7 @@ from bertjax.interop import peft
 from bertjax.load import lora_files
 from bertjax.text import check_identity, load_tokenizer
 from bertjax.train import checkpoint as ckpt_lib
+from bertjax.train import rtd
 
 
 ELECTRA_OPTIONS = "electra_pretraining_options"
@@ -95,9 +96,7 @@ def _builder(contents, task: str, cfg: BertConfig, pair_options: dict | None):
     objective section says (embedding_sharing, generator_num_layers: train/rtd.py), or as a
     params-only checkpoint of it recorded."""
     if task == electra_pair.PRETRAINING and (pair_options or contents.kind == "run"):
-        from bertjax.train.rtd import model_options
-
-        opts = pair_options or model_options(
+        opts = pair_options or rtd.model_options(
             wd.step_config(contents.path, contents.step)["config"])
         return lambda: electra_lib.build_pretraining(
             cfg, 0, opts.get("embedding_sharing", "plain"),

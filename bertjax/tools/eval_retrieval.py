@@ -173,7 +173,7 @@ def device_search(queries: np.ndarray, corpus: np.ndarray, k: int = 100,
         q = np.zeros((QUERY_CHUNK, dim), np.float32)
         part = queries[start:start + QUERY_CHUNK]
         q[:len(part)] = part
-        q_dev = jax.make_array_from_callback(q.shape, replicated, lambda index: q[index])
+        q_dev = jax.make_array_from_callback(q.shape, replicated, lambda index, q=q: q[index])
         s, i = top(q_dev, c_dev)
         # Replicated: this process's first copy is the whole answer.
         idx.append(np.asarray(i.addressable_data(0))[:len(part)])
