@@ -212,6 +212,41 @@ _TASK_FAMILY = {
 }
 
 
+# The data keys that only data.source=text reads (prepared data carry their own, in
+# metadata.json): set with prepared data they would change nothing, silently.
+TEXT_ONLY_DATA_KEYS = ("text_files", "vocab", "pair_task", "short_seq_prob", "masked_lm_prob",
+                       "whole_word_masking", "masking_ngram", "mask_budget", "format",
+                       "partner_pool", "keep_epoch0_pairs", "stream_workers")
+
+
+def check_data_source(data) -> None:
+    """Refuses keys of the other source: text-only keys changed with prepared data, or
+    data.train_dir with text."""
+    if data.source == "text":
+        if data.train_dir:
+            raise UserError("data.train_dir is read by data.source=prepared only; with "
+                            "data.source=text the pairs come from data.text_files: drop one")
+        return
+    defaults = base_config().data
+    changed = [k for k in TEXT_ONLY_DATA_KEYS if data[k] != defaults[k]]
+    if changed:
+        raise UserError(f"data.{changed[0]} applies to data.source=text only (prepared data carry "
+                        "their own settings, made by `bertjax prepare`): set "
+                        "--config.data.source=text or drop " + ", ".join(f"data.{k}" for k in changed))
+
+
+def shaped_config(recipe: str, shapes: dict, arg: str, arch: str, base: str = "base"):
+    """A member recipe's starting point: base_config(base, arch) with the preset's (layers,
+    hidden, heads, FFN) from `shapes`; a preset not in `shapes` is refused naming the recipe."""
+    preset = arg or "base"
+    if preset not in shapes:
+        raise ValueError(f"{recipe} takes one of {sorted(shapes)}, not {arg!r}")
+    c = base_config(base, arch=arch)
+    m = c.model
+    m.num_layers, m.hidden_size, m.num_heads, m.intermediate_size = shapes[preset]
+    return c
+
+
 def finetune_config(preset: str = "base", family: str = "glue",
                     arch: str = "bert") -> mlc.ConfigDict:
     """base_config plus a `task` section and `seeds`, for `bertjax finetune`.

@@ -20,6 +20,7 @@ from absl import flags
 from etils import epath
 
 from bertjax import cli
+from bertjax import config as config_lib
 from bertjax.errors import UserError
 from bertjax.load import teacher as teacher_lib
 from bertjax.model import archs
@@ -67,6 +68,7 @@ def main(argv):
 
 def pretrain(cfg, workdir: str):
     """Runs (or resumes) pretraining for a resolved config; returns the loop's Result."""
+    config_lib.check_data_source(cfg.data)
     # TensorFlow (the input pipeline) writes C++ log lines when imported, whatever
     # TF_CPP_MIN_LOG_LEVEL says (TF 2.21): imported once the config has been checked, so that a
     # bad flag still ends in one line.

@@ -24,7 +24,7 @@ Where the numbers come from:
 The batch here is 4096 per step (the paper's); reach it on a small slice with
 train.grad_accum_steps.
 """
-from bertjax.config import base_config
+from bertjax.config import shaped_config
 
 # preset -> (layers, hidden, heads, ffn)
 SIZES = {
@@ -40,13 +40,10 @@ WARMUP = 3125
 
 def get_config(arg: str = "base"):
     preset = arg or "base"
-    if preset not in SIZES:
-        raise ValueError(f"configs/albert.py takes one of {sorted(SIZES)}, not {arg!r}")
-    layers, hidden, heads, ffn = SIZES[preset]
-    # The preset only names a base to start from; every size field is set here.
-    c = base_config("tiny" if preset == "tiny" else "base", arch="albert")
+    # The preset only names a base to start from; every size field is set from SIZES.
+    c = shaped_config("configs/albert.py", SIZES, arg, "albert",
+                      base="tiny" if preset == "tiny" else "base")
     m = c.model
-    m.num_layers, m.hidden_size, m.num_heads, m.intermediate_size = layers, hidden, heads, ffn
     # ALBERT's SentencePiece vocabulary; pretraining checks it against the data.
     m.vocab_size = 30000
     m.hidden_dropout = 0.0

@@ -22,7 +22,7 @@ Fine-tuning an imported checkpoint needs no recipe here: `bertjax convert --from
 `--config.init_from=DIR`) reads DebertaV2Model and its task classes, and `optim.layer_decay`
 works for it (the relative table takes the top layer's rate).
 """
-from bertjax.config import base_config
+from bertjax.config import shaped_config
 
 # preset: (layers, hidden, heads, FFN)
 SHAPES = {
@@ -37,12 +37,8 @@ V3_VOCAB = 128100
 
 def get_config(arg: str = "base"):
     preset = arg or "base"
-    if preset not in SHAPES:
-        raise ValueError(f"configs/deberta.py takes one of {sorted(SHAPES)}, not {arg!r}")
-    layers, hidden, heads, ffn = SHAPES[preset]
-    c = base_config("base", arch="deberta-v2")
+    c = shaped_config("configs/deberta.py", SHAPES, preset, "deberta-v2")
     m = c.model
-    m.num_layers, m.hidden_size, m.num_heads, m.intermediate_size = layers, hidden, heads, ffn
     m.vocab_size = V3_VOCAB
     c.objective.name = "mlm"
     c.data.masking = "dynamic"

@@ -13,6 +13,9 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"bertjax-test-xla-cache-{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from pretrain_support import FAST_CPU_COMPILE  # noqa: E402  (why: see there)
+
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_CPU_COMPILE}".strip()
 
 import bertjax  # noqa: E402,F401  (before jax: it tells libtpu that this host has no TPU)
 import jax  # noqa: E402
@@ -36,3 +39,22 @@ def pytest_report_header(config):
           else "off (CI unset): skips are reported, not failed")
     return [f"fault-injection seed: BERTJAX_FAULT_SEED={os.environ['BERTJAX_FAULT_SEED']}",
             f"CI skip check: {ci}"]
+
+
+# The heaviest modules (their tests' summed seconds in a full run, 2026-12-05) run first, each
+# kept whole: with `make test`'s `--dist loadfile` a module is one unit of work for one worker,
+# so its module-scoped fixtures are built once, and starting the longest units first leaves
+# only short ones for the end, when the other worker may already be idle.
+HEAVIEST_FIRST = ("test_pretrain.py", "test_faults_kill.py", "test_tpu_recipes_compile.py",
+                  "test_faults_gcs.py", "test_electra.py", "test_faults_sigterm.py",
+                  "test_roberta.py", "test_lora.py", "test_remote_paths.py", "test_faults_cli.py",
+                  "test_distill.py", "test_embeddings_e2e.py", "test_faults_storage.py",
+                  "test_tpu_compile.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        name = item.path.name
+        return HEAVIEST_FIRST.index(name) if name in HEAVIEST_FIRST else len(HEAVIEST_FIRST)
+
+    items.sort(key=rank)  # stable: within a module, and among the rest, the usual order

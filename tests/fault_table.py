@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-ORDER = ["sigkill_pretrain", "sigkill_pretrain_electra", "sigkill_finetune", "best_after_resume", "sigterm_two_processes",
+ORDER = ["sigkill_pretrain", "sigkill_finetune", "best_after_resume", "sigterm_two_processes",
          "data_damage", "full_disk_local", "gcs_transient", "gcs_persistent_write",
          "gcs_persistent_read", "lock_local", "lock_gcs", "cli_pretrain",
          "cli_finetune"]

@@ -80,10 +80,23 @@ def apply(cfg, args: list[str]):
     return cfg
 
 
+# LLVM at -O0 in XLA's CPU backend: the suite's tiny programs compile about 40% faster (a
+# DistilBERT fine-tune test: 45.8 -> 33.5 CPU-s from a cold cache) and run no slower that
+# matters. It changes only the machine-code optimiser, not XLA's HLO passes. conftest.py sets
+# it for the test processes; every subprocess gets it through xla_flags.
+FAST_CPU_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices: int | None = None) -> str:
+    """XLA_FLAGS for a test subprocess: `devices` virtual CPU devices (None: JAX's own count)."""
+    count = f"--xla_force_host_platform_device_count={devices} " if devices else ""
+    return count + FAST_CPU_COMPILE
+
+
 def run_pretrain(workdir: str, args: list[str], *, devices: int = 8, env_extra=None, wait=True,
                  timeout=300, config: str = "configs/bert_tiny.py"):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=xla_flags(devices))
     env.update(env_extra or {})
     cmd = [sys.executable, "-m", "bertjax.pretrain", f"--config={config}",
            f"--workdir={workdir}", *args]

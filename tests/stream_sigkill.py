@@ -9,15 +9,7 @@ import numpy as np
 import pytest
 
 import pretrain_support as ps
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("stream"))
-    for i in range(3):
-        ps.write_corpus(os.path.join(root, f"corpus-{i}.txt"), n_docs=40, seed=i)
-    ps.write_vocab(os.path.join(root, "vocab.txt"))
-    return root
+from test_stream import corpus  # noqa: F401,F811  (the same three-file corpus and vocabulary)
 
 
 # ------------------------------------------------------------------------------- SIGKILL
@@ -33,7 +25,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
-def test_sigkilled_text_run_resumes_with_the_unbroken_losses(corpus, tmp_path, processes):
+def test_sigkilled_text_run_resumes_with_the_unbroken_losses(corpus, tmp_path, processes):  # noqa: F811
     # A run SIGKILLed once a checkpoint past the first epoch ends (about 9 steps an epoch per host)
     # is committed, then rerun to the end: it must log `resumed from step N` for that commit and
     # every logged loss must equal the unbroken run's (the steps after N come from the restored
@@ -49,7 +41,7 @@ def test_sigkilled_text_run_resumes_with_the_unbroken_losses(corpus, tmp_path, p
         "data.vocab": os.path.join(corpus, "vocab.txt"), "train.batch_size": 32,
         "train.num_steps": steps, "train.checkpoint_every": 2, "train.keep_checkpoints": 2})
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}")
+               XLA_FLAGS=ps.xla_flags(8 // processes))
 
     def start(wd, log):
         port = _free_port()

@@ -68,7 +68,7 @@ def _args(data, **kw):
 def _command(gcs, run: str, args):
     env = dict(os.environ, **gcs.env(), **RETRY_ENV, JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join(p for p in (ps.ROOT, os.environ.get("PYTHONPATH")) if p),
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+               XLA_FLAGS=ps.xla_flags(8))
     cmd = [sys.executable, "-m", "bertjax.pretrain",
            f"--config={os.path.join(ps.ROOT, 'configs', 'bert_tiny.py')}",
            f"--workdir=gs://{gcs.bucket}/runs/{run}", *args]

@@ -23,7 +23,7 @@ def _free_port():
 
 def _two(workdir, args, log_dir, name):
     port = _free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=ps.xla_flags(4))
     import sys
 
     return [fs.Watched([sys.executable, "-m", "bertjax.pretrain", "--config=configs/bert_tiny.py",

@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+import pretrain_support as ps
 from bertjax.errors import UserError
 from bertjax.train import distributed
 from bertjax.train import mesh as meshlib
@@ -277,7 +278,7 @@ def _launch(tmp_path, ids, n, timeout):
     for i in ids:
         env = dict(os.environ, JAX_PLATFORMS="cpu", BERTJAX_COORDINATOR=f"127.0.0.1:{port}",
                    BERTJAX_NUM_PROCESSES=str(n), BERTJAX_PROCESS_ID=str(i))
-        env.pop("XLA_FLAGS", None)
+        env["XLA_FLAGS"] = ps.xla_flags()
         procs.append(subprocess.Popen([sys.executable, str(script), str(timeout), str(tmp_path / "run")], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return [(p, *p.communicate(timeout=120)) for p in procs]

@@ -30,7 +30,7 @@ gcs = pytest.fixture(scope="module", name="gcs")(fake_gcs.serve)
 def _run(workdir: str, args: list[str], cwd, gcs) -> subprocess.CompletedProcess:
     path = os.pathsep.join(p for p in (ps.ROOT, os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, **gcs.env(), PYTHONPATH=path, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+               XLA_FLAGS=ps.xla_flags(8))
     cmd = [sys.executable, "-m", "bertjax.pretrain",
            f"--config={os.path.join(ps.ROOT, 'configs', 'bert_tiny.py')}", f"--workdir={workdir}",
            *args]

@@ -240,6 +240,15 @@ def test_refusals_before_training(corpus, tmp_path):
         pretrain.pretrain(ps.apply(base_config("tiny"), args), str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
+    # Keys of the other source are refused, not silently ignored.
+    with pytest.raises(UserError, match=r"data.pair_task applies to data.source=text only"):
+        pretrain.pretrain(ps.apply(base_config("tiny"), ps.overrides(
+            str(tmp_path / "prepared"), vocab, **{"data.pair_task": "sop"})), str(tmp_path / "p"))
+    with pytest.raises(UserError, match=r"data.train_dir is read by data.source=prepared only"):
+        pretrain.pretrain(ps.apply(base_config("tiny"), ps.overrides(
+            str(tmp_path / "prepared"), vocab, **{"data.source": "text"})), str(tmp_path / "t"))
+    assert not os.path.exists(tmp_path / "p") and not os.path.exists(tmp_path / "t")
+
 
 def test_cli_refuses_non_utf8_text_in_one_line(tmp_path):
     bad = tmp_path / "bad"

@@ -32,7 +32,7 @@ import re
 import numpy as np
 
 from bertjax.data import masking, records
-from bertjax.data.tf_runtime import tf
+from bertjax.data.tf_runtime import marked_error, tf
 from bertjax.errors import UserError
 from bertjax.text import check_identity
 
@@ -329,11 +329,10 @@ class PretrainInput:
         try:
             batch = next(self._iterator)
         except tf.errors.OpError as e:
+            refusal = marked_error(e, _BAD_SHARD)
+            if refusal is not None:
+                raise refusal from None
             text = e.message if hasattr(e, "message") else str(e)
-            if _BAD_SHARD in text:
-                # TensorFlow appends its own context ("] [Condition ...", op names) after ours.
-                raise UserError(text.split(_BAD_SHARD, 1)[1].split("|")[0].splitlines()[0]
-                                .strip()) from None
             # What is left after TensorFlow's own retries (its GCS filesystem backs off and
             # retries): a storage outage, or a file removed under a running job.
             first = " ".join(re.sub(r"\{\{[^}]*\}\}", "", text).split())[:300]

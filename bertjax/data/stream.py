@@ -42,7 +42,7 @@ from jax.experimental import multihost_utils
 
 from bertjax.data import corpus, masking, prepare, storage, stream_units
 from bertjax.data import prepare_units as units
-from bertjax.data.tf_runtime import tf
+from bertjax.data.tf_runtime import marked_error, tf
 from bertjax.errors import UserError
 
 _MARK = "BERTJAX_BAD_TEXT: "
@@ -340,10 +340,10 @@ class TextInput:
         try:
             batch = next(self._iterator)
         except tf.errors.OpError as e:
-            text = e.message if hasattr(e, "message") else str(e)
-            if _MARK in text:
-                raise UserError(text.split(_MARK, 1)[1].splitlines()[0].strip()) from None
-            raise
+            refusal = marked_error(e, _MARK)
+            if refusal is None:
+                raise
+            raise refusal from None
         epochs = batch["epoch"] if self.with_example_ids else batch.pop("epoch")
         for epoch, n in zip(*np.unique(epochs, return_counts=True)):
             while self._epoch < epoch:  # the rows run on into a later epoch: this one is whole

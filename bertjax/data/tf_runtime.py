@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.abc
 import sys
 
+from bertjax.errors import UserError
+
 
 class _SkipKerasEagerLoad(importlib.abc.MetaPathFinder):
     """TensorFlow's __init__ imports keras.src.optimizers eagerly (for SavedModel registration)
@@ -40,3 +42,13 @@ def _import_tensorflow():
 
 
 tf = _import_tensorflow()
+
+
+def marked_error(e: Exception, mark: str) -> UserError | None:
+    """The refusal a tf.data Python stage raised as ValueError(mark + message), out of the
+    OpError TensorFlow wraps it in (TensorFlow appends its own context after ours: "] [Condition
+    ...", op names); None when `e` carries no such mark."""
+    text = e.message if hasattr(e, "message") else str(e)
+    if mark not in text:
+        return None
+    return UserError(text.split(mark, 1)[1].split("|")[0].splitlines()[0].strip())

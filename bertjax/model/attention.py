@@ -76,17 +76,23 @@ def resolve_backend(name: str, platform: str | None = None, *, seq_len: int | No
     return name
 
 
-def xla_attention(q, k, v, mask, *, dropout_rate=0.0, dropout_key=None):
-    """Reference attention. Padded keys get a large negative bias (as the original's -10000)."""
-    depth = q.shape[-1]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    logits = logits / jnp.sqrt(jnp.float32(depth))
+def _attend(logits, v, mask, dropout_rate, dropout_key):
+    """Scaled logits -> the values' mix: padded keys get a large negative bias (as the
+    original's -10000), then softmax, then attention-probability dropout."""
     bias = jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min / 2)
     probs = jax.nn.softmax(logits + bias, axis=-1)
     if dropout_rate > 0.0 and dropout_key is not None:
         keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
     return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+
+
+def xla_attention(q, k, v, mask, *, dropout_rate=0.0, dropout_key=None):
+    """Reference attention."""
+    depth = q.shape[-1]
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits / jnp.sqrt(jnp.float32(depth))
+    return _attend(logits, v, mask, dropout_rate, dropout_key)
 
 
 @functools.lru_cache(maxsize=64)
@@ -131,12 +137,7 @@ def disentangled_attention(q, k, v, mask, pos_q, pos_k, *, terms: tuple[str, ...
         logits = logits + jnp.swapaxes(jnp.take_along_axis(p2c, index.T[None, None], axis=-1),
                                        -1, -2)
     logits = logits / jnp.sqrt(jnp.float32(depth * (1 + len(terms))))
-    bias = jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min / 2)
-    probs = jax.nn.softmax(logits + bias, axis=-1)
-    if dropout_rate > 0.0 and dropout_key is not None:
-        keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+    return _attend(logits, v, mask, dropout_rate, dropout_key)
 
 
 def cudnn_attention(q, k, v, mask):
