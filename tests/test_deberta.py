@@ -3,7 +3,9 @@ distance; a 600-token sequence through a model with v3's 256 buckets (so distanc
 exact +/-128 range and past 512) matches DebertaV2Model; an export with a SentencePiece
 vocabulary is an spm.model that AutoTokenizer loads as a DebertaV2Tokenizer with our ids, and a
 DebertaV2ForSequenceClassification with our logits; the recipe's shapes are Hugging Face's
-parameter counts; bad input ends in one line. The per-class parity, both directions, is in
+parameter counts; bad input ends in one line. v3's tokenizer layout (an spm.model without [MASK],
+which Hugging Face adds after the last piece) reads, from spm.model and from tokenizer.json, to
+DebertaV2Tokenizer's ids, typed "[MASK]" included, and a wrong [MASK] id is refused. The per-class parity, both directions, is in
 test_hf_parity.py (member "deberta-v2"); fine-tuning on every task from a DeBERTa directory in
 test_roberta.py."""
 import dataclasses
@@ -176,3 +178,105 @@ def test_a_model_hf_deberta_cannot_hold_is_refused_on_export():
     with pytest.raises(UserError, match="embedding_size=8"):
         interop.layouts.for_arch("deberta-v2").ours_to_hf(
             {}, dataclasses.replace(cfg, embedding_size=8), "base")
+
+
+def _v3_tokenizer_dirs(root):
+    """DeBERTa-v3's tokenizer layout at toy size: an spm.model whose pieces are [PAD] [CLS] [SEP]
+    [UNK] then words, with no [MASK] piece; (n pieces, the directory as v3's Hub copy spells it,
+    Hugging Face's DebertaV2Tokenizer read from it, and what its save_pretrained writes)."""
+    import sentencepiece as spm
+
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(deberta_support.toy_texts()) + "\n", encoding="utf-8")
+    v3 = root / "v3"
+    v3.mkdir()
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(v3 / "spm"), vocab_size=130, model_type="unigram",
+        pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="[PAD]", bos_piece="[CLS]",
+        eos_piece="[SEP]", unk_piece="[UNK]", minloglevel=2)
+    os.remove(v3 / "spm.vocab")
+    n = spm.SentencePieceProcessor(model_file=str(v3 / "spm.model")).get_piece_size()
+    (v3 / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "DebertaV2Tokenizer", "do_lower_case": False, "vocab_type": "spm"}))
+    (v3 / "added_tokens.json").write_text(json.dumps({"[MASK]": n}))
+    (v3 / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "[CLS]", "eos_token": "[SEP]", "unk_token": "[UNK]", "sep_token": "[SEP]",
+         "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}))
+    hf = transformers.DebertaV2Tokenizer.from_pretrained(str(v3))
+    saved = root / "saved"
+    hf.save_pretrained(str(saved))
+    return n, v3, hf, saved
+
+
+V3_TEXTS = ["Alice went to Paris.", "[MASK]", "Alice [MASK] to Paris [MASK]",
+            "x[MASK]y [MASK][MASK] z", "  [MASK]  spaced   out  ", "[mask] MASK [MASK",
+            "Free text with numbers 12 and Émile"]
+
+
+def test_v3_tokenizer_with_added_mask_reads_as_hugging_face_does(tmp_path):
+    import shutil
+
+    from bertjax.text import load_tokenizer, tokenizer_files
+
+    n, v3, hf, saved = _v3_tokenizer_dirs(tmp_path)
+    # The facts of v3's layout, from Hugging Face: [MASK] follows the last piece.
+    assert hf.mask_token_id == n and hf.cls_token_id == 1 and hf.sep_token_id == 2
+    body = json.loads((saved / "tokenizer.json").read_text())
+    assert len(body["model"]["vocab"]) == n
+    assert {"id": n, "content": "[MASK]"}.items() <= next(
+        a for a in body["added_tokens"] if a["content"] == "[MASK]").items()
+    # spm.model beside the tokenizer_config.json Hugging Face writes (mask_token, no ids).
+    from_config = tmp_path / "from_config"
+    from_config.mkdir()
+    shutil.copy(v3 / "spm.model", from_config / "spm.model")
+    shutil.copy(saved / "tokenizer_config.json", from_config / "tokenizer_config.json")
+    assert "added_tokens.json" in {os.path.basename(f) for f in tokenizer_files(str(v3))}
+
+    pairs = [(a, None) for a in V3_TEXTS] + list(zip(V3_TEXTS, reversed(V3_TEXTS)))
+    for where in (v3, from_config, saved):
+        tok = load_tokenizer(str(where))
+        assert (tok.mask_id, tok.vocab_size) == (n, n + 1), where
+        assert tok.convert_ids_to_tokens([n]) == ["[MASK]"] and not tok.is_continuation(n)
+        for a, b in pairs:
+            ref = hf(a, b) if b is not None else hf(a)
+            ids, seg = tok.build_inputs(tok.encode(a), None if b is None else tok.encode(b))
+            assert ids == ref["input_ids"] and seg == ref["token_type_ids"], (where, a, b)
+            assert (n in ids) == ("[MASK]" in a + (b or "")), (a, b)
+        texts = [a for a, _ in pairs]
+        assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+        assert tok.tokenize("a [MASK] b").count("[MASK]") == 1
+    spm_ident = load_tokenizer(str(v3)).identity()
+    assert spm_ident == load_tokenizer(str(from_config)).identity()
+    assert spm_ident["vocab_size"] == n + 1 and spm_ident["added_tokens"] == {"[MASK]": n}
+    # bertjax's own tokenizer.json of it gives Hugging Face's [MASK] id too.
+    assert load_tokenizer(str(v3)).backend().token_to_id("[MASK]") == n
+
+    # Another token added after [MASK] changes the identity of the tokenizer.json.
+    body["added_tokens"].append({**body["added_tokens"][-1], "id": n + 1, "content": "[X]"})
+    more = tmp_path / "more"
+    more.mkdir()
+    (more / "tokenizer.json").write_text(json.dumps(body))
+    shutil.copy(saved / "tokenizer_config.json", more / "tokenizer_config.json")
+    grown, base = load_tokenizer(str(more)).identity(), load_tokenizer(str(saved)).identity()
+    assert grown["vocab_size"] == n + 2 and grown["vocab_sha256"] != base["vocab_sha256"]
+
+
+def test_v3_tokenizer_with_a_wrong_mask_id_is_refused_in_one_line(tmp_path):
+    from bertjax.text import load_tokenizer
+
+    n, v3, _, saved = _v3_tokenizer_dirs(tmp_path)
+    (v3 / "added_tokens.json").write_text(json.dumps({"[MASK]": n + 5}))
+    with pytest.raises(UserError) as e:
+        load_tokenizer(str(v3))
+    assert "\n" not in str(e.value) and "[MASK]" in str(e.value) and str(n + 5) in str(e.value)
+    (v3 / "added_tokens.json").write_text(json.dumps({"[MASK]": n, "[X]": n + 1}))
+    with pytest.raises(UserError, match="X"):
+        load_tokenizer(str(v3))
+    body = json.loads((saved / "tokenizer.json").read_text())
+    for a in body["added_tokens"]:
+        if a["content"] == "[MASK]":
+            a["id"] = n + 5  # a gap after the last piece
+    (saved / "tokenizer.json").write_text(json.dumps(body))
+    with pytest.raises(UserError) as e:
+        load_tokenizer(str(saved))
+    assert "\n" not in str(e.value) and "[MASK]" in str(e.value) and str(n + 5) in str(e.value)

@@ -11,8 +11,10 @@ from safetensors.numpy import load_file, save_file
 
 from bertjax.errors import UserError
 
+# added_tokens.json: where DeBERTa-v3 states its [MASK], which its spm.model lacks.
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.json", "spiece.model", "spm.model", "vocab.json", "merges.txt")
+                   "added_tokens.json", "tokenizer.json", "spiece.model", "spm.model", "vocab.json",
+                   "merges.txt")
 
 
 def read_config(hf_dir: str) -> dict:

@@ -2,7 +2,8 @@
 
 What a directory holds decides the tokenizer, in this order:
   vocab.txt                 WordPiece (BERT)
-  one *.model               SentencePiece
+  one *.model               SentencePiece (with DeBERTa-v3's [MASK], added after the last
+                            piece, when the directory's files say so)
   vocab.json + merges.txt   byte-level BPE (RoBERTa, GPT-2)
   tokenizer.json            its model: WordPiece (the same tokenizer, and identity, as that
                             vocabulary as vocab.txt), byte-level BPE, or Unigram (ALBERT, DeBERTa)
@@ -31,6 +32,8 @@ __all__ = ["Tokenizer", "load_tokenizer", "check_identity", "identity_diffs",
            "resolve_tokenizer_file", "tokenizer_files"]
 
 VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"
+# Where a SentencePiece directory may state tokens added on top of the model (DeBERTa-v3's [MASK]).
+SPM_DIRECTORY_FILES = ("added_tokens.json", "special_tokens_map.json")
 # resolve_tokenizer_file's kinds; "tokenizer.json" is decided by the model inside the file.
 KINDS = ("wordpiece", "sentencepiece", "bpe", "tokenizer.json")
 
@@ -98,9 +101,11 @@ def tokenizer_files(path: str) -> list[str]:
     files = [file]
     if kind == "bpe":
         files.append(os.path.join(directory, MERGES_TXT))
-    config = os.path.join(directory, CONFIG_NAME)
-    if os.path.isfile(config):
-        files.append(config)
+    names = [CONFIG_NAME]
+    if kind == "sentencepiece":
+        names += SPM_DIRECTORY_FILES
+    files += [os.path.join(directory, n) for n in names
+              if os.path.isfile(os.path.join(directory, n))]
     return files
 
 
@@ -120,9 +125,10 @@ def load_tokenizer(path: str, lower_case: bool | None = None) -> Tokenizer:
     if kind == "sentencepiece":
         # Only here: WordPiece users must not depend on sentencepiece's protobuf module loading
         # (it fails outright when the installed protobuf runtime is older).
-        from bertjax.text.sentencepiece_tok import SentencePieceTokenizer
+        from bertjax.text.sentencepiece_tok import SentencePieceTokenizer, directory_added_tokens
 
-        return SentencePieceTokenizer(file, lower_case=bool(lower_case))
+        return SentencePieceTokenizer(file, lower_case=bool(lower_case),
+                                      added=directory_added_tokens(directory))
     return WordPieceTokenizer(file, lower_case=lower_case, strip_accents=strip_accents)
 
 

@@ -2,8 +2,12 @@
 
 The model must carry the BERT special pieces itself: [UNK] as its unknown piece and [PAD] [CLS]
 [SEP] [MASK] as control or user-defined symbols (train_vocab makes them user-defined, so a
-"[MASK]" typed in the text stays one piece). SentencePiece marks a word start with "▁"; a piece
-without it continues the previous word. lower_case lower-cases the text before the model sees it,
+"[MASK]" typed in the text stays one piece). The one exception is DeBERTa-v3's layout: its
+spm.model has no [MASK] piece and Hugging Face adds "[MASK]" as a token after the last piece (id =
+number of pieces), which the directory states (added_tokens.json, tokenizer_config.json's
+added_tokens_decoder or mask_token, special_tokens_map.json); that token is read the same way, and
+only a typed "[MASK]" gives its id, as in Hugging Face. SentencePiece marks a word start with "▁";
+a piece without it continues the previous word. lower_case lower-cases the text before the model sees it,
 as ALBERT does; accents are left to the model's own normalisation.
 
 save() also writes tokenizer.json, the same pipeline in the Rust `tokenizers` library (the model's
@@ -13,6 +17,7 @@ special token there but characters here; plain text gives the same ids (tested).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -24,18 +29,62 @@ from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normaliz
 
 from bertjax.errors import UserError
 from bertjax.text.base import BertLayout, VocabTable
-from bertjax.text.config_file import write_hf_config
+from bertjax.text.config_file import CONFIG_NAME, read_config_body, stated_token, write_hf_config
 from bertjax.text.tokenizer_json import TOKENIZER_JSON
 from bertjax.store.files import sha256_file, write_atomic
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
 WORD_START = "\u2581"
+MASK = "[MASK]"
 _Piece = sentencepiece_model_pb2.ModelProto.SentencePiece
 
 
+def directory_added_tokens(directory: str) -> dict[str, int | None]:
+    """Tokens a Hugging Face directory puts on top of its SentencePiece model: content -> the id it
+    states, None where it only names the token (mask_token). Every spelling transformers has
+    written is read, since DeBERTa-v3's own directories state [MASK] in older ones
+    (added_tokens.json, special_tokens_map.json) and newer ones (added_tokens_decoder)."""
+    added: dict[str, int | None] = {}
+
+    def read(name):
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            return {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                body = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{path} is not valid JSON ({e}); fix or delete it") from None
+        return body if isinstance(body, dict) else {}
+
+    def note(content, token_id, where):
+        if not isinstance(token_id, int) or isinstance(token_id, bool):
+            raise UserError(f"{os.path.join(directory, where)}: the id of {content!r} must be an "
+                            f"integer, not {token_id!r}")
+        if added.get(content) not in (None, token_id):
+            raise UserError(f"tokenizer directory {directory} gives {content!r} two ids "
+                            f"({added[content]} and {token_id}); make its files agree")
+        added[content] = token_id
+
+    config = read_config_body(directory)
+    for key, entry in (config.get("added_tokens_decoder") or {}).items():
+        if isinstance(entry, dict) and isinstance(entry.get("content"), str):
+            note(entry["content"], int(key) if str(key).isdigit() else key, CONFIG_NAME)
+    for content, token_id in read("added_tokens.json").items():
+        note(content, token_id, "added_tokens.json")
+    for body in (config, read("special_tokens_map.json")):
+        name, _ = stated_token(body, "mask_token")
+        if name == MASK:  # another name was never read from here: the model must hold [MASK]
+            added.setdefault(name, None)
+    return added
+
+
 class SentencePieceTokenizer(BertLayout, VocabTable):
-    def __init__(self, model_path: str, lower_case: bool = False):
+    def __init__(self, model_path: str, lower_case: bool = False,
+                 added: dict[str, int | None] | None = None):
+        """`added`: directory_added_tokens() of the model's directory; only [MASK] may be a token
+        the model lacks, and only at the id after the last piece."""
         if not os.path.isfile(model_path):
             raise UserError(f"SentencePiece model {model_path} does not exist; pass the path of a "
                             ".model file")
@@ -61,7 +110,30 @@ class SentencePieceTokenizer(BertLayout, VocabTable):
         pieces = [p.piece for p in proto.pieces]
         types = [p.type for p in proto.pieces]
         index = {p: i for i, p in enumerate(pieces)}
-        missing = [t for t in SPECIAL_TOKENS if t not in index]
+        added = added or {}
+        for content, token_id in added.items():
+            if content in index and token_id not in (None, index[content]):
+                raise UserError(f"tokenizer directory of {model_path} gives {content!r} the id "
+                                f"{token_id}, but it is piece {index[content]} of the model; use "
+                                "the directory the model came with")
+        extra = [c for c in added if c not in index]
+        # DeBERTa-v3: [MASK] is no piece; transformers appends it after the last piece, and the
+        # model's embedding row of that id is [MASK]'s, so no other id would read it right.
+        self._mask_added = MASK in extra
+        if self._mask_added:
+            stated = added[MASK]
+            if stated not in (None, len(pieces)):
+                raise UserError(f"tokenizer directory of {model_path} gives the added token [MASK] "
+                                f"the id {stated}, but the model has {len(pieces)} pieces, so "
+                                f"Hugging Face gives it {len(pieces)}; fix the directory's "
+                                "added_tokens.json / tokenizer_config.json")
+            extra.remove(MASK)
+        if extra:
+            raise UserError(f"tokenizer directory of {model_path} adds the token(s) "
+                            f"{' '.join(map(repr, extra))} that its model lacks; bertjax reads "
+                            "[MASK] alone as an added token")
+        missing = [t for t in SPECIAL_TOKENS if t not in index
+                   and not (t == MASK and self._mask_added)]
         if missing:
             raise UserError(f"SentencePiece model {model_path} lacks the special piece(s) "
                             f"{' '.join(missing)}; train it with `python -m "
@@ -70,10 +142,15 @@ class SentencePieceTokenizer(BertLayout, VocabTable):
             raise UserError(f"SentencePiece model {model_path}: [UNK] is not its unknown piece; "
                             "train it with unk_piece=[UNK]")
         for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]"):
+            if t not in index:  # the added [MASK]
+                continue
             if types[index[t]] not in (_Piece.CONTROL, _Piece.USER_DEFINED):
                 raise UserError(f"SentencePiece model {model_path}: {t} is an ordinary piece; it "
                                 "must be a control or user-defined symbol so plain text cannot "
                                 "produce it")
+        if self._mask_added:
+            index[MASK] = len(pieces)
+            pieces, types = [*pieces, MASK], [*types, _Piece.USER_DEFINED]
         self._tokens = pieces
         self._vocab = index
         self.vocab_size = len(pieces)
@@ -96,27 +173,60 @@ class SentencePieceTokenizer(BertLayout, VocabTable):
         parts = _SPECIAL_SPLIT.split(text)
         return "".join(p if p in SPECIAL_TOKENS else p.lower() for p in parts)
 
+    def _encode(self, text: str, out_type):
+        text = self._prepare(text)
+        if not (self._mask_added and MASK in text):
+            return self._sp.encode(text, out_type=out_type)
+        # The added [MASK] is no piece the model could produce: like transformers, split the text
+        # at every typed "[MASK]" and encode each stretch on its own (each one a fresh start,
+        # with its own word-start mark, as Hugging Face's Metaspace gives every stretch).
+        stretches = self._sp.encode(text.split(MASK), out_type=out_type)
+        mask = MASK if out_type is str else self.mask_id
+        out = list(stretches[0])
+        for stretch in stretches[1:]:
+            out.append(mask)
+            out.extend(stretch)
+        return out
+
     def tokenize(self, text: str) -> list[str]:
-        return self._sp.encode(self._prepare(text), out_type=str)
+        return self._encode(text, str)
 
     def encode(self, text: str) -> list[int]:
-        return self._sp.encode(self._prepare(text))
+        return self._encode(text, int)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self._mask_added and any(MASK in t for t in texts):
+            return [self._encode(t, int) for t in texts]
         return self._sp.encode([self._prepare(t) for t in texts])
 
-
     def decode(self, ids: list[int]) -> str:
-        return self._sp.decode([int(i) for i in ids])
+        ids = [int(i) for i in ids]
+        if not self._mask_added:
+            return self._sp.decode(ids)
+        # SentencePiece knows no id past its last piece: decode the stretches between masks.
+        parts, run = [], []
+        for i in ids:
+            if i == self.mask_id:
+                parts += [self._sp.decode(run), MASK]
+                run = []
+            else:
+                run.append(i)
+        parts.append(self._sp.decode(run))
+        return " ".join(p for p in parts if p)
 
     def identity(self) -> dict:
-        return {
+        ident = {
             "kind": "sentencepiece",
             "vocab_sha256": self._sha256,
             "vocab_size": self.vocab_size,
             "lower_case": self.lower_case,
             "strip_accents": self.strip_accents,
         }
+        if self._mask_added:
+            # The model file's hash does not cover a token the directory adds; name it (only
+            # here, so the identities of models that carry [MASK] stay as they were).
+            ident["added_tokens"] = {MASK: self.mask_id}
+        return ident
 
     def hf_tokenizer_config(self) -> dict:
         # The generic class loads tokenizer.json as it is. AlbertTokenizer would rebuild the

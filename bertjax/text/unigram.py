@@ -6,7 +6,9 @@ casing may be changed (tokenizer_config.json's do_lower_case, or the lower_case 
 removes a Lowercase step). Special tokens are named by tokenizer_config.json, else found among
 [CLS]/<s>, [SEP]/</s>, [PAD]/<pad>, [UNK]/<unk>, [MASK]/<mask>. The input layout is BERT's
 (ALBERT and DeBERTa use it): [CLS] A [SEP] (B [SEP]). A piece continues the previous word unless
-it starts with the Metaspace replacement ("▁"); specials and the unknown piece never do.
+it starts with the Metaspace replacement ("▁"); specials and the unknown piece never do. Added
+tokens are pieces of the model or follow its last piece without a gap (DeBERTa-v3's [MASK] at id
+len(vocab)); the latter are ids too, and named in the identity.
 
 Identity: kind "unigram" and the sha256 of the model (pieces and scores), normaliser and
 pre-tokenizer in a canonical JSON spelling.
@@ -71,11 +73,30 @@ class UnigramTokenizer(RustPipeline, BertLayout, VocabTable):
         if len(set(tokens)) != len(tokens):
             raise UserError(f"tokenizer file {path} lists a piece twice; every piece must appear "
                             "once")
+        pieces = len(tokens)
+        beyond = []
         for a in body.get("added_tokens") or []:
-            if not (0 <= a["id"] < len(tokens)) or tokens[a["id"]] != a["content"]:
+            if a["id"] >= pieces:
+                beyond.append(a)
+            elif a["id"] < 0 or tokens[a["id"]] != a["content"]:
                 raise UserError(f"tokenizer file {path}: added token {a['content']!r} (id "
                                 f"{a['id']}) is not the model's piece of that id; bertjax reads "
-                                "Unigram files whose added tokens are pieces of the model")
+                                "Unigram files whose added tokens are pieces of the model or "
+                                "follow its last piece")
+        # Tokens added after the last piece (DeBERTa-v3's [MASK] at id len(vocab)) are ids of
+        # the model too: they must continue the pieces without a gap, or an id would name no
+        # token; the file's own pipeline then encodes them as Hugging Face does.
+        beyond.sort(key=lambda a: a["id"])
+        for n, a in enumerate(beyond, start=pieces):
+            if a["id"] != n:
+                raise UserError(f"tokenizer file {path}: added token {a['content']!r} has id "
+                                f"{a['id']}, but the ids before it end at {n - 1}; bertjax reads "
+                                "added tokens that continue the vocabulary without a gap")
+            if a["content"] in tokens:
+                raise UserError(f"tokenizer file {path}: added token {a['content']!r} (id "
+                                f"{a['id']}) is also a piece of the model; every token must "
+                                "appear once")
+            tokens.append(a["content"])
 
         file_lower = any(s.get("type") == "Lowercase" for s in normalizer_steps(body.get("normalizer")))
         stated = config.get("do_lower_case")
@@ -130,6 +151,9 @@ class UnigramTokenizer(RustPipeline, BertLayout, VocabTable):
         # spells it, so a tokenizer.json written by save() has the identity of its source.
         written = json.loads(self._tok.to_str())
         self._hashed = {k: written.get(k) for k in ("model", "normalizer", "pre_tokenizer")}
+        if beyond:
+            # The model's pieces do not cover them; only here, so other files keep their hash.
+            self._hashed["added_tokens"] = [[a["id"], a["content"]] for a in beyond]
 
 
     def identity(self) -> dict:
