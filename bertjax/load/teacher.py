@@ -8,10 +8,13 @@ again on every resume, because checkpoints leave the teacher out: it fills the f
 the teacher's weights and, with `distill.init=teacher`, the student with the teacher's
 embeddings, the layers of `distill.layer_map` and the MLM head. The run records the sha256 of
 the teacher's weights (`teacher.json` in the workdir), so a resume refuses a teacher that changed
-under the same path: the run it continued would not be the one it started.
+under the same path: the run it continued would not be the one it started. `save_truncated`
+writes the same start as a checkpoint of its own (any task model, the teacher's other weights
+as they are), for runs that take a student by `init_from` (embedding distillation).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, Callable
 
@@ -23,6 +26,7 @@ from flax.nnx import traversals
 
 from bertjax.errors import UserError
 from bertjax.model import layer_stack
+from bertjax.model.bert import build_model
 from bertjax.model.distill import TEACHER
 from bertjax.store import workdir as wd
 from bertjax.text import check_identity, load_tokenizer
@@ -179,3 +183,35 @@ def init_parts(objective, workdir: str | None = None
         return {"params": params, "frozen": frozen}, report
 
     return load
+
+
+def save_truncated(path: str, layer_map: tuple[int, ...], out_dir: str, task: str | None = None,
+                   extra_files: dict | None = None) -> tuple[list[str], list[str]]:
+    """Writes to out_dir a params-only checkpoint of the model at `path` as a `task` model (None:
+    its own), with its vocabulary, cut to len(layer_map) layers: student layer i is teacher layer
+    layer_map[i] (student_source, as distill.init=teacher starts), every other weight the
+    teacher's. Returns (copied keys, keys left at their fresh value)."""
+    from bertjax.load import model_files
+
+    model, cfg, task, _, _ = model_files.load_model(path, task=task)
+    if cfg.num_hidden_groups:
+        raise UserError(f"{path} shares its layers (num_hidden_groups={cfg.num_hidden_groups}); "
+                        "a layer map picks layers of a model that has its own per layer")
+    student_cfg = dataclasses.replace(cfg, num_layers=len(layer_map))
+    student = build_model(task, student_cfg)
+    state = nnx.state(student, nnx.Param)
+
+    def one(key):
+        if key[:3] == _LAYERS:
+            return student_source(key, layer_map, lambda depth: depth)
+        return key
+
+    params, copied, kept = fill(state, state, teacher_arrays(model), one,
+                                f"layers {list(layer_map)} of {path}")
+    if not any(k.startswith("/".join(_LAYERS) + "/") for k in copied):
+        raise UserError(f"{path} as a {task} model has no {'/'.join(_LAYERS)} weights to map; "
+                        "pass a task model built on a BERT encoder (e.g. sentence_embedding)")
+    nnx.update(student, params)
+    model_files.save_checkpoint(out_dir, student, student_cfg, task, overwrite=True, extra_files={
+        **model_files.tokenizer_extras(path), **(extra_files or {})})
+    return copied, kept
