@@ -20,7 +20,7 @@ setup: $(STAMP)
 # -rs lists every skip with its reason and --durations=15 the slowest tests; with CI=1 (set by
 # .ci/run) a skip that tests/ci_skips.py does not allow fails the run.
 test: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q -rs --durations=15 -n 2 --dist loadfile tests
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q -rs --durations=15 -n 2 --dist loadfile --no-loadscope-reorder tests
 
 # The demo's glosses and labelled definitions come from Debian's wordnet-base (installed here
 # when apt-get can; the demo stops with the command to run when it is missing).

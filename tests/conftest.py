@@ -42,7 +42,8 @@ def pytest_report_header(config):
 
 
 # The heaviest modules (their tests' summed seconds in a full run, 2026-12-05) run first, each
-# kept whole: with `make test`'s `--dist loadfile` a module is one unit of work for one worker,
+# kept whole: with `make test`'s `--dist loadfile` a module is one unit of work for one worker
+# (and `--no-loadscope-reorder` keeps this order instead of xdist's most-tests-first),
 # so its module-scoped fixtures are built once, and starting the longest units first leaves
 # only short ones for the end, when the other worker may already be idle.
 HEAVIEST_FIRST = ("test_pretrain.py", "test_faults_kill.py", "test_tpu_recipes_compile.py",
