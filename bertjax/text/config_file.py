@@ -22,16 +22,24 @@ def write_hf_config(out_dir: str, body: dict) -> str:
                         json.dumps(body, indent=2, sort_keys=True) + "\n")
 
 
+def read_json(path: str):
+    """The JSON value in `path`; None when the file is absent. Malformed JSON or text that is not
+    UTF-8 is refused in one line naming the file."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); fix or delete it") from None
+
+
 def read_config_body(directory: str) -> dict:
     """DIR/tokenizer_config.json as a dict; {} when the file is absent."""
     path = os.path.join(directory, CONFIG_NAME)
-    if not os.path.isfile(path):
+    body = read_json(path)
+    if body is None:
         return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            body = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); fix or delete it") from None
     if not isinstance(body, dict):
         raise UserError(f"{path} must hold a JSON object such as {{\"do_lower_case\": true}}")
     return body

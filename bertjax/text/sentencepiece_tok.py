@@ -17,7 +17,6 @@ special token there but characters here; plain text gives the same ids (tested).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -29,7 +28,8 @@ from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normaliz
 
 from bertjax.errors import UserError
 from bertjax.text.base import BertLayout, VocabTable
-from bertjax.text.config_file import CONFIG_NAME, read_config_body, stated_token, write_hf_config
+from bertjax.text.config_file import (CONFIG_NAME, read_config_body, read_json, stated_token,
+                                      write_hf_config)
 from bertjax.text.tokenizer_json import TOKENIZER_JSON
 from bertjax.store.files import sha256_file, write_atomic
 
@@ -48,14 +48,7 @@ def directory_added_tokens(directory: str) -> dict[str, int | None]:
     added: dict[str, int | None] = {}
 
     def read(name):
-        path = os.path.join(directory, name)
-        if not os.path.isfile(path):
-            return {}
-        try:
-            with open(path, encoding="utf-8") as f:
-                body = json.load(f)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"{path} is not valid JSON ({e}); fix or delete it") from None
+        body = read_json(os.path.join(directory, name))
         return body if isinstance(body, dict) else {}
 
     def note(content, token_id, where):
