@@ -5,7 +5,9 @@ vocabulary is an spm.model that AutoTokenizer loads as a DebertaV2Tokenizer with
 DebertaV2ForSequenceClassification with our logits; the recipe's shapes are Hugging Face's
 parameter counts; bad input ends in one line. v3's tokenizer layout (an spm.model without [MASK],
 which Hugging Face adds after the last piece) reads, from spm.model and from tokenizer.json, to
-DebertaV2Tokenizer's ids, typed "[MASK]" included, and a wrong [MASK] id is refused. The per-class parity, both directions, is in
+DebertaV2Tokenizer's ids, typed "[MASK]" included, and a wrong [MASK] id is refused. v3's
+pretraining pair exports as DebertaV2Model plus our RTD head and a half-depth
+DebertaV2ForMaskedLM, at transformers' outputs. The per-class parity, both directions, is in
 test_hf_parity.py (member "deberta-v2"); fine-tuning on every task from a DeBERTa directory in
 test_roberta.py."""
 import dataclasses
@@ -280,3 +282,97 @@ def test_v3_tokenizer_with_a_wrong_mask_id_is_refused_in_one_line(tmp_path):
     with pytest.raises(UserError) as e:
         load_tokenizer(str(saved))
     assert "\n" not in str(e.value) and "[MASK]" in str(e.value) and str(n + 5) in str(e.value)
+
+
+def _v3_pair(sharing):
+    """A v3-shaped ELECTRA-objective pair at toy size: the generator at the discriminator's
+    width and half its depth, every weight perturbed off its initialisation (a gdes residual
+    included)."""
+    from bertjax.model.electra import build_pretraining
+
+    cfg = BertConfig(arch="deberta-v2", vocab_size=99, hidden_size=24, num_layers=2, num_heads=3,
+                     intermediate_size=37, max_position_embeddings=64, type_vocab_size=0,
+                     position_biased_input=False, relative_attention=True,
+                     pos_att_type="c2p|p2c", position_buckets=8, max_relative_positions=16,
+                     norm_rel_ebd="layer_norm", layer_norm_eps=1e-7, pooler_act="gelu",
+                     generator_hidden_size=24, generator_num_heads=3,
+                     generator_intermediate_size=37, hidden_dropout=0.0, attention_dropout=0.0)
+    model = build_pretraining(cfg, seed=4, sharing=sharing, generator_layers=1)
+    rng = np.random.default_rng(4)
+    interop.set_flat_params(model, {k: v + 0.05 * rng.standard_normal(v.shape).astype(v.dtype)
+                                    for k, v in interop.flat_params(model).items()})
+    return model, cfg
+
+
+@pytest.mark.parametrize("sharing", ["gdes", "plain"])
+def test_v3_pretraining_pair_exports_as_deberta_v2_model_plus_heads(tmp_path, sharing):
+    """HF has no RTD class for DeBERTa: the discriminator is written as DebertaV2Model with our
+    RTD head (ELECTRA's) beside it as `discriminator_predictions.*`, the half-depth generator as
+    DebertaV2ForMaskedLM. transformers runs both to our outputs; the head's weights give our RTD
+    logits on transformers' hidden states; a task class fine-tunes from the discriminator."""
+    from safetensors.numpy import load_file
+
+    from bertjax.interop import electra_pair
+
+    model, cfg = _v3_pair(sharing)
+    out = str(tmp_path / "pair")
+    electra_pair.save_hf(model, cfg, out)
+    disc_dir, gen_dir = os.path.join(out, "discriminator"), os.path.join(out, "generator")
+    disc_config = json.load(open(os.path.join(disc_dir, "config.json")))
+    gen_config = json.load(open(os.path.join(gen_dir, "config.json")))
+    assert disc_config["architectures"] == ["DebertaV2Model"]
+    assert (gen_config["architectures"], gen_config["num_hidden_layers"]) == (
+        ["DebertaV2ForMaskedLM"], 1)
+
+    rng = np.random.default_rng(5)
+    ids = rng.integers(5, 99, size=(2, 20)).astype(np.int32)  # past the exact range (+/- 4)
+    mask = np.ones_like(ids)
+    mask[1, 14:] = 0
+    real, seg = mask.astype(bool), np.zeros_like(ids)
+    t = dict(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long())
+
+    hf, info = transformers.DebertaV2Model.from_pretrained(disc_dir, output_loading_info=True)
+    head = sorted(k for k in load_file(os.path.join(disc_dir, "model.safetensors"))
+                  if k.startswith("discriminator_predictions."))
+    assert len(head) == 4 and not info["missing_keys"] and not info["mismatched_keys"]
+    assert sorted(info["unexpected_keys"]) == head
+    with torch.no_grad():
+        hidden = hf.eval()(**t).last_hidden_state
+    ours_hidden, _ = model.bert(ids, seg, mask)
+    assert np.abs(np.asarray(ours_hidden)[real] - hidden.numpy()[real]).max() < TOL
+    w = {k: torch.tensor(v) for k, v in load_file(os.path.join(disc_dir,
+                                                               "model.safetensors")).items()}
+    p = "discriminator_predictions."
+    with torch.no_grad():
+        x = torch.nn.functional.gelu(hidden @ w[p + "dense.weight"].T + w[p + "dense.bias"])
+        rtd = (x @ w[p + "dense_prediction.weight"].T + w[p + "dense_prediction.bias"])[..., 0]
+    ours_rtd = np.asarray(model(ids, seg, mask)["rtd_logits"])
+    assert np.abs(ours_rtd[real] - rtd.numpy()[real]).max() < TOL
+
+    gen, info = transformers.DebertaV2ForMaskedLM.from_pretrained(gen_dir,
+                                                                  output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    positions = np.tile(np.arange(ids.shape[1]), (2, 1)).astype(np.int32)
+    with torch.no_grad():
+        want = gen.eval()(**t).logits.numpy()
+    ours_mlm = np.asarray(model.generate(ids, seg, mask, positions)["mlm_logits"])
+    assert np.abs(ours_mlm[real] - want[real]).max() < TOL
+
+    _, info = transformers.DebertaV2ForSequenceClassification.from_pretrained(
+        disc_dir, output_loading_info=True, num_labels=3)
+    assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight",
+                                            "pooler.dense.bias", "pooler.dense.weight"]
+    # bertjax reads the directory as the encoder HF sees, or with its head when asked.
+    base, _, base_task, _, _ = model_files.load_model(disc_dir)
+    assert base_task == "base"
+    assert np.abs(np.asarray(base(ids, seg, mask)[0]) - np.asarray(ours_hidden))[real].max() == 0
+    back, _, _, _, _ = model_files.load_model(disc_dir, task="replaced_token_detection")
+    np.testing.assert_array_equal(np.asarray(back(ids, seg, mask)["rtd_logits"]), ours_rtd)
+    if sharing == "gdes":  # the two tables differ by the residual: not one set, so not a pair
+        with pytest.raises(UserError, match="embeddings differ"):
+            model_files.load_model(out)
+    else:  # plain: the pair reads back whole, its generator half as deep
+        pair, _, task, _, _ = model_files.load_model(out)
+        assert task == "electra_pretraining" and pair.generator.config.num_layers == 1
+        a, b = interop.flat_params(model), interop.flat_params(pair)
+        assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)

@@ -1,6 +1,7 @@
 """ELECTRA's two networks as Hugging Face holds them: two directories, `discriminator/`
-(ElectraForPreTraining) and `generator/` (ElectraForMaskedLM at the generator's width), each with
-its own copy of the shared embeddings. `split` makes the two models of an `electra_pretraining`
+(ElectraForPreTraining) and `generator/` (ElectraForMaskedLM at the generator's width and depth),
+each with its own copy of the shared embeddings; for DeBERTa-v3, DebertaV2Model with the RTD head
+beside it and DebertaV2ForMaskedLM. `split` makes the two models of an `electra_pretraining`
 model; `join` makes one back from the two, refusing a pair that does not belong together.
 
 Whatever the run's `embedding_sharing`, each directory holds the embeddings its network computes
@@ -19,11 +20,15 @@ import numpy as np
 
 from bertjax.errors import UserError
 from bertjax.interop import hf_dir, layouts, params as interop
-from bertjax.model.electra import GDES_RESIDUAL, GDES_SHARED, SHARED_EMBEDDINGS
+from bertjax.model.electra import (GDES_RESIDUAL, GDES_SHARED, SHARED_EMBEDDINGS,
+                                   build_pretraining)
 from bertjax.model.encoder import BertConfig
 
 PRETRAINING = "electra_pretraining"
 PARTS = {"discriminator": "replaced_token_detection", "generator": "masked_lm"}
+# The HF model types a pair is written in: ELECTRA's own, and DeBERTa-v3's (its discriminator as
+# DebertaV2Model with our RTD head beside it, interop/layouts/deberta_v2.py).
+PAIR_MODEL_TYPES = ("electra", "deberta-v2")
 _NO_GENERATOR = dict(generator_hidden_size=0, generator_num_heads=0, generator_intermediate_size=0)
 
 
@@ -72,8 +77,9 @@ def split(flat: dict[tuple, np.ndarray], cfg: BertConfig,
 def join(disc_cfg: BertConfig, disc: dict, gen_cfg: BertConfig, gen: dict,
          where: str) -> tuple[BertConfig, dict]:
     """(cfg, flat params) of the electra_pretraining model made of a discriminator and a
-    generator; they must share the vocabulary, depth, embedding width and embedding values."""
-    checks = (("vocab_size", "vocabulary"), ("num_layers", "depth"),
+    generator; they must share the architecture, vocabulary, embedding width and embedding
+    values, and the generator may be shallower (DeBERTa-v3's is half as deep)."""
+    checks = (("arch", "architecture"), ("vocab_size", "vocabulary"),
               ("embedding_width", "embedding width"),
               ("max_position_embeddings", "position table"), ("type_vocab_size", "segment table"))
     for attr, what in checks:
@@ -81,6 +87,10 @@ def join(disc_cfg: BertConfig, disc: dict, gen_cfg: BertConfig, gen: dict,
         if a != b:
             raise UserError(f"{where}: the generator's {what} ({b}) differs from the "
                             f"discriminator's ({a}); an ELECTRA pair shares them")
+    if gen_cfg.num_layers > disc_cfg.num_layers:
+        raise UserError(f"{where}: the generator ({gen_cfg.num_layers} layers) is deeper than the "
+                        f"discriminator ({disc_cfg.num_layers}); an ELECTRA generator is as deep "
+                        "or shallower")
     differ = [("/".join(k[2:])) for k, v in disc.items()
               if _shared(k) and not np.array_equal(v, gen.get(k))]
     if differ:
@@ -109,12 +119,14 @@ def load_hf(path: str):
     loaded = {}
     for part, task in PARTS.items():
         sub = os.path.join(path, part)
-        if hf_dir.read_config(sub).get("model_type") != "electra":
-            raise UserError(f"{sub} is not an ELECTRA model (config.json model_type "
-                            f"{hf_dir.read_config(sub).get('model_type')!r})")
+        kind = hf_dir.read_config(sub).get("model_type")
+        if kind not in PAIR_MODEL_TYPES:
+            raise UserError(f"{sub} is not half of an ELECTRA-objective pair (config.json "
+                            f"model_type {kind!r}; pairs are {', '.join(PAIR_MODEL_TYPES)})")
         model, cfg, _, _ = interop.load_hf(sub, task=task)
         loaded[part] = (cfg, interop.flat_params(model))
     (d_cfg, d_flat), (g_cfg, g_flat) = loaded["discriminator"], loaded["generator"]
     cfg, flat = join(d_cfg, d_flat, g_cfg, g_flat, path)
-    return interop.model_from_flat(PRETRAINING, cfg, flat), cfg, PRETRAINING, {
-        "missing": [], "unexpected": []}
+    model = interop.model_from_flat(PRETRAINING, cfg, flat, build=lambda: build_pretraining(
+        cfg, generator_layers=g_cfg.num_layers))
+    return model, cfg, PRETRAINING, {"missing": [], "unexpected": []}

@@ -36,16 +36,19 @@ def set_flat_params(model: nnx.Module, flat: dict[tuple, np.ndarray]) -> None:
     nnx.update(model, state)
 
 
-def model_from_flat(task: str, cfg: BertConfig, flat: dict[tuple, np.ndarray]) -> nnx.Module:
+def model_from_flat(task: str, cfg: BertConfig, flat: dict[tuple, np.ndarray],
+                    build=None) -> nnx.Module:
     """Builds the model straight from loaded weights: shapes come from nnx.eval_shape, so no
     initialiser runs (each would compile and run once, seconds on a CPU) unless a weight is
-    missing and must keep a fresh initialisation."""
-    abstract = nnx.eval_shape(lambda: build_model(task, cfg))
+    missing and must keep a fresh initialisation. `build` makes the model when the registry's
+    `build_model(task, cfg)` is not it (an ELECTRA pair with a shallower generator)."""
+    build = build or (lambda: build_model(task, cfg))
+    abstract = nnx.eval_shape(build)
     graphdef, state = nnx.split(abstract)
     wanted = traversals.flatten_mapping(nnx.to_pure_dict(state))
     flat = _model_layout(flat, wanted)
     if any(k not in flat for k in wanted):
-        model = build_model(task, cfg)
+        model = build()
         set_flat_params(model, flat)
         return model
     values = {k: jnp.asarray(flat[k], dtype=v.dtype) for k, v in wanted.items()}

@@ -129,6 +129,14 @@ def mlm_entries(prefix: str, dense: str = "dense", norm: str = "LayerNorm",
             + [Entry(("mlm", "bias"), (pre + bias,), same, one(same))])
 
 
+def rtd_head_entries() -> list[Entry]:
+    """ELECTRA's replaced-token-detection head (dense -> activation -> dense to one logit) under
+    the names ElectraForPreTraining gives it; DeBERTa-v3's pretraining reuses the head."""
+    return (linear(("discriminator", "dense"), "discriminator_predictions.dense")
+            + linear(("discriminator", "dense_prediction"),
+                     "discriminator_predictions.dense_prediction"))
+
+
 def fine_tuning_heads(task: str, two_layer_classifier: bool,
                       two_layer_names: tuple[str, str] = ("classifier.dense",
                                                           "classifier.out_proj")) -> list[Entry]:
@@ -202,10 +210,13 @@ class Layout:
     # Tokenizer files an export of this member names as HF's tokenizer class expects
     # (ours -> HF's), e.g. DeBERTa-v2's spm.model for our spiece.model.
     tokenizer_renames: tuple[tuple[str, str], ...] = ()
+    # Our tasks that HF has no class for, written under the class that runs their encoder
+    # (DeBERTa's discriminator as DebertaV2Model); read back only when the task is asked for.
+    written_as: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def task_to_arch(self) -> dict[str, str]:
-        return {task: name for name, task in self.architectures.items()}
+        return {**self.written_as, **{task: name for name, task in self.architectures.items()}}
 
     def task_from_hf_config(self, hf: dict) -> str:
         names = hf.get("architectures") or [self.task_to_arch["base"]]
@@ -216,8 +227,12 @@ class Layout:
                         f"{self.model_type!r}; supported: {sorted(self.architectures)}")
 
     def add_prefix(self, tensors: dict, task: str) -> dict:
-        """A bare encoder's weights (an XModel directory) read as a task model's: prefixed."""
-        if task == "base" or any(k.startswith(self.encoder + ".") for k in tensors):
+        """A bare encoder's weights (an XModel directory) read as a task model's: prefixed; and a
+        task model's read as the bare encoder: unprefixed (its heads then come out unexpected)."""
+        prefix = self.encoder + "."
+        if task == "base":
+            return {k.removeprefix(prefix): v for k, v in tensors.items()}
+        if any(k.startswith(prefix) for k in tensors):
             return tensors
         return {(k if k.startswith(self.head_prefixes) else f"{self.encoder}.{k}"): v
                 for k, v in tensors.items()}

@@ -9,6 +9,13 @@ disentangled attention; what differs is where HF keeps things:
   default `legacy: true`), the decoder tied;
 - sequence classification is `pooler.dense` -> GELU (ContextPooler) -> `classifier`: our
   pooler with pooler_act=gelu, then our classifier. DebertaV2Model itself has no pooler.
+- the discriminator of a v3 (ELECTRA-objective) run: HF has no RTD class for DeBERTa, so it is
+  written as `DebertaV2Model` (architectures) with the encoder under `deberta.` and our RTD head,
+  ELECTRA's, as `discriminator_predictions.{dense, dense_prediction}`. HF's DebertaV2Model and
+  its task classes load the encoder and leave the head unused; bertjax reads the head back when
+  the task replaced_token_detection is asked for (an exported pair's discriminator/). Microsoft's
+  v3 release names its own head (dense, LayerNorm, classifier) `mask_predictions.*`; ours has no
+  LayerNorm, so it is not written under those names.
 Refused in one line, both ways: the nGiE convolution (conv_kernel_size > 0), an embedding width
 other than H (HF projects E -> H *before* its LayerNorm, ours after), share_att_key false, and a
 pooler activation other than GELU.
@@ -70,6 +77,8 @@ def entries(cfg, task: str) -> list[common.Entry]:
     if task == "masked_lm":
         out += common.mlm_entries("cls.predictions", dense="transform.dense",
                                   norm="transform.LayerNorm")
+    elif task == "replaced_token_detection":
+        out += common.rtd_head_entries()
     return out + common.fine_tuning_heads(task, two_layer_classifier=True,
                                           two_layer_names=("pooler.dense", "classifier"))
 
@@ -156,9 +165,10 @@ class DebertaV2Layout(common.Layout):
 LAYOUT = DebertaV2Layout(
     model_type="deberta-v2", arch="deberta-v2", encoder="deberta", architectures=ARCHITECTURES,
     entries=entries, config=CONFIG,
-    head_prefixes=("cls.", "pooler.", "classifier", "qa_outputs"),
+    head_prefixes=("cls.", "pooler.", "classifier", "qa_outputs", "discriminator_predictions"),
     ignored=("cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
              "embeddings.position_ids"),
     config_in=_config_in, config_out=_config_out, tokenizer_config=_tokenizer_config,
     tokenizer_renames=(("spiece.model", "spm.model"),),
+    written_as={"replaced_token_detection": "DebertaV2Model"},
 )

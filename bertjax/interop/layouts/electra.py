@@ -31,9 +31,7 @@ def entries(cfg, task: str) -> list[common.Entry]:
         root, pre = ((), "") if task == "base" else (("bert",), "electra.")
         out += common.linear(root + ("embeddings", "projection"), pre + "embeddings_project")
     if task == "replaced_token_detection":
-        out += common.linear(("discriminator", "dense"), "discriminator_predictions.dense")
-        out += common.linear(("discriminator", "dense_prediction"),
-                             "discriminator_predictions.dense_prediction")
+        out += common.rtd_head_entries()
     elif task == "masked_lm":
         out += common.linear(("mlm", "transform"), "generator_predictions.dense")
         out += common.layer_norm(("mlm", "layer_norm"), "generator_predictions.LayerNorm")
