@@ -46,7 +46,8 @@ def pytest_report_header(config):
 # (and `--no-loadscope-reorder` keeps this order instead of xdist's most-tests-first),
 # so its module-scoped fixtures are built once, and starting the longest units first leaves
 # only short ones for the end, when the other worker may already be idle.
-HEAVIEST_FIRST = ("test_pretrain.py", "test_faults_kill.py", "test_tpu_recipes_compile.py",
+HEAVIEST_FIRST = ("test_pretrain.py", "test_faults_kill.py", "test_stream_sigkill.py",
+                  "test_tpu_recipes_compile.py",
                   "test_faults_gcs.py", "test_electra.py", "test_faults_sigterm.py",
                   "test_roberta.py", "test_lora.py", "test_remote_paths.py", "test_faults_cli.py",
                   "test_distill.py", "test_embeddings_e2e.py", "test_faults_storage.py",
