@@ -198,14 +198,26 @@ def test_the_shared_embeddings_are_one_set_of_arrays():
 
 @pytest.fixture(scope="module")
 def electra_run(tmp_path_factory):
+    """A real 6-step run of configs/electra.py:tiny, in-process (the CLI's own path is run by
+    the export test and the bad-settings test; a subprocess here cost a JAX start-up)."""
+    from bertjax import pretrain
+
     root = tmp_path_factory.mktemp("electra")
     data_dir, vocab = ps.prepare(str(root / "data"), nsp=False)
     args = ps.overrides(data_dir, vocab, **ps.ELECTRA, **{"train.num_steps": 6,
                                                           "train.checkpoint_every": 3})
     run = str(root / "run")
-    r = ps.run_pretrain(run, args, config="configs/electra.py:tiny")
-    assert r.returncode == 0, r.stderr[-3000:]
+    pretrain.pretrain(ps.apply(_electra_recipe(), args), run)
     return run, data_dir, vocab, args
+
+
+@pytest.fixture(scope="module")
+def electra_export(electra_run, tmp_path_factory):
+    """`bertjax export --format=hf` of the run, once for the tests that read it."""
+    out = str(tmp_path_factory.mktemp("electra_export") / "hf")
+    r = run_cli("export", f"--checkpoint={electra_run[0]}", "--format=hf", f"--out={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
 
 
 def test_a_run_logs_every_electra_metric(electra_run):
@@ -219,11 +231,11 @@ def test_a_run_logs_every_electra_metric(electra_run):
     assert plan["task_model"] == "electra_pretraining"
 
 
-def test_export_is_two_hf_directories_that_transformers_runs_to_our_logits(electra_run, tmp_path):
-    run = electra_run[0]
-    out = str(tmp_path / "hf")
-    r = run_cli("export", f"--checkpoint={run}", "--format=hf", f"--out={out}")
-    assert r.returncode == 0, r.stderr[-2000:]
+def test_export_is_two_hf_directories_that_transformers_runs_to_our_logits(
+        electra_run, electra_export, tmp_path, capfd):
+    from bertjax import pretrain
+
+    run, out = electra_run[0], electra_export
     model, cfg, task, _, _ = model_files.load_model(run)
     assert task == "electra_pretraining"
     originals, batch = _batch(3, 24, seed=4, preds=3)
@@ -262,21 +274,24 @@ def test_export_is_two_hf_directories_that_transformers_runs_to_our_logits(elect
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
     # ...that pretraining continues from (init_from), and either directory alone imports too.
     _, data_dir, vocab, args = electra_run
-    r = ps.run_pretrain(str(tmp_path / "continued"), args + [f"--config.init_from={ckpt}"],
-                        config="configs/electra.py:tiny")
-    assert r.returncode == 0 and "init_from" in r.stdout + r.stderr, r.stderr[-2000:]
+    capfd.readouterr()
+    pretrain.pretrain(ps.apply(_electra_recipe(), args + [f"--config.init_from={ckpt}"]),
+                      str(tmp_path / "continued"))
+    logged = capfd.readouterr()
+    assert "init_from" in logged.out + logged.err, logged.err[-2000:]
     for part, want_task in (("discriminator", "replaced_token_detection"),
                             ("generator", "masked_lm")):
         _, _, got, report, _ = model_files.load_model(os.path.join(out, part))
         assert got == want_task and not report["missing"] and not report["unexpected"]
 
 
-def test_a_pair_whose_embeddings_differ_is_refused(electra_run, tmp_path):
+def test_a_pair_whose_embeddings_differ_is_refused(electra_export, tmp_path):
+    import shutil
+
     from safetensors.numpy import load_file, save_file
 
     out = str(tmp_path / "hf")
-    assert run_cli("export", f"--checkpoint={electra_run[0]}", "--format=hf",
-                f"--out={out}").returncode == 0
+    shutil.copytree(electra_export, out)
     f = os.path.join(out, "generator", "model.safetensors")
     t = load_file(f)
     t["electra.embeddings.word_embeddings.weight"] += 1.0
