@@ -1,7 +1,8 @@
-"""Bad inputs to `python -m bertjax.pretrain` and `python -m bertjax.finetune` through real
-subprocesses (issue 14): each ends in exit 2 and exactly one `error:` line, and leaves no file in
-the workdir that a later run could take for its state. The cases run a few at a time, since each
-is mostly a process start-up."""
+"""Bad inputs to `python -m bertjax.pretrain` and `python -m bertjax.finetune` (issue 14): each ends
+in exit 2 and exactly one `error:` line, and leaves no file in the workdir that a later run could
+take for its state. Two cases of each command run as real subprocesses (the process's own exit
+status and stderr); the rest run the same entry (`cli.run` with the module's `main`, as its
+`__main__` does) in this process, where nearly all of a subprocess's time was its start-up."""
 import json
 import os
 import shutil
@@ -23,23 +24,64 @@ def _start(module, args, cwd=ps.ROOT):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _run_all(cases, width=3):
-    """cases: {name: (module, args, workdir, needles)} -> {name: error line}; asserts each."""
-    names, out = list(cases), {}
-    for i in range(0, len(names), width):
-        procs = {n: _start(cases[n][0], cases[n][1]) for n in names[i:i + width]}
-        for n, p in procs.items():
-            stdout, stderr = p.communicate(timeout=300)
-            _, _, workdir, needles = cases[n]
-            errors = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
-            assert p.returncode == 2, (n, p.returncode, stderr[-3000:])
-            assert len(errors) == 1 and "Traceback" not in stderr, (n, stderr[-3000:])
-            for needle in needles:
-                assert needle in errors[0], (n, needle, errors[0])
-            left = fs.workdir_files(workdir) if os.path.isdir(workdir) else []
-            assert left == [], (n, left)
-            out[n] = errors[0]
-    return out
+def _in_process(module, args, capfd) -> tuple[int, str]:
+    """`python -m module args` without the process: (exit status, stderr). The command's flags
+    are defined once per process (absl refuses a second definition), and the overrides that
+    parsing --config defined are removed again, so the next case parses from scratch."""
+    import importlib
+    import logging
+
+    from absl import flags
+    from absl import logging as absl_logging
+
+    from bertjax import cli
+
+    mod = importlib.import_module(module)
+    FLAGS = flags.FLAGS
+    # What cli.run installs for a process's lifetime: put back, so no later test sees it.
+    saved = (sys.argv, sys.unraisablehook, absl_logging.get_verbosity(),
+             {n: logging.getLogger(n).filters[:] for n in ("absl", "asyncio")})
+    capfd.readouterr()
+    try:
+        sys.argv = [module, *args]
+        cli.run(mod.main, None if "workdir" in FLAGS else mod.define_flags)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv, sys.unraisablehook = saved[0], saved[1]
+        absl_logging.set_verbosity(saved[2])
+        for n, fs_ in saved[3].items():
+            logging.getLogger(n).filters[:] = fs_
+        FLAGS.unparse_flags()
+        for name in [n for n in FLAGS if n.startswith("config.")]:
+            delattr(FLAGS, name)
+    return code, capfd.readouterr().err
+
+
+def _check(n, code, stderr, workdir, needles):
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+    assert code == 2, (n, code, stderr[-3000:])
+    assert len(errors) == 1 and "Traceback" not in stderr, (n, stderr[-3000:])
+    for needle in needles:
+        assert needle in errors[0], (n, needle, errors[0])
+    left = fs.workdir_files(workdir) if os.path.isdir(workdir) else []
+    assert left == [], (n, left)
+    return errors[0]
+
+
+def _run_all(cases, capfd, subprocesses):
+    """cases: {name: (module, args, workdir, needles)} -> {name: error line}; asserts each. The
+    cases named in `subprocesses` run as real processes (together), the rest in this one."""
+    out = {}
+    procs = {n: _start(cases[n][0], cases[n][1]) for n in subprocesses}
+    for n, p in procs.items():
+        _, stderr = p.communicate(timeout=300)
+        out[n] = _check(n, p.returncode, stderr, *cases[n][2:])
+    for n in cases:
+        if n not in procs:
+            out[n] = _check(n, *_in_process(cases[n][0], cases[n][1], capfd), *cases[n][2:])
+    return {n: out[n] for n in cases}
 
 
 def _prepare_variant(root, **kw):
@@ -61,7 +103,7 @@ def _prepare_variant(root, **kw):
     return out
 
 
-def test_pretrain_bad_inputs(tmp_path):
+def test_pretrain_bad_inputs(tmp_path, capfd):
     data_dir, vocab = ps.prepare(str(tmp_path / "good"))
     t = tmp_path
     (t / "empty").mkdir()
@@ -103,14 +145,16 @@ def test_pretrain_bad_inputs(tmp_path):
              **{"init_from": str(t / "wide")}),
         case("wrong_override_type", ["train.num_steps"], **{"train.num_steps": "many"}),
     ])
-    lines = _run_all(cases)
+    # Real processes: the deepest failure (a checkpoint read, a model built) and the earliest
+    # (flag parsing, before any import of the trainer).
+    lines = _run_all(cases, capfd, ("init_from_other_shape", "wrong_override_type"))
     fs.record("cli_pretrain", trials=len(lines), cases=lines,
               injected="bad data dirs, metadata of format version 0, S/P/vocab mismatches, "
               "another tokenizer, an init_from of another width, a string for an int",
               survived="each: exit 2, one error line, no file left in the workdir")
 
 
-def test_finetune_bad_inputs(tmp_path):
+def test_finetune_bad_inputs(tmp_path, capfd):
     import toy_tasks as toy
 
     path, _ = fts.make_checkpoint(str(tmp_path / "pre"))
@@ -145,7 +189,7 @@ def test_finetune_bad_inputs(tmp_path):
         case("seq_len_too_long", ["max_seq_length"], "--config.data.max_seq_length=128"),
         case("wrong_override_type", ["task.epochs"], "--config.task.epochs=lots"),
     ])
-    lines = _run_all(cases)
+    lines = _run_all(cases, capfd, ("checkpoint_other_shape", "wrong_override_type"))
     fs.record("cli_finetune", trials=len(lines), cases=lines,
               injected="missing, empty and foreign GLUE dirs, a missing checkpoint, another "
               "vocabulary, a checkpoint whose config claims another width, S past the position "
