@@ -189,8 +189,11 @@ def test_transient_storage_errors_are_retried_and_the_run_equals_the_unbroken_on
         # TensorStore's uploads of array data (Orbax's OCDBT files) of both saves.
         {"method": "POST", "match": f"uploadType=media&name={ckpt}/4/state/", "status": 503,
          "times": 2},
+        # Past the 1 s low-speed limit of RETRY_ENV, yet the run was measured to wait out the
+        # whole stall (30 s cost a 30 s longer run, 5 s a 5 s one): the upload ends when the
+        # proxy drops the connection, then is retried. So the length only sets the idle wait.
         {"method": "POST", "match": f"uploadType=media&name={ckpt}/4/state/", "kind": "stall",
-         "stall_s": 30, "times": 1},
+         "stall_s": 5, "times": 1},
         {"method": "POST", "match": f"uploadType=media&name={ckpt}/8/state/", "status": 500,
          "times": 1},
         {"method": "POST", "match": f"uploadType=media&name={ckpt}/8/state/", "status": 429,
@@ -217,8 +220,8 @@ def test_transient_storage_errors_are_retried_and_the_run_equals_the_unbroken_on
               requests_seen=stats["seen"], seconds=round(secs, 1),
               unbroken_seconds=round(ref_secs, 1),
               loss_rows_compared=len(_losses(gcs, run)),
-              injected="fake GCS via the fault proxy: 2x 503, 1 stall (30 s, cut by curl's "
-              "low-speed check), 1x 500, 1x 429 on TensorStore's checkpoint uploads; 2x 503 on "
+              injected="fake GCS via the fault proxy: 2x 503, 1 stall (5 s, then the proxy "
+              "drops the connection), 1x 500, 1x 429 on TensorStore's checkpoint uploads; 2x 503 on "
               "TensorFlow's upload of a commit marker; 2x 503 on tf.data's shard reads",
               survived="every fault retried (the same request came back and succeeded); the run "
               "completed; every loss equals the unbroken run's; committed steps 4 and 8")
