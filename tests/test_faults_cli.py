@@ -25,9 +25,9 @@ def _start(module, args, cwd=ps.ROOT):
 
 
 def _in_process(module, args, capfd) -> tuple[int, str]:
-    """`python -m module args` without the process: (exit status, stderr). The command's flags
-    are defined once per process (absl refuses a second definition), and the overrides that
-    parsing --config defined are removed again, so the next case parses from scratch."""
+    """`python -m module args` without the process: (exit status, stderr). Every flag the run
+    defined (the command's, and the overrides that parsing --config defines) is removed again,
+    so the next case, or a later test in this process, defines and parses from scratch."""
     import importlib
     import logging
 
@@ -41,6 +41,7 @@ def _in_process(module, args, capfd) -> tuple[int, str]:
     # What cli.run installs for a process's lifetime: put back, so no later test sees it.
     saved = (sys.argv, sys.unraisablehook, absl_logging.get_verbosity(),
              {n: logging.getLogger(n).filters[:] for n in ("absl", "asyncio")})
+    defined_before = set(FLAGS)
     capfd.readouterr()
     try:
         sys.argv = [module, *args]
@@ -54,7 +55,7 @@ def _in_process(module, args, capfd) -> tuple[int, str]:
         for n, fs_ in saved[3].items():
             logging.getLogger(n).filters[:] = fs_
         FLAGS.unparse_flags()
-        for name in [n for n in FLAGS if n.startswith("config.")]:
+        for name in set(FLAGS) - defined_before:
             delattr(FLAGS, name)
     return code, capfd.readouterr().err
 
